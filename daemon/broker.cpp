@@ -1,0 +1,448 @@
+// Listener, connections and request dispatch.
+#include "broker.hpp"
+
+#include <dirent.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <spdlog/spdlog.h>
+
+#include "listener.hpp"
+#include "nsbroker/codec.hpp"
+#include "nsbroker_config.h"
+
+namespace nsbroker::daemon {
+
+// One client connection. Owned by Broker::clients_; replies that arrive from
+// workers after the client left find it gone through a weak_ptr.
+struct Connection : std::enable_shared_from_this<Connection> {
+    struct Outgoing {
+        std::string data;
+        std::vector<UniqueFd> fds; // closed once the message is sent
+    };
+
+    Broker* broker = nullptr;
+    UniqueFd fd;
+    ucred peer{};
+    EventSource source;
+    std::deque<Outgoing> outbox;
+    std::size_t in_flight = 0;
+    bool closed = false;
+};
+
+namespace {
+
+// Pause before accepting again after the process ran out of descriptors.
+constexpr std::uint64_t accept_pause_usec = 200'000;
+
+std::vector<std::string> features(WorkerMode mode) {
+    return {"socket", "batch", "netns-name", "netns-path", "netns-pid", "netns-fd", "namespaces",
+            "stats", mode == WorkerMode::fork ? "worker-mode-fork" : "worker-mode-exec"};
+}
+
+} // namespace
+
+Broker::Broker(BrokerConfig config) : config_(std::move(config)) {
+    sd_event* e = nullptr;
+    check_sd(sd_event_new(&e), "sd_event_new");
+    loop_.reset(e);
+
+    // The signals the loop handles must not be delivered the ordinary way;
+    // SIGCHLD is blocked for sd_event_add_child.
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int sig : {SIGTERM, SIGINT, SIGCHLD}) {
+        sigaddset(&mask, sig);
+    }
+    ::sigprocmask(SIG_BLOCK, &mask, nullptr);
+    ::signal(SIGPIPE, SIG_IGN);
+    for (int sig : {SIGTERM, SIGINT}) {
+        sd_event_source* s = nullptr;
+        check_sd(sd_event_add_signal(loop_.get(), &s, sig, &Broker::on_stop_signal, this),
+                 "sd_event_add_signal");
+        signal_sources_.emplace_back(s);
+    }
+
+    pool_ = std::make_unique<WorkerPool>(loop_.get(), config_.workers);
+    netns_watch_ = std::make_unique<NetnsWatch>(
+        loop_.get(), config_.workers.netns_dir,
+        [this](const std::string& name) { pool_->name_deleted(name); });
+    netns_watch_->ensure();
+
+    listener_ = listen_at(config_.socket_path);
+    sd_event_source* s = nullptr;
+    check_sd(sd_event_add_io(loop_.get(), &s, listener_.get(), EPOLLIN, &Broker::on_accept, this),
+             "sd_event_add_io(listener)");
+    listener_source_.reset(s);
+}
+
+Broker::~Broker() {
+    clients_.clear();
+    pool_.reset();
+}
+
+int Broker::run() {
+    spdlog::info("nsbrokerd {} listening on {} (worker mode {}, idle timeout {}s)", NSBROKER_VERSION,
+                 config_.socket_path, config_.workers.mode == WorkerMode::fork ? "fork" : "exec",
+                 config_.workers.idle_timeout.count());
+    int r = sd_event_loop(loop_.get());
+    if (r < 0) {
+        spdlog::error("event loop failed: {}", std::strerror(-r));
+        return 1;
+    }
+    spdlog::info("nsbrokerd stopped");
+    return r;
+}
+
+// ---- connections -----------------------------------------------------------
+
+int Broker::on_accept(sd_event_source*, int, uint32_t, void* userdata) {
+    static_cast<Broker*>(userdata)->accept_clients();
+    return 0;
+}
+
+void Broker::accept_clients() {
+    for (;;) {
+        UniqueFd fd{::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)};
+        if (!fd) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                // Out of descriptors: stop accepting for a moment instead of
+                // spinning on a listener that stays readable.
+                spdlog::warn("accept: {}; pausing new connections", std::strerror(errno));
+                sd_event_source_set_enabled(listener_source_.get(), SD_EVENT_OFF);
+                sd_event_source* s = nullptr;
+                auto resume = [](sd_event_source*, uint64_t, void* userdata) -> int {
+                    auto* self = static_cast<Broker*>(userdata);
+                    if (self->listener_source_) {
+                        sd_event_source_set_enabled(self->listener_source_.get(), SD_EVENT_ON);
+                    }
+                    return 0;
+                };
+                if (sd_event_add_time_relative(loop_.get(), &s, CLOCK_MONOTONIC, accept_pause_usec, 0,
+                                               resume, this) >= 0) {
+                    accept_pause_.reset(s);
+                }
+            }
+            return;
+        }
+        auto c = std::make_shared<Connection>();
+        socklen_t length = sizeof(c->peer);
+        if (::getsockopt(fd.get(), SOL_SOCKET, SO_PEERCRED, &c->peer, &length) < 0) {
+            // Without an identity nothing can be authorized.
+            spdlog::warn("SO_PEERCRED: {}; connection refused", std::strerror(errno));
+            continue;
+        }
+        c->broker = this;
+        c->fd = std::move(fd);
+        sd_event_source* s = nullptr;
+        if (sd_event_add_io(loop_.get(), &s, c->fd.get(), EPOLLIN, &Broker::on_client, c.get()) < 0) {
+            continue;
+        }
+        c->source.reset(s);
+        spdlog::debug("client connected: pid {} uid {} gid {}", c->peer.pid, c->peer.uid, c->peer.gid);
+        clients_.emplace(c.get(), std::move(c));
+    }
+}
+
+int Broker::on_client(sd_event_source*, int, uint32_t revents, void* userdata) {
+    auto* raw = static_cast<Connection*>(userdata);
+    // Keeps the connection alive to the end of this event, even if it closes.
+    auto c = raw->shared_from_this();
+    c->broker->client_event(c, revents);
+    return 0;
+}
+
+void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents) {
+    try {
+        if (revents & EPOLLOUT) {
+            flush(*c);
+        }
+        // Read while the connection may take more work; what stays queued is
+        // read once replies drain.
+        while (!c->closed && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
+               c->in_flight + c->outbox.size() < config_.max_pending_per_client) {
+            auto received = proto::receive_message(c->fd.get(), proto::max_message_size, true);
+            switch (received.status) {
+            case proto::ReceiveStatus::would_block:
+                update_events(*c);
+                return;
+            case proto::ReceiveStatus::closed:
+                close_client(*c);
+                return;
+            case proto::ReceiveStatus::fds_truncated:
+                spdlog::warn("client pid {} uid {}: message with too many descriptors; disconnected",
+                             c->peer.pid, c->peer.uid);
+                close_client(*c);
+                return;
+            case proto::ReceiveStatus::too_large:
+                ++requests_;
+                reply(*c, std::nullopt,
+                      make_error(ErrorCode::limit, "message larger than " +
+                                                       std::to_string(proto::max_message_size) +
+                                                       " bytes"));
+                break;
+            case proto::ReceiveStatus::message:
+                handle_message(c, std::move(received.message));
+                break;
+            }
+        }
+        if (!c->closed) {
+            update_events(*c);
+        }
+    } catch (const std::exception& e) {
+        spdlog::warn("client pid {} uid {}: {}; disconnected", c->peer.pid, c->peer.uid, e.what());
+        close_client(*c);
+    }
+}
+
+void Broker::close_client(Connection& c) {
+    if (c.closed) {
+        return;
+    }
+    c.closed = true;
+    spdlog::debug("client disconnected: pid {} uid {}", c.peer.pid, c.peer.uid);
+    c.source.reset();
+    c.fd.reset();
+    c.outbox.clear();
+    clients_.erase(&c);
+}
+
+void Broker::update_events(Connection& c) {
+    if (c.closed) {
+        return;
+    }
+    uint32_t events = 0;
+    if (c.in_flight + c.outbox.size() < config_.max_pending_per_client) {
+        events |= EPOLLIN;
+    }
+    if (!c.outbox.empty()) {
+        events |= EPOLLOUT;
+    }
+    sd_event_source_set_io_events(c.source.get(), events);
+}
+
+void Broker::reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
+                   std::vector<UniqueFd> fds) {
+    if (auto* error = std::get_if<Error>(&body)) {
+        ++errors_[std::string(to_string(error->code))];
+    }
+    if (c.closed) {
+        return;
+    }
+    c.outbox.push_back({proto::encode_reply(proto::Reply{id, std::move(body)}), std::move(fds)});
+    flush(c);
+}
+
+void Broker::flush(Connection& c) {
+    while (!c.closed && !c.outbox.empty()) {
+        auto& next = c.outbox.front();
+        auto raw = proto::raw_fds(next.fds);
+        auto status = proto::send_message(c.fd.get(), next.data, raw, true);
+        if (status == proto::SendStatus::would_block) {
+            break;
+        }
+        if (status == proto::SendStatus::closed) {
+            close_client(c);
+            return;
+        }
+        c.outbox.pop_front(); // our copies of the fds close here
+    }
+    update_events(c);
+}
+
+// ---- requests --------------------------------------------------------------
+
+void Broker::handle_message(const std::shared_ptr<Connection>& c, proto::Message message) {
+    ++requests_;
+    auto decoded = proto::decode_request(message.data);
+    if (auto* bad = std::get_if<proto::RequestError>(&decoded)) {
+        spdlog::debug("client pid {}: {}", c->peer.pid, bad->error.message);
+        reply(*c, bad->id, bad->error);
+        return; // any fds sent along close with the message
+    }
+    auto& request = std::get<proto::Request>(decoded);
+    bool takes_fd = request.op == proto::Op::socket && request.netns &&
+                    request.netns->kind == proto::NetnsRef::Kind::fd;
+    if (message.fds.size() > 1) {
+        reply(*c, request.id,
+              make_error(ErrorCode::invalid_request,
+                         "a request carries at most one file descriptor, got " +
+                             std::to_string(message.fds.size())));
+        return;
+    }
+    if (!message.fds.empty() && !takes_fd) {
+        reply(*c, request.id,
+              make_error(ErrorCode::invalid_request,
+                         "unexpected file descriptor: only a socket request with netns {\"fd\": 0} "
+                         "carries one"));
+        return;
+    }
+    if (stopping_) {
+        reply(*c, request.id, make_error(ErrorCode::unavailable, "the daemon is shutting down"));
+        return;
+    }
+    if (c->peer.uid != 0 && request.op != proto::Op::hello) {
+        spdlog::info("denied {} from pid {} uid {}: not root", to_string(request.op), c->peer.pid,
+                     c->peer.uid);
+        reply(*c, request.id,
+              make_error(ErrorCode::permission_denied,
+                         "only root may use nsbrokerd (uid " + std::to_string(c->peer.uid) + ")",
+                         EPERM));
+        return;
+    }
+    switch (request.op) {
+    case proto::Op::hello:
+        reply(*c, request.id,
+              proto::HelloReply{proto::protocol_version, NSBROKER_VERSION, features(config_.workers.mode)});
+        return;
+    case proto::Op::ping:
+        reply(*c, request.id, proto::PongReply{});
+        return;
+    case proto::Op::namespaces:
+        reply(*c, request.id, list_namespaces());
+        return;
+    case proto::Op::stats:
+        reply(*c, request.id, stats());
+        return;
+    case proto::Op::socket:
+        handle_socket(c, request, takes_fd ? std::move(message.fds.front()) : UniqueFd{});
+        return;
+    }
+}
+
+void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
+                           UniqueFd passed_fd) {
+    auto netns = resolve_netns(*request.netns, std::move(passed_fd), config_.workers.netns_dir);
+    if (!netns) {
+        spdlog::debug("pid {}: {}: {}", c->peer.pid, request.netns->describe(), netns.error().message);
+        reply(*c, request.id, std::move(netns).error());
+        return;
+    }
+    if (netns->name) {
+        netns_watch_->ensure();
+    }
+    ++c->in_flight;
+    std::weak_ptr<Connection> weak = c;
+    auto id = request.id;
+    pool_->submit(std::move(*netns), std::move(request.specs),
+                  [this, weak, id](Result<proto::SocketReply> result, std::vector<UniqueFd> fds) {
+                      auto client = weak.lock();
+                      if (result) {
+                          sockets_ += fds.size();
+                      }
+                      if (!client) {
+                          if (!result) {
+                              ++errors_[std::string(to_string(result.error().code))];
+                          }
+                          return; // the client left; the fds close here
+                      }
+                      --client->in_flight;
+                      if (result) {
+                          reply(*client, id, std::move(result).value(), std::move(fds));
+                      } else {
+                          reply(*client, id, std::move(result).error());
+                      }
+                  });
+}
+
+proto::NamespacesReply Broker::list_namespaces() const {
+    proto::NamespacesReply out;
+    auto known = pool_->describe();
+    auto find = [&known](const NetnsIdentity& id) {
+        return std::find_if(known.begin(), known.end(),
+                            [&id](const auto& n) { return n.dev == id.dev && n.ino == id.ino; });
+    };
+    const std::string& dir = config_.workers.netns_dir;
+    if (DIR* d = ::opendir(dir.c_str())) {
+        while (dirent* entry = ::readdir(d)) {
+            std::string name = entry->d_name;
+            if (name == "." || name == "..") {
+                continue;
+            }
+            auto ns = open_netns_path(dir + "/" + name);
+            if (!ns) {
+                continue;
+            }
+            auto it = find(ns->identity);
+            if (it == known.end()) {
+                proto::NamespaceInfo info;
+                info.dev = ns->identity.dev;
+                info.ino = ns->identity.ino;
+                info.state = "idle";
+                known.push_back(std::move(info));
+                it = std::prev(known.end());
+            }
+            if (std::find(it->names.begin(), it->names.end(), name) == it->names.end()) {
+                it->names.push_back(name);
+            }
+        }
+        ::closedir(d);
+    }
+    for (auto& n : known) {
+        std::sort(n.names.begin(), n.names.end());
+    }
+    std::sort(known.begin(), known.end(), [](const auto& a, const auto& b) {
+        return std::tie(a.names, a.dev, a.ino) < std::tie(b.names, b.dev, b.ino);
+    });
+    // Keep the reply within one message; the caller learns it was cut.
+    out.namespaces = std::move(known);
+    while (!out.namespaces.empty() &&
+           proto::encode_reply(proto::Reply{UINT64_MAX, out}).size() > proto::max_message_size) {
+        out.namespaces.resize(out.namespaces.size() * 3 / 4);
+        out.truncated = true;
+    }
+    return out;
+}
+
+proto::StatsReply Broker::stats() const {
+    proto::StatsReply s;
+    s.uptime_seconds =
+        std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+    s.requests = requests_;
+    s.sockets = sockets_;
+    s.errors = errors_;
+    s.clients = clients_.size();
+    s.workers_spawned = pool_->spawned();
+    s.workers_live = pool_->live();
+    s.workers_exited = pool_->exited();
+    return s;
+}
+
+// ---- shutdown --------------------------------------------------------------
+
+int Broker::on_stop_signal(sd_event_source*, const struct signalfd_siginfo* si, void* userdata) {
+    spdlog::info("signal {}: stopping", sigabbrev_np(static_cast<int>(si->ssi_signo)));
+    static_cast<Broker*>(userdata)->stop();
+    return 0;
+}
+
+void Broker::stop() {
+    if (stopping_) {
+        return;
+    }
+    stopping_ = true;
+    // No new connections; requests already with a worker are finished, since
+    // a retiring worker answers every job it was sent before it exits.
+    listener_source_.reset();
+    listener_.reset();
+    ::unlink(config_.socket_path.c_str());
+    pool_->stop([this] {
+        std::vector<std::shared_ptr<Connection>> clients;
+        for (auto& [raw, c] : clients_) {
+            clients.push_back(c);
+        }
+        for (auto& c : clients) {
+            try {
+                flush(*c);
+            } catch (const std::exception&) {
+            }
+        }
+        sd_event_exit(loop_.get(), 0);
+    });
+}
+
+} // namespace nsbroker::daemon

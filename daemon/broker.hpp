@@ -1,0 +1,80 @@
+// nsbrokerd's core: the listening socket, client connections, request
+// dispatch and counters, all on one sd-event loop.
+#pragma once
+
+#include <sys/socket.h>
+#include <systemd/sd-event.h>
+
+#include <chrono>
+#include <deque>
+#include <map>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "event.hpp"
+#include "netns_watch.hpp"
+#include "nsbroker/fd_passing.hpp"
+#include "nsbroker/protocol.hpp"
+#include "worker_pool.hpp"
+
+namespace nsbroker::daemon {
+
+struct BrokerConfig {
+    std::string socket_path;
+    WorkerPoolConfig workers;
+    // Replies queued plus requests in flight, per connection, before the
+    // daemon stops reading from it.
+    std::size_t max_pending_per_client = 256;
+};
+
+struct Connection;
+
+class Broker {
+  public:
+    explicit Broker(BrokerConfig config);
+    ~Broker();
+    Broker(const Broker&) = delete;
+    Broker& operator=(const Broker&) = delete;
+
+    // Serves until SIGTERM or SIGINT; returns the process exit status.
+    int run();
+
+  private:
+    static int on_accept(sd_event_source*, int, uint32_t, void* userdata);
+    static int on_client(sd_event_source*, int, uint32_t revents, void* userdata);
+    static int on_stop_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
+
+    void accept_clients();
+    void client_event(const std::shared_ptr<Connection>& c, uint32_t revents);
+    void handle_message(const std::shared_ptr<Connection>& c, proto::Message message);
+    void handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
+                       UniqueFd passed_fd);
+    void reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
+               std::vector<UniqueFd> fds = {});
+    void flush(Connection& c);
+    void update_events(Connection& c);
+    void close_client(Connection& c);
+
+    [[nodiscard]] proto::NamespacesReply list_namespaces() const;
+    [[nodiscard]] proto::StatsReply stats() const;
+    void stop();
+
+    BrokerConfig config_;
+    EventLoop loop_;
+    UniqueFd listener_;
+    EventSource listener_source_;
+    EventSource accept_pause_;
+    std::vector<EventSource> signal_sources_;
+    std::unique_ptr<WorkerPool> pool_;
+    std::unique_ptr<NetnsWatch> netns_watch_;
+    std::map<Connection*, std::shared_ptr<Connection>> clients_;
+    bool stopping_ = false;
+
+    std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+    std::uint64_t requests_ = 0;
+    std::uint64_t sockets_ = 0;
+    std::map<std::string, std::uint64_t> errors_;
+};
+
+} // namespace nsbroker::daemon

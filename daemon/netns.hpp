@@ -1,0 +1,47 @@
+// Resolving a namespace reference to an open, verified network namespace.
+// A file counts as a network namespace only when fstatfs says NSFS_MAGIC and
+// NS_GET_NSTYPE says CLONE_NEWNET; its identity is the nsfs (st_dev, st_ino).
+#pragma once
+
+#include <sys/types.h>
+
+#include <compare>
+#include <optional>
+#include <string>
+
+#include "nsbroker/error.hpp"
+#include "nsbroker/protocol.hpp"
+#include "nsbroker/unique_fd.hpp"
+
+namespace nsbroker::daemon {
+
+inline constexpr const char* default_netns_dir = "/run/netns";
+
+struct NetnsIdentity {
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    auto operator<=>(const NetnsIdentity&) const = default;
+};
+
+struct ResolvedNetns {
+    UniqueFd fd; // O_RDONLY, close-on-exec, usable with setns(2)
+    NetnsIdentity identity;
+    std::optional<std::string> name; // when reached through /run/netns
+};
+
+// Checks that fd is a network namespace and returns its identity.
+Result<NetnsIdentity> verify_netns(int fd);
+
+// Opens path without following it into a device or FIFO first: it is opened
+// O_PATH, checked to be on nsfs, and only then reopened for reading.
+Result<ResolvedNetns> open_netns_path(const std::string& path);
+
+// Resolves any reference. passed_fd is the descriptor sent with the request
+// (used only for NetnsRef::Kind::fd; ownership moves into the result).
+Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
+                                    const std::string& netns_dir = default_netns_dir);
+
+// The identity of the network namespace the calling thread is in.
+Result<NetnsIdentity> current_netns();
+
+} // namespace nsbroker::daemon

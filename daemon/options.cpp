@@ -1,0 +1,118 @@
+// Command-line parsing for nsbrokerd.
+#include "options.hpp"
+
+#include <getopt.h>
+
+#include <charconv>
+#include <cstdio>
+#include <string_view>
+
+#include "nsbroker_config.h"
+
+namespace nsbroker::daemon {
+
+namespace {
+
+constexpr const char* usage_text = R"(Usage: nsbrokerd [OPTIONS]
+
+Hands out sockets that live in other network namespaces.
+
+  --socket PATH               listen on PATH (default %s)
+  --worker-mode fork|exec     start workers by fork (default) or fork+exec
+  --worker-idle-timeout SEC   a worker with nothing to do exits after SEC
+                              seconds; 0 keeps it (default 60)
+  --log-level LEVEL           trace, debug, info, warn, error (default info)
+  --help                      show this help
+  --version                   show the version
+)";
+
+enum : int { opt_socket = 256, opt_mode, opt_idle, opt_level, opt_help, opt_version, opt_worker };
+
+bool valid_level(std::string_view level) {
+    for (auto l : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
+        if (level == l) {
+            return true;
+        }
+    }
+    return false;
+}
+
+ParsedOptions usage_error(const std::string& message) {
+    std::fprintf(stderr, "nsbrokerd: %s\nTry 'nsbrokerd --help'.\n", message.c_str());
+    return {std::nullopt, 2};
+}
+
+} // namespace
+
+ParsedOptions parse_options(int argc, char** argv) {
+    static const option long_options[] = {
+        {"socket", required_argument, nullptr, opt_socket},
+        {"worker-mode", required_argument, nullptr, opt_mode},
+        {"worker-idle-timeout", required_argument, nullptr, opt_idle},
+        {"log-level", required_argument, nullptr, opt_level},
+        {"help", no_argument, nullptr, opt_help},
+        {"version", no_argument, nullptr, opt_version},
+        {"worker", no_argument, nullptr, opt_worker},
+        {nullptr, 0, nullptr, 0},
+    };
+    Options o;
+    o.broker.socket_path = NSBROKER_DEFAULT_SOCKET;
+    optind = 1;
+    for (;;) {
+        int c = ::getopt_long(argc, argv, "", long_options, nullptr);
+        if (c == -1) {
+            break;
+        }
+        std::string_view arg = optarg ? optarg : "";
+        switch (c) {
+        case opt_socket:
+            if (arg.empty()) {
+                return usage_error("--socket needs a path");
+            }
+            o.broker.socket_path = std::string(arg);
+            break;
+        case opt_mode:
+            if (arg == "fork") {
+                o.broker.workers.mode = WorkerMode::fork;
+            } else if (arg == "exec") {
+                o.broker.workers.mode = WorkerMode::exec;
+            } else {
+                return usage_error("--worker-mode is fork or exec, not \"" + std::string(arg) + "\"");
+            }
+            break;
+        case opt_idle: {
+            unsigned seconds = 0;
+            auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), seconds);
+            if (ec != std::errc{} || end != arg.data() + arg.size() || arg.empty()) {
+                return usage_error("--worker-idle-timeout needs a number of seconds");
+            }
+            o.broker.workers.idle_timeout = std::chrono::seconds(seconds);
+            break;
+        }
+        case opt_level:
+            if (!valid_level(arg)) {
+                return usage_error("unknown log level \"" + std::string(arg) + "\"");
+            }
+            o.log_level = std::string(arg);
+            break;
+        case opt_help:
+            std::printf(usage_text, NSBROKER_DEFAULT_SOCKET);
+            return {std::nullopt, 0};
+        case opt_version:
+            std::printf("nsbrokerd %s\n", NSBROKER_VERSION);
+            return {std::nullopt, 0};
+        case opt_worker:
+            o.worker = true;
+            break;
+        default:
+            return {std::nullopt, 2};
+        }
+    }
+    if (optind < argc) {
+        return usage_error(std::string("unexpected argument \"") + argv[optind] + "\"");
+    }
+    o.broker.workers.log_level = o.log_level;
+    return {std::move(o), 0};
+}
+
+} // namespace nsbroker::daemon

@@ -1,0 +1,177 @@
+// socket(2), options, bind, listen and connect for one spec at a time.
+#include "socket_factory.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/if_packet.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "nsbroker/address.hpp"
+#include "nsbroker/codec.hpp"
+
+namespace nsbroker::daemon {
+
+using proto::SocketSpec;
+
+namespace {
+
+Error kernel_error(const std::string& step) {
+    int err = errno;
+    ErrorCode code = (err == EPERM || err == EACCES) ? ErrorCode::permission_denied : ErrorCode::kernel;
+    return make_error(code, step + ": " + std::strerror(err), err);
+}
+
+Result<void> set_int(int fd, int level, int name, int value, const char* label) {
+    if (::setsockopt(fd, level, name, &value, sizeof(value)) < 0) {
+        return kernel_error(std::string("setsockopt ") + label);
+    }
+    return {};
+}
+
+Result<void> apply_options(int fd, const SocketSpec& s) {
+    const auto& o = s.options;
+    bool v6 = s.family == AF_INET6;
+    struct BoolOption {
+        const std::optional<bool>& value;
+        int level;
+        int name;
+        const char* label;
+    };
+    const BoolOption bools[] = {
+        {o.reuseaddr, SOL_SOCKET, SO_REUSEADDR, "reuseaddr"},
+        {o.reuseport, SOL_SOCKET, SO_REUSEPORT, "reuseport"},
+        {o.ipv6_only, IPPROTO_IPV6, IPV6_V6ONLY, "ipv6_only"},
+        {o.keepalive, SOL_SOCKET, SO_KEEPALIVE, "keepalive"},
+        {o.nodelay, IPPROTO_TCP, TCP_NODELAY, "nodelay"},
+        {o.broadcast, SOL_SOCKET, SO_BROADCAST, "broadcast"},
+        {o.freebind, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_FREEBIND : IP_FREEBIND, "freebind"},
+        {o.transparent, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
+         "transparent"},
+    };
+    for (const auto& b : bools) {
+        if (b.value) {
+            if (auto r = set_int(fd, b.level, b.name, *b.value ? 1 : 0, b.label); !r) {
+                return r;
+            }
+        }
+    }
+    if (o.bindtodevice) {
+        const auto& dev = *o.bindtodevice;
+        if (::setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev.c_str(),
+                         static_cast<socklen_t>(dev.size() + 1)) < 0) {
+            return kernel_error("setsockopt bindtodevice " + dev);
+        }
+    }
+    if (o.mark) {
+        if (auto r = set_int(fd, SOL_SOCKET, SO_MARK, static_cast<int>(*o.mark), "mark"); !r) {
+            return r;
+        }
+    }
+    if (o.rcvbuf) {
+        if (auto r = set_int(fd, SOL_SOCKET, SO_RCVBUF, *o.rcvbuf, "rcvbuf"); !r) {
+            return r;
+        }
+    }
+    if (o.sndbuf) {
+        if (auto r = set_int(fd, SOL_SOCKET, SO_SNDBUF, *o.sndbuf, "sndbuf"); !r) {
+            return r;
+        }
+    }
+    return {};
+}
+
+Result<proto::SocketAddress> address_for(const SocketSpec& s, const std::string& text) {
+    if (s.family != AF_PACKET) {
+        return proto::parse_address(s.family, text);
+    }
+    unsigned index = ::if_nametoindex(text.c_str());
+    if (index == 0) {
+        return make_error(ErrorCode::not_found, "no interface \"" + text + "\" in the namespace",
+                          errno);
+    }
+    proto::SocketAddress a;
+    auto* sll = reinterpret_cast<sockaddr_ll*>(&a.storage);
+    sll->sll_family = AF_PACKET;
+    sll->sll_protocol = htons(static_cast<std::uint16_t>(s.protocol));
+    sll->sll_ifindex = static_cast<int>(index);
+    a.length = sizeof(sockaddr_ll);
+    return a;
+}
+
+Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) {
+    // AF_PACKET takes its protocol (an EtherType) in network byte order.
+    int protocol = s.family == AF_PACKET ? htons(static_cast<std::uint16_t>(s.protocol)) : s.protocol;
+    bool connecting = s.connect.has_value();
+    int type = s.type | SOCK_CLOEXEC | ((s.nonblock || connecting) ? SOCK_NONBLOCK : 0);
+    UniqueFd fd{::socket(s.family, type, protocol)};
+    if (!fd) {
+        return kernel_error("socket(" + proto::family_name(s.family) + ", " +
+                            proto::type_name(s.type) + ", " + std::to_string(s.protocol) + ")");
+    }
+    if (auto r = apply_options(fd.get(), s); !r) {
+        return std::move(r).error();
+    }
+    if (s.bind) {
+        auto address = address_for(s, *s.bind);
+        if (!address) {
+            return std::move(address).error();
+        }
+        if (::bind(fd.get(), address->get(), address->length) < 0) {
+            return kernel_error("bind " + *s.bind);
+        }
+    }
+    if (s.listen) {
+        if (::listen(fd.get(), *s.listen) < 0) {
+            return kernel_error("listen");
+        }
+    }
+    if (connecting) {
+        auto address = address_for(s, *s.connect);
+        if (!address) {
+            return std::move(address).error();
+        }
+        if (::connect(fd.get(), address->get(), address->length) < 0 && errno != EINPROGRESS) {
+            return kernel_error("connect " + *s.connect);
+        }
+        if (!s.nonblock) {
+            int flags = ::fcntl(fd.get(), F_GETFL);
+            if (flags < 0 || ::fcntl(fd.get(), F_SETFL, flags & ~O_NONBLOCK) < 0) {
+                return kernel_error("fcntl");
+            }
+        }
+    }
+    proto::SocketInfo info{s.family, s.type, s.protocol, {}};
+    sockaddr_storage local{};
+    socklen_t length = sizeof(local);
+    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length) == 0) {
+        info.local = proto::format_address(reinterpret_cast<sockaddr*>(&local), length);
+    }
+    return std::pair{std::move(fd), std::move(info)};
+}
+
+} // namespace
+
+Result<MadeSockets> make_sockets(const std::vector<SocketSpec>& specs) {
+    MadeSockets made;
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        for (unsigned n = 0; n < specs[i].count; ++n) {
+            auto one = make_socket(specs[i]);
+            if (!one) {
+                Error e = std::move(one).error();
+                e.message = "sockets[" + std::to_string(i) + "]: " + e.message;
+                return e;
+            }
+            made.fds.push_back(std::move(one->first));
+            made.reply.sockets.push_back(std::move(one->second));
+        }
+    }
+    return made;
+}
+
+} // namespace nsbroker::daemon

@@ -1,0 +1,458 @@
+// Worker processes as seen from the daemon's event loop.
+#include "worker_pool.hpp"
+
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <spdlog/spdlog.h>
+
+#include "nsbroker/codec.hpp"
+#include "nsbroker/fd_passing.hpp"
+#include "worker_process.hpp"
+
+namespace nsbroker::daemon {
+
+namespace {
+
+// How long stop() waits for workers to finish their jobs before killing them.
+constexpr std::uint64_t stop_grace_usec = 5'000'000;
+
+std::string describe_identity(const NetnsIdentity& id) {
+    return std::to_string(id.dev) + ":" + std::to_string(id.ino);
+}
+
+} // namespace
+
+// One worker process and its channel.
+class Worker {
+  public:
+    enum class State { starting, ready, draining, dead };
+
+    Worker(WorkerPool& pool, NetnsIdentity identity, pid_t pid, UniqueFd channel)
+        : pool_(pool), identity_(identity), pid_(pid), channel_(std::move(channel)) {
+        sd_event_source* s = nullptr;
+        check_sd(sd_event_add_io(pool_.loop_, &s, channel_.get(), EPOLLIN, &Worker::on_io, this),
+                 "sd_event_add_io(worker)");
+        io_.reset(s);
+        check_sd(sd_event_add_child(pool_.loop_, &s, pid_, WEXITED, &Worker::on_exit, this),
+                 "sd_event_add_child");
+        child_.reset(s);
+        // Should the daemon drop this handle early, the process is killed, not leaked.
+        sd_event_source_set_child_process_own(child_.get(), 1);
+    }
+
+    [[nodiscard]] const NetnsIdentity& identity() const { return identity_; }
+    [[nodiscard]] pid_t pid() const { return pid_; }
+    [[nodiscard]] std::size_t in_flight() const { return pending_.size(); }
+    std::set<std::string>& names() { return names_; }
+
+    [[nodiscard]] proto::NamespaceInfo describe() const {
+        static constexpr const char* state_names[] = {"starting", "ready", "exiting", "exiting"};
+        proto::NamespaceInfo info;
+        info.dev = identity_.dev;
+        info.ino = identity_.ino;
+        info.names.assign(names_.begin(), names_.end());
+        info.worker_pid = pid_;
+        info.state = state_names[static_cast<int>(state_)];
+        info.requests = requests_;
+        info.sockets = sockets_;
+        return info;
+    }
+
+    void submit(std::vector<proto::SocketSpec> specs, JobDone done) {
+        std::uint64_t id = next_job_++;
+        std::size_t expected = proto::socket_count(specs);
+        pending_.emplace(id, Pending{expected, std::move(done)});
+        ++requests_;
+        outbox_.push_back(proto::encode_job(proto::WorkerJob{id, std::move(specs)}));
+        disarm_idle();
+        flush();
+    }
+
+    // Lets the worker finish what it has and exit: it reads EOF after its
+    // last job. Replies are still read until the channel closes.
+    void drain(const char* why) {
+        if (state_ == State::draining || state_ == State::dead) {
+            return;
+        }
+        spdlog::debug("worker {} for {}: retiring ({})", pid_, describe_identity(identity_), why);
+        state_ = State::draining;
+        retired_ = true;
+        idle_timer_.reset();
+        if (outbox_.empty()) {
+            ::shutdown(channel_.get(), SHUT_WR);
+        }
+        pool_.worker_draining(this);
+    }
+
+    void kill_now() {
+        if (state_ != State::dead) {
+            ::kill(pid_, SIGKILL);
+        }
+    }
+
+  private:
+    struct Pending {
+        std::size_t expected_fds;
+        JobDone done;
+    };
+
+    static int on_io(sd_event_source*, int, uint32_t revents, void* userdata) {
+        auto* self = static_cast<Worker*>(userdata);
+        try {
+            if (revents & EPOLLOUT) {
+                self->flush();
+            }
+            if (self->state_ != State::dead && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
+                self->read_replies();
+            }
+        } catch (const std::exception& e) {
+            self->fail(std::string("worker channel: ") + e.what());
+        }
+        return 0;
+    }
+
+    static int on_exit(sd_event_source*, const siginfo_t* si, void* userdata) {
+        auto* self = static_cast<Worker*>(userdata);
+        WorkerPool& pool = self->pool_;
+        if (si->si_code == CLD_EXITED) {
+            self->exit_reason_ = "exited with status " + std::to_string(si->si_status);
+        } else {
+            self->exit_reason_ = std::string("killed by signal ") + sigabbrev_np(si->si_status);
+        }
+        bool quiet = self->retired_ && si->si_code == CLD_EXITED && si->si_status == 0;
+        if (quiet) {
+            spdlog::debug("worker {} {}", self->pid_, self->exit_reason_);
+        } else {
+            spdlog::warn("worker {} for {} {}", self->pid_, describe_identity(self->identity_),
+                         self->exit_reason_);
+        }
+        // Replies the worker sent before it exited are still delivered.
+        if (self->state_ != State::dead) {
+            try {
+                self->read_replies();
+            } catch (const std::exception&) {
+            }
+            self->fail("worker " + self->exit_reason_);
+        }
+        // The process is reaped; nothing may touch self after this call.
+        pool.worker_reaped(self);
+        return 0;
+    }
+
+    static int on_idle(sd_event_source*, uint64_t, void* userdata) {
+        static_cast<Worker*>(userdata)->drain("idle");
+        return 0;
+    }
+
+    void arm_idle() {
+        auto timeout = pool_.config_.idle_timeout;
+        if (timeout.count() == 0 || state_ != State::ready || !pending_.empty()) {
+            return;
+        }
+        sd_event_source* s = nullptr;
+        auto usec = static_cast<uint64_t>(std::chrono::microseconds(timeout).count());
+        if (sd_event_add_time_relative(pool_.loop_, &s, CLOCK_MONOTONIC, usec, 0, &Worker::on_idle,
+                                       this) >= 0) {
+            idle_timer_.reset(s);
+        }
+    }
+
+    void disarm_idle() { idle_timer_.reset(); }
+
+    void flush() {
+        while (!outbox_.empty() && channel_) {
+            auto status = proto::send_message(channel_.get(), outbox_.front(), {}, true);
+            if (status == proto::SendStatus::would_block) {
+                break;
+            }
+            if (status == proto::SendStatus::closed) {
+                fail("worker closed its channel");
+                return;
+            }
+            outbox_.pop_front();
+        }
+        if (!channel_) {
+            return;
+        }
+        sd_event_source_set_io_events(io_.get(), outbox_.empty() ? EPOLLIN : EPOLLIN | EPOLLOUT);
+        if (outbox_.empty() && state_ == State::draining) {
+            ::shutdown(channel_.get(), SHUT_WR);
+        }
+    }
+
+    void read_replies() {
+        while (channel_) {
+            auto received = proto::receive_message(channel_.get(), proto::max_message_size, true);
+            switch (received.status) {
+            case proto::ReceiveStatus::would_block:
+                return;
+            case proto::ReceiveStatus::closed:
+                fail(startup_error_.empty() ? "worker closed its channel" : startup_error_);
+                return;
+            case proto::ReceiveStatus::too_large:
+            case proto::ReceiveStatus::fds_truncated:
+                kill_now();
+                fail("worker sent an unreadable message");
+                return;
+            case proto::ReceiveStatus::message:
+                handle_reply(std::move(received.message));
+                break;
+            }
+        }
+    }
+
+    void handle_reply(proto::Message message) {
+        auto reply = proto::decode_reply(message.data, proto::Op::socket);
+        if (!reply || !reply->id) {
+            kill_now();
+            fail("worker sent a malformed reply");
+            return;
+        }
+        if (*reply->id == 0) {
+            // The startup notice: in the namespace, or why not.
+            if (auto* error = std::get_if<Error>(&reply->body)) {
+                startup_error_ = "worker could not enter the namespace: " + error->message;
+                spdlog::error("worker {}: {}", pid_, startup_error_);
+            } else if (state_ == State::starting) {
+                state_ = State::ready;
+                arm_idle();
+            }
+            return;
+        }
+        auto it = pending_.find(*reply->id);
+        if (it == pending_.end()) {
+            kill_now();
+            fail("worker answered a job it was not given");
+            return;
+        }
+        Pending job = std::move(it->second);
+        pending_.erase(it);
+        if (auto* error = std::get_if<Error>(&reply->body)) {
+            job.done(*error, {});
+        } else if (auto* sockets = std::get_if<proto::SocketReply>(&reply->body);
+                   sockets && sockets->sockets.size() == job.expected_fds &&
+                   message.fds.size() == job.expected_fds) {
+            sockets_ += job.expected_fds;
+            job.done(std::move(*sockets), std::move(message.fds));
+        } else {
+            job.done(make_error(ErrorCode::worker_failed, "worker sent the wrong number of sockets"), {});
+            kill_now();
+            fail("worker sent the wrong number of sockets");
+            return;
+        }
+        arm_idle();
+    }
+
+    // The worker is gone or unusable: every job in flight fails.
+    void fail(const std::string& why) {
+        if (state_ == State::dead) {
+            return;
+        }
+        bool was_draining = state_ == State::draining;
+        state_ = State::dead;
+        io_.reset();
+        channel_.reset();
+        idle_timer_.reset();
+        outbox_.clear();
+        auto pending = std::move(pending_);
+        pending_.clear();
+        if (!pending.empty()) {
+            spdlog::warn("worker {}: {}; failing {} request(s)", pid_, why, pending.size());
+        }
+        if (!was_draining) {
+            pool_.worker_draining(this);
+        }
+        for (auto& [id, job] : pending) {
+            job.done(make_error(ErrorCode::worker_failed, why), {});
+        }
+    }
+
+    WorkerPool& pool_;
+    NetnsIdentity identity_;
+    pid_t pid_;
+    UniqueFd channel_;
+    EventSource io_;
+    EventSource child_;
+    EventSource idle_timer_;
+    State state_ = State::starting;
+    bool retired_ = false; // asked to exit, so an exit is expected
+    std::set<std::string> names_;
+    std::map<std::uint64_t, Pending> pending_;
+    std::deque<std::string> outbox_;
+    std::uint64_t next_job_ = 1;
+    std::uint64_t requests_ = 0;
+    std::uint64_t sockets_ = 0;
+    std::string startup_error_;
+    std::string exit_reason_;
+};
+
+WorkerPool::WorkerPool(sd_event* loop, WorkerPoolConfig config) : loop_(loop), config_(std::move(config)) {}
+
+WorkerPool::~WorkerPool() = default;
+
+void WorkerPool::submit(ResolvedNetns netns, std::vector<proto::SocketSpec> specs, JobDone done) {
+    if (stopping_) {
+        done(make_error(ErrorCode::unavailable, "the daemon is shutting down"), {});
+        return;
+    }
+    Worker* worker = nullptr;
+    if (auto it = live_.find(netns.identity); it != live_.end()) {
+        worker = it->second.get();
+    } else {
+        try {
+            worker = spawn(netns);
+        } catch (const std::exception& e) {
+            spdlog::error("cannot start a worker: {}", e.what());
+            done(make_error(ErrorCode::worker_failed, std::string("cannot start a worker: ") + e.what()), {});
+            return;
+        }
+    }
+    if (netns.name) {
+        worker->names().insert(*netns.name);
+    }
+    worker->submit(std::move(specs), std::move(done));
+}
+
+Worker* WorkerPool::spawn(ResolvedNetns& netns) {
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+        throw_errno("socketpair");
+    }
+    UniqueFd ours{pair[0]};
+    UniqueFd theirs{pair[1]};
+    // Built before fork: the child only calls async-signal-safe functions
+    // until it execs or becomes the worker.
+    std::string log_level = config_.log_level;
+    const char* argv[] = {"nsbrokerd", "--worker", "--log-level", log_level.c_str(), nullptr};
+
+    pid_t pid = ::fork();
+    if (pid < 0) {
+        throw_errno("fork");
+    }
+    if (pid == 0) {
+        if (!place_worker_fds(theirs.get(), netns.fd.get())) {
+            ::_exit(127);
+        }
+        if (config_.mode == WorkerMode::exec) {
+            ::execv("/proc/self/exe", const_cast<char* const*>(argv));
+            ::_exit(127);
+        }
+        ::_exit(run_worker());
+    }
+    theirs.reset();
+    netns.fd.reset();
+    int flags = ::fcntl(ours.get(), F_GETFL);
+    ::fcntl(ours.get(), F_SETFL, flags | O_NONBLOCK);
+    ++spawned_;
+    auto worker = std::make_unique<Worker>(*this, netns.identity, pid, std::move(ours));
+    Worker* raw = worker.get();
+    live_.emplace(netns.identity, std::move(worker));
+    spdlog::info("worker {} started for namespace {}{}", pid, describe_identity(netns.identity),
+                 netns.name ? " (" + *netns.name + ")" : std::string{});
+    return raw;
+}
+
+void WorkerPool::worker_draining(Worker* worker) {
+    auto it = live_.find(worker->identity());
+    if (it != live_.end() && it->second.get() == worker) {
+        draining_.push_back(std::move(it->second));
+        live_.erase(it);
+    }
+}
+
+void WorkerPool::worker_reaped(Worker* worker) {
+    ++exited_;
+    worker_draining(worker);
+    auto it = std::find_if(draining_.begin(), draining_.end(),
+                           [worker](const auto& w) { return w.get() == worker; });
+    if (it != draining_.end()) {
+        draining_.erase(it);
+    }
+    check_stopped();
+}
+
+void WorkerPool::name_deleted(const std::string& name) {
+    std::vector<Worker*> retiring;
+    for (auto& [identity, worker] : live_) {
+        if (worker->names().erase(name) == 0) {
+            continue;
+        }
+        bool still_named = false;
+        for (const auto& other : worker->names()) {
+            auto r = open_netns_path(config_.netns_dir + "/" + other);
+            still_named = still_named || (r && r->identity == identity);
+        }
+        if (!still_named) {
+            retiring.push_back(worker.get());
+        }
+    }
+    for (Worker* w : retiring) {
+        spdlog::info("namespace \"{}\" was deleted; worker {} exits", name, w->pid());
+        w->drain("namespace deleted");
+    }
+}
+
+void WorkerPool::stop(std::function<void()> all_exited) {
+    stopping_ = true;
+    all_exited_ = std::move(all_exited);
+    std::vector<Worker*> all;
+    for (auto& [identity, worker] : live_) {
+        all.push_back(worker.get());
+    }
+    for (Worker* w : all) {
+        w->drain("daemon stopping");
+    }
+    sd_event_source* s = nullptr;
+    auto on_timeout = [](sd_event_source*, uint64_t, void* userdata) -> int {
+        auto* self = static_cast<WorkerPool*>(userdata);
+        for (auto& w : self->draining_) {
+            spdlog::warn("worker {} did not exit in time; killing it", w->pid());
+            w->kill_now();
+        }
+        return 0;
+    };
+    if (sd_event_add_time_relative(loop_, &s, CLOCK_MONOTONIC, stop_grace_usec, 0, on_timeout, this) >= 0) {
+        kill_timer_.reset(s);
+    }
+    check_stopped();
+}
+
+void WorkerPool::check_stopped() {
+    if (stopping_ && live_.empty() && draining_.empty() && all_exited_) {
+        kill_timer_.reset();
+        auto done = std::move(all_exited_);
+        all_exited_ = nullptr;
+        done();
+    }
+}
+
+std::vector<proto::NamespaceInfo> WorkerPool::describe() const {
+    std::vector<proto::NamespaceInfo> out;
+    for (const auto& [identity, worker] : live_) {
+        out.push_back(worker->describe());
+    }
+    for (const auto& worker : draining_) {
+        out.push_back(worker->describe());
+    }
+    return out;
+}
+
+std::size_t WorkerPool::jobs_in_flight() const {
+    std::size_t n = 0;
+    for (const auto& [identity, worker] : live_) {
+        n += worker->in_flight();
+    }
+    for (const auto& worker : draining_) {
+        n += worker->in_flight();
+    }
+    return n;
+}
+
+} // namespace nsbroker::daemon

@@ -1,0 +1,123 @@
+// Worker process: setns once, prove where it is, then serve jobs until the
+// daemon closes the channel.
+//
+// Startup reply: a Reply to id 0, an empty SocketReply when the worker is in
+// its namespace, or an Error saying why it is not. Then, for each WorkerJob, one
+// Reply with the same id and the sockets' fds.
+#include "worker_process.hpp"
+
+#include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/prctl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <spdlog/spdlog.h>
+
+#include "netns.hpp"
+#include "nsbroker/codec.hpp"
+#include "nsbroker/fd_passing.hpp"
+#include "socket_factory.hpp"
+
+namespace nsbroker::daemon {
+
+bool place_worker_fds(int channel, int netns) noexcept {
+    // Lift both above the target slots first, so that dup2 cannot clobber one
+    // with the other.
+    int high_channel = ::fcntl(channel, F_DUPFD, 10);
+    int high_netns = ::fcntl(netns, F_DUPFD, 10);
+    if (high_channel < 0 || high_netns < 0) {
+        return false;
+    }
+    if (::dup2(high_channel, worker_channel_fd) < 0 || ::dup2(high_netns, worker_netns_fd) < 0) {
+        return false;
+    }
+    // dup2 leaves both without close-on-exec, so that an exec'd worker image
+    // inherits exactly these two.
+    return ::close_range(worker_netns_fd + 1, ~0U, 0) == 0;
+}
+
+namespace {
+
+void send_reply(int channel, const proto::Reply& reply, const std::vector<UniqueFd>& fds = {}) {
+    auto raw = proto::raw_fds(fds);
+    proto::send_message(channel, proto::encode_reply(reply), raw);
+}
+
+// Joins the namespace on fd 4 and checks the kernel agrees where we are.
+Result<void> enter_namespace() {
+    UniqueFd netns{worker_netns_fd};
+    auto target = verify_netns(netns.get());
+    if (!target) {
+        return std::move(target).error();
+    }
+    if (::setns(netns.get(), CLONE_NEWNET) < 0) {
+        return make_error(ErrorCode::kernel, std::string("setns: ") + std::strerror(errno), errno);
+    }
+    auto now = current_netns();
+    if (!now) {
+        return std::move(now).error();
+    }
+    if (*now != *target) {
+        return make_error(ErrorCode::internal, "after setns the worker is not in its namespace");
+    }
+    return {};
+}
+
+void reset_signals() {
+    sigset_t none;
+    sigemptyset(&none);
+    ::sigprocmask(SIG_SETMASK, &none, nullptr);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGPIPE}) {
+        ::signal(sig, SIG_DFL);
+    }
+    ::signal(SIGPIPE, SIG_IGN);
+}
+
+} // namespace
+
+int run_worker() {
+    reset_signals();
+    // The daemon's end of the channel closes when it exits; this covers the
+    // case where it is killed before it can close it.
+    ::prctl(PR_SET_PDEATHSIG, SIGKILL);
+    const int channel = worker_channel_fd;
+    try {
+        if (auto entered = enter_namespace(); !entered) {
+            send_reply(channel, proto::Reply{0, entered.error()});
+            return 1;
+        }
+        send_reply(channel, proto::Reply{0, proto::SocketReply{}});
+        for (;;) {
+            auto received = proto::receive_message(channel);
+            if (received.status == proto::ReceiveStatus::closed) {
+                return 0;
+            }
+            if (received.status != proto::ReceiveStatus::message) {
+                spdlog::error("worker {}: unreadable message from the daemon", ::getpid());
+                return 1;
+            }
+            // The daemon never sends fds to a worker; any that arrive are
+            // closed by the message's destructor.
+            auto job = proto::decode_job(received.message.data);
+            if (!job) {
+                spdlog::error("worker {}: bad job: {}", ::getpid(), job.error().describe());
+                return 1;
+            }
+            auto made = make_sockets(job->specs);
+            if (!made) {
+                send_reply(channel, proto::Reply{job->id, made.error()});
+                continue;
+            }
+            send_reply(channel, proto::Reply{job->id, std::move(made->reply)}, made->fds);
+        }
+    } catch (const std::exception& e) {
+        spdlog::error("worker {}: {}", ::getpid(), e.what());
+        return 1;
+    }
+}
+
+} // namespace nsbroker::daemon

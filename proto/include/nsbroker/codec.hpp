@@ -1,0 +1,42 @@
+// The JSON codec: the only place that turns messages into bytes and back.
+// Decoders validate fully and say precisely what is wrong, with the JSON path
+// of the offending field ("sockets[2].bind: expected a string").
+#pragma once
+
+#include <string>
+#include <string_view>
+
+#include "nsbroker/protocol.hpp"
+
+namespace nsbroker::proto {
+
+// Requests. A decode error carries the id when it could be read, so that the
+// error reply can still be matched by the client.
+struct RequestError {
+    std::optional<std::uint64_t> id;
+    Error error;
+};
+std::string encode_request(const Request& request);
+std::variant<Request, RequestError> decode_request(std::string_view bytes);
+
+// Replies. decode_reply needs the operation the reply answers.
+std::string encode_reply(const Reply& reply);
+Result<Reply> decode_reply(std::string_view bytes, Op op);
+
+// Worker jobs.
+std::string encode_job(const WorkerJob& job);
+Result<WorkerJob> decode_job(std::string_view bytes);
+
+// Names and numbers of socket families, types and protocols as the protocol
+// spells them. Unknown names yield std::nullopt; numbers are always accepted
+// by the decoders.
+std::optional<int> family_from_name(std::string_view name);
+std::optional<int> type_from_name(std::string_view name);
+std::optional<int> protocol_from_name(int family, std::string_view name);
+std::string family_name(int family);
+std::string type_name(int type);
+
+// /run/netns names: one path component, not "." or "..", at most 255 bytes.
+Result<void> check_netns_name(std::string_view name);
+
+} // namespace nsbroker::proto

@@ -1,0 +1,48 @@
+// Sending and receiving one SOCK_SEQPACKET message with up to 253 descriptors.
+// Every component that passes fds goes through these two functions.
+#pragma once
+
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nsbroker/protocol.hpp"
+#include "nsbroker/unique_fd.hpp"
+
+namespace nsbroker::proto {
+
+struct Message {
+    std::string data;
+    std::vector<UniqueFd> fds; // received with MSG_CMSG_CLOEXEC; owned here
+};
+
+enum class ReceiveStatus {
+    message,       // a whole message (possibly empty) and its fds
+    would_block,   // non-blocking socket, nothing queued
+    closed,        // the peer closed the connection
+    too_large,     // the message exceeded max_size; its data and fds were dropped
+    fds_truncated, // MSG_CTRUNC: fds were lost; the peer must be dropped
+};
+
+struct Received {
+    ReceiveStatus status = ReceiveStatus::closed;
+    Message message;
+};
+
+// Receives one message of at most max_size bytes. Non-blocking when the socket
+// is, or when dont_wait is set. Throws SystemError on any other failure.
+Received receive_message(int fd, std::size_t max_size = max_message_size, bool dont_wait = false);
+
+enum class SendStatus { sent, would_block, closed };
+
+// Sends one message with the given fds, which stay owned by the caller (the
+// kernel duplicates them into the message). At most 253 fds. Throws
+// SystemError on failures other than would-block and a closed peer.
+SendStatus send_message(int fd, std::string_view data, std::span<const int> fds = {},
+                        bool dont_wait = false);
+
+// Raw descriptor numbers of a list of owned fds, for send_message.
+std::vector<int> raw_fds(const std::vector<UniqueFd>& fds);
+
+} // namespace nsbroker::proto

@@ -1,0 +1,146 @@
+// The typed form of every message nsbroker exchanges: requests and replies
+// between clients and nsbrokerd, and jobs between nsbrokerd and its workers.
+// proto/PROTOCOL.md is the specification; codec.hpp turns these into JSON.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstddef>
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <variant>
+#include <vector>
+
+#include "nsbroker/error.hpp"
+
+namespace nsbroker::proto {
+
+inline constexpr int protocol_version = 1;
+// Largest message in either direction, in bytes.
+inline constexpr std::size_t max_message_size = 64 * 1024;
+// SCM_MAX_FD: the kernel's limit of descriptors in one message.
+inline constexpr std::size_t max_fds_per_message = 253;
+inline constexpr std::size_t max_netns_name_length = 255;
+
+enum class Op { hello, ping, socket, namespaces, stats };
+
+std::string_view to_string(Op op) noexcept;
+
+// Which network namespace a request means.
+struct NetnsRef {
+    enum class Kind { name, path, pid, fd };
+    Kind kind = Kind::name;
+    std::string text; // the name or the path
+    pid_t pid = 0;
+    int fd_index = 0; // index into the fds sent with the request (always 0)
+
+    static NetnsRef by_name(std::string n) { return {Kind::name, std::move(n), 0, 0}; }
+    static NetnsRef by_path(std::string p) { return {Kind::path, std::move(p), 0, 0}; }
+    static NetnsRef by_pid(pid_t p) { return {Kind::pid, {}, p, 0}; }
+    static NetnsRef by_fd() { return {Kind::fd, {}, 0, 0}; }
+
+    // "name:qrouter-1", "path:/proc/1/ns/net", "pid:42", "fd".
+    [[nodiscard]] std::string describe() const;
+};
+
+// Socket options applied by the worker before a socket is handed over.
+struct SocketOptions {
+    std::optional<bool> reuseaddr, reuseport, ipv6_only, keepalive, nodelay, broadcast, freebind,
+        transparent;
+    std::optional<std::string> bindtodevice;
+    std::optional<std::uint32_t> mark;
+    std::optional<int> rcvbuf, sndbuf;
+
+    bool operator==(const SocketOptions&) const = default;
+};
+
+// One kind of socket: what socket(2) gets, what is done to it before it is
+// handed over, and how many identical ones to make.
+struct SocketSpec {
+    int family = 0;   // AF_*
+    int type = 0;     // SOCK_* without flags
+    int protocol = 0; // host byte order, also for AF_PACKET
+    bool nonblock = false;
+    SocketOptions options;
+    std::optional<std::string> bind;
+    std::optional<int> listen; // backlog
+    std::optional<std::string> connect;
+    unsigned count = 1;
+
+    bool operator==(const SocketSpec&) const = default;
+};
+
+struct Request {
+    std::uint64_t id = 0;
+    Op op = Op::ping;
+    std::optional<NetnsRef> netns;  // socket only
+    std::vector<SocketSpec> specs;  // socket only; total count 1..253
+};
+
+// Total number of sockets the specs ask for.
+std::size_t socket_count(const std::vector<SocketSpec>& specs) noexcept;
+
+struct HelloReply {
+    int protocol = protocol_version;
+    std::string daemon_version;
+    std::vector<std::string> features;
+};
+
+struct PongReply {};
+
+struct SocketInfo {
+    int family = 0;
+    int type = 0;
+    int protocol = 0;
+    std::string local; // local address after bind/connect, "" when unbound
+};
+
+struct SocketReply {
+    std::vector<SocketInfo> sockets; // in the order of the fds sent with the reply
+};
+
+struct NamespaceInfo {
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    std::vector<std::string> names; // under /run/netns
+    pid_t worker_pid = 0;           // 0: no worker
+    std::string state;              // "idle" (no worker), "starting", "ready", "exiting"
+    std::uint64_t requests = 0;
+    std::uint64_t sockets = 0;
+};
+
+struct NamespacesReply {
+    std::vector<NamespaceInfo> namespaces;
+    bool truncated = false; // the list did not fit in one message
+};
+
+struct StatsReply {
+    double uptime_seconds = 0;
+    std::uint64_t requests = 0;
+    std::uint64_t sockets = 0;
+    std::map<std::string, std::uint64_t> errors; // by error code
+    std::uint64_t clients = 0;
+    std::uint64_t workers_spawned = 0;
+    std::uint64_t workers_live = 0;
+    std::uint64_t workers_exited = 0;
+};
+
+// Everything a reply can carry; Error when "ok" is false.
+using ReplyBody =
+    std::variant<Error, HelloReply, PongReply, SocketReply, NamespacesReply, StatsReply>;
+
+struct Reply {
+    std::optional<std::uint64_t> id; // absent when the request had no readable id
+    ReplyBody body;
+};
+
+// nsbrokerd -> worker: make these sockets; the worker answers with a Reply
+// carrying a SocketReply or an Error, and the fds.
+struct WorkerJob {
+    std::uint64_t id = 0;
+    std::vector<SocketSpec> specs;
+};
+
+} // namespace nsbroker::proto

@@ -1,0 +1,853 @@
+// JSON encoding and strict decoding of every nsbroker message.
+#include "nsbroker/codec.hpp"
+
+#include <linux/netlink.h>
+#include <net/ethernet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <array>
+#include <functional>
+#include <nlohmann/json.hpp>
+
+#include "nsbroker/address.hpp"
+
+namespace nsbroker::proto {
+
+using nlohmann::json;
+
+namespace {
+
+// Nesting deeper than this is refused before parsing; no valid message nests
+// more than four levels.
+constexpr int max_json_depth = 16;
+
+struct Named {
+    std::string_view name;
+    int value;
+};
+
+constexpr std::array<Named, 5> family_names{{
+    {"unix", AF_UNIX},
+    {"inet", AF_INET},
+    {"inet6", AF_INET6},
+    {"netlink", AF_NETLINK},
+    {"packet", AF_PACKET},
+}};
+
+constexpr std::array<Named, 4> type_names{{
+    {"stream", SOCK_STREAM},
+    {"dgram", SOCK_DGRAM},
+    {"raw", SOCK_RAW},
+    {"seqpacket", SOCK_SEQPACKET},
+}};
+
+constexpr std::array<Named, 7> inet_protocols{{
+    {"ip", 0},
+    {"icmp", IPPROTO_ICMP},
+    {"tcp", IPPROTO_TCP},
+    {"udp", IPPROTO_UDP},
+    {"icmpv6", IPPROTO_ICMPV6},
+    {"sctp", IPPROTO_SCTP},
+    {"udplite", IPPROTO_UDPLITE},
+}};
+
+constexpr std::array<Named, 16> netlink_protocols{{
+    {"route", NETLINK_ROUTE},
+    {"usersock", NETLINK_USERSOCK},
+    {"firewall", NETLINK_FIREWALL},
+    {"sock_diag", NETLINK_SOCK_DIAG},
+    {"nflog", NETLINK_NFLOG},
+    {"xfrm", NETLINK_XFRM},
+    {"selinux", NETLINK_SELINUX},
+    {"iscsi", NETLINK_ISCSI},
+    {"audit", NETLINK_AUDIT},
+    {"fib_lookup", NETLINK_FIB_LOOKUP},
+    {"connector", NETLINK_CONNECTOR},
+    {"netfilter", NETLINK_NETFILTER},
+    {"kobject_uevent", NETLINK_KOBJECT_UEVENT},
+    {"generic", NETLINK_GENERIC},
+    {"crypto", NETLINK_CRYPTO},
+    {"rdma", NETLINK_RDMA},
+}};
+
+constexpr std::array<Named, 5> packet_protocols{{
+    {"all", ETH_P_ALL},
+    {"ip", ETH_P_IP},
+    {"ipv6", ETH_P_IPV6},
+    {"arp", ETH_P_ARP},
+    {"none", 0},
+}};
+
+template <std::size_t N>
+std::optional<int> lookup(const std::array<Named, N>& table, std::string_view name) {
+    for (const auto& entry : table) {
+        if (entry.name == name) {
+            return entry.value;
+        }
+    }
+    return std::nullopt;
+}
+
+template <std::size_t N>
+std::optional<std::string_view> reverse_lookup(const std::array<Named, N>& table, int value) {
+    for (const auto& entry : table) {
+        if (entry.value == value) {
+            return entry.name;
+        }
+    }
+    return std::nullopt;
+}
+
+constexpr std::array<std::pair<Op, std::string_view>, 5> op_names{{
+    {Op::hello, "hello"},
+    {Op::ping, "ping"},
+    {Op::socket, "socket"},
+    {Op::namespaces, "namespaces"},
+    {Op::stats, "stats"},
+}};
+
+// Thrown inside the decoder only; turned into an Error at its boundary.
+struct DecodeFailure {
+    Error error;
+};
+
+[[noreturn]] void fail(ErrorCode code, const std::string& path, const std::string& what) {
+    throw DecodeFailure{make_error(code, path.empty() ? what : path + ": " + what)};
+}
+
+std::string type_of(const json& j) {
+    switch (j.type()) {
+    case json::value_t::null:
+        return "null";
+    case json::value_t::boolean:
+        return "a boolean";
+    case json::value_t::number_integer:
+    case json::value_t::number_unsigned:
+    case json::value_t::number_float:
+        return "a number";
+    case json::value_t::string:
+        return "a string";
+    case json::value_t::array:
+        return "an array";
+    case json::value_t::object:
+        return "an object";
+    default:
+        return "an unknown value";
+    }
+}
+
+// Reading fields with their JSON path in every message.
+class Fields {
+  public:
+    Fields(const json& object, std::string path) : object_(object), path_(std::move(path)) {
+        if (!object_.is_object()) {
+            fail(ErrorCode::invalid_request, path_,
+                 "expected an object, got " + type_of(object_));
+        }
+    }
+
+    // Every key must be one of the known ones.
+    void allow_only(std::initializer_list<std::string_view> known, ErrorCode code) const {
+        for (const auto& [key, value] : object_.items()) {
+            bool found = false;
+            for (auto k : known) {
+                found = found || k == key;
+            }
+            if (!found) {
+                fail(code, path_, "unknown field \"" + key + "\"");
+            }
+        }
+    }
+
+    [[nodiscard]] const json* find(const char* key) const {
+        auto it = object_.find(key);
+        return it == object_.end() ? nullptr : &*it;
+    }
+    [[nodiscard]] std::string path(std::string_view key) const {
+        return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
+    }
+    [[nodiscard]] const json& require(const char* key) const {
+        const json* j = find(key);
+        if (j == nullptr) {
+            fail(ErrorCode::invalid_request, path_, std::string("missing field \"") + key + "\"");
+        }
+        return *j;
+    }
+
+    [[nodiscard]] std::string string(const char* key) const { return as_string(require(key), path(key)); }
+    [[nodiscard]] std::optional<std::string> opt_string(const char* key) const {
+        const json* j = find(key);
+        return j ? std::optional(as_string(*j, path(key))) : std::nullopt;
+    }
+    [[nodiscard]] std::optional<bool> opt_bool(const char* key) const {
+        const json* j = find(key);
+        if (j == nullptr) {
+            return std::nullopt;
+        }
+        if (!j->is_boolean()) {
+            fail(ErrorCode::invalid_request, path(key), "expected a boolean, got " + type_of(*j));
+        }
+        return j->get<bool>();
+    }
+    template <typename T>
+    [[nodiscard]] T integer(const char* key, T min, T max) const {
+        return as_integer<T>(require(key), path(key), min, max);
+    }
+    template <typename T>
+    [[nodiscard]] std::optional<T> opt_integer(const char* key, T min, T max) const {
+        const json* j = find(key);
+        return j ? std::optional(as_integer<T>(*j, path(key), min, max)) : std::nullopt;
+    }
+
+    static std::string as_string(const json& j, const std::string& where) {
+        if (!j.is_string()) {
+            fail(ErrorCode::invalid_request, where, "expected a string, got " + type_of(j));
+        }
+        return j.get<std::string>();
+    }
+
+    template <typename T>
+    static T as_integer(const json& j, const std::string& where, T min, T max) {
+        if (j.is_number_unsigned()) {
+            auto v = j.get<std::uint64_t>();
+            if (v <= static_cast<std::uint64_t>(max) && (min <= 0 || v >= static_cast<std::uint64_t>(min))) {
+                return static_cast<T>(v);
+            }
+        } else if (j.is_number_integer()) {
+            auto v = j.get<std::int64_t>();
+            if (v >= static_cast<std::int64_t>(min) &&
+                (v < 0 || static_cast<std::uint64_t>(v) <= static_cast<std::uint64_t>(max))) {
+                return static_cast<T>(v);
+            }
+        } else {
+            fail(ErrorCode::invalid_request, where, "expected an integer, got " + type_of(j));
+        }
+        fail(ErrorCode::invalid_request, where,
+             "out of range (" + std::to_string(min) + " to " + std::to_string(max) + ")");
+    }
+
+  private:
+    const json& object_;
+    std::string path_;
+};
+
+// Rejects nesting deeper than max_json_depth without building anything.
+bool nesting_within_limit(std::string_view bytes) {
+    int depth = 0;
+    bool in_string = false;
+    bool escaped = false;
+    for (char c : bytes) {
+        if (in_string) {
+            if (escaped) {
+                escaped = false;
+            } else if (c == '\\') {
+                escaped = true;
+            } else if (c == '"') {
+                in_string = false;
+            }
+            continue;
+        }
+        if (c == '"') {
+            in_string = true;
+        } else if (c == '{' || c == '[') {
+            if (++depth > max_json_depth) {
+                return false;
+            }
+        } else if (c == '}' || c == ']') {
+            --depth;
+        }
+    }
+    return true;
+}
+
+json parse_object(std::string_view bytes) {
+    if (bytes.size() > max_message_size) {
+        fail(ErrorCode::limit, "", "message larger than " + std::to_string(max_message_size) + " bytes");
+    }
+    if (!nesting_within_limit(bytes)) {
+        fail(ErrorCode::invalid_request, "", "JSON nested deeper than " + std::to_string(max_json_depth) + " levels");
+    }
+    json j = json::parse(bytes.begin(), bytes.end(), nullptr, false);
+    if (j.is_discarded()) {
+        fail(ErrorCode::invalid_request, "", "malformed JSON");
+    }
+    if (!j.is_object()) {
+        fail(ErrorCode::invalid_request, "", "expected a JSON object, got " + type_of(j));
+    }
+    return j;
+}
+
+// ---- socket specs ----------------------------------------------------------
+
+int decode_named_number(const json& j, const std::string& where, std::string_view what,
+                        const std::function<std::optional<int>(std::string_view)>& by_name,
+                        int max) {
+    if (j.is_string()) {
+        auto name = j.get<std::string>();
+        auto v = by_name(name);
+        if (!v) {
+            fail(ErrorCode::unsupported, where, "unknown " + std::string(what) + " \"" + name + "\"");
+        }
+        return *v;
+    }
+    return Fields::as_integer<int>(j, where, 0, max);
+}
+
+SocketOptions decode_options(const json& j, const std::string& where) {
+    Fields f(j, where);
+    f.allow_only({"reuseaddr", "reuseport", "ipv6_only", "keepalive", "nodelay", "broadcast",
+                  "freebind", "transparent", "bindtodevice", "mark", "rcvbuf", "sndbuf"},
+                 ErrorCode::unsupported);
+    SocketOptions o;
+    o.reuseaddr = f.opt_bool("reuseaddr");
+    o.reuseport = f.opt_bool("reuseport");
+    o.ipv6_only = f.opt_bool("ipv6_only");
+    o.keepalive = f.opt_bool("keepalive");
+    o.nodelay = f.opt_bool("nodelay");
+    o.broadcast = f.opt_bool("broadcast");
+    o.freebind = f.opt_bool("freebind");
+    o.transparent = f.opt_bool("transparent");
+    o.bindtodevice = f.opt_string("bindtodevice");
+    if (o.bindtodevice && (o.bindtodevice->empty() || o.bindtodevice->size() >= 16 ||
+                           o.bindtodevice->find('\0') != std::string::npos)) {
+        fail(ErrorCode::invalid_request, f.path("bindtodevice"), "expected an interface name");
+    }
+    o.mark = f.opt_integer<std::uint32_t>("mark", 0, UINT32_MAX);
+    o.rcvbuf = f.opt_integer<int>("rcvbuf", 0, INT32_MAX / 2);
+    o.sndbuf = f.opt_integer<int>("sndbuf", 0, INT32_MAX / 2);
+    return o;
+}
+
+SocketSpec decode_spec(const json& j, const std::string& where) {
+    Fields f(j, where);
+    f.allow_only({"family", "type", "protocol", "flags", "options", "bind", "listen", "connect",
+                  "count"},
+                 ErrorCode::invalid_request);
+    SocketSpec s;
+    s.family = decode_named_number(f.require("family"), f.path("family"), "family",
+                                   family_from_name, 255);
+    if (s.family == AF_UNSPEC) {
+        fail(ErrorCode::invalid_request, f.path("family"), "must not be 0");
+    }
+    s.type = decode_named_number(f.require("type"), f.path("type"), "type", type_from_name, 15);
+    if (s.type == 0) {
+        fail(ErrorCode::invalid_request, f.path("type"), "must not be 0");
+    }
+    if (const json* p = f.find("protocol")) {
+        int family = s.family;
+        s.protocol = decode_named_number(
+            *p, f.path("protocol"), "protocol for family " + family_name(family),
+            [family](std::string_view n) { return protocol_from_name(family, n); }, 65535);
+    }
+    if (const json* flags = f.find("flags")) {
+        if (!flags->is_array()) {
+            fail(ErrorCode::invalid_request, f.path("flags"), "expected an array, got " + type_of(*flags));
+        }
+        for (std::size_t i = 0; i < flags->size(); ++i) {
+            std::string where_i = f.path("flags") + "[" + std::to_string(i) + "]";
+            auto flag = Fields::as_string((*flags)[i], where_i);
+            if (flag == "nonblock") {
+                s.nonblock = true;
+            } else if (flag != "cloexec") {
+                fail(ErrorCode::unsupported, where_i, "unknown flag \"" + flag + "\"");
+            }
+        }
+    }
+    if (const json* o = f.find("options")) {
+        s.options = decode_options(*o, f.path("options"));
+    }
+    s.bind = f.opt_string("bind");
+    if (s.bind) {
+        if (auto ok = check_address(s.family, *s.bind); !ok) {
+            fail(ok.error().code, f.path("bind"), ok.error().message);
+        }
+    }
+    s.listen = f.opt_integer<int>("listen", 0, 65535);
+    s.connect = f.opt_string("connect");
+    if (s.connect) {
+        if (s.family == AF_PACKET) {
+            fail(ErrorCode::unsupported, f.path("connect"), "packet sockets cannot connect");
+        }
+        if (auto ok = check_address(s.family, *s.connect); !ok) {
+            fail(ok.error().code, f.path("connect"), ok.error().message);
+        }
+    }
+    if (s.listen && s.connect) {
+        fail(ErrorCode::invalid_request, where, "\"listen\" and \"connect\" exclude each other");
+    }
+    s.count = f.opt_integer<unsigned>("count", 1, max_fds_per_message).value_or(1);
+    return s;
+}
+
+json encode_options(const SocketOptions& o) {
+    json j = json::object();
+    auto put = [&j](const char* key, const auto& v) {
+        if (v) {
+            j[key] = *v;
+        }
+    };
+    put("reuseaddr", o.reuseaddr);
+    put("reuseport", o.reuseport);
+    put("ipv6_only", o.ipv6_only);
+    put("keepalive", o.keepalive);
+    put("nodelay", o.nodelay);
+    put("broadcast", o.broadcast);
+    put("freebind", o.freebind);
+    put("transparent", o.transparent);
+    put("bindtodevice", o.bindtodevice);
+    put("mark", o.mark);
+    put("rcvbuf", o.rcvbuf);
+    put("sndbuf", o.sndbuf);
+    return j;
+}
+
+json encode_spec(const SocketSpec& s) {
+    json j = {{"family", family_name(s.family)}, {"type", type_name(s.type)}, {"protocol", s.protocol}};
+    if (s.nonblock) {
+        j["flags"] = json::array({"nonblock"});
+    }
+    json options = encode_options(s.options);
+    if (!options.empty()) {
+        j["options"] = std::move(options);
+    }
+    if (s.bind) {
+        j["bind"] = *s.bind;
+    }
+    if (s.listen) {
+        j["listen"] = *s.listen;
+    }
+    if (s.connect) {
+        j["connect"] = *s.connect;
+    }
+    if (s.count != 1) {
+        j["count"] = s.count;
+    }
+    return j;
+}
+
+json encode_specs(const std::vector<SocketSpec>& specs) {
+    json list = json::array();
+    for (const auto& s : specs) {
+        list.push_back(encode_spec(s));
+    }
+    return list;
+}
+
+std::vector<SocketSpec> decode_specs(const Fields& f) {
+    const json* one = f.find("socket");
+    const json* many = f.find("sockets");
+    if (one && many) {
+        fail(ErrorCode::invalid_request, "", "give either \"socket\" or \"sockets\", not both");
+    }
+    std::vector<SocketSpec> specs;
+    if (one) {
+        specs.push_back(decode_spec(*one, "socket"));
+    } else if (many) {
+        if (!many->is_array()) {
+            fail(ErrorCode::invalid_request, "sockets", "expected an array, got " + type_of(*many));
+        }
+        if (many->empty()) {
+            fail(ErrorCode::invalid_request, "sockets", "must not be empty");
+        }
+        if (many->size() > max_fds_per_message) {
+            fail(ErrorCode::limit, "sockets", "at most 253 sockets in one request");
+        }
+        for (std::size_t i = 0; i < many->size(); ++i) {
+            specs.push_back(decode_spec((*many)[i], "sockets[" + std::to_string(i) + "]"));
+        }
+    } else {
+        fail(ErrorCode::invalid_request, "", "missing field \"sockets\"");
+    }
+    if (socket_count(specs) > max_fds_per_message) {
+        fail(ErrorCode::limit, "sockets",
+             "asks for " + std::to_string(socket_count(specs)) + " sockets; at most 253 in one request");
+    }
+    return specs;
+}
+
+// ---- namespace references --------------------------------------------------
+
+NetnsRef decode_netns(const json& j) {
+    Fields f(j, "netns");
+    if (j.size() != 1) {
+        fail(ErrorCode::invalid_request, "netns", "expected exactly one of \"name\", \"path\", \"pid\", \"fd\"");
+    }
+    f.allow_only({"name", "path", "pid", "fd"}, ErrorCode::invalid_request);
+    if (auto name = f.opt_string("name")) {
+        if (auto ok = check_netns_name(*name); !ok) {
+            fail(ok.error().code, "netns.name", ok.error().message);
+        }
+        return NetnsRef::by_name(*name);
+    }
+    if (auto path = f.opt_string("path")) {
+        if (path->empty() || path->front() != '/' || path->size() > 4096 ||
+            path->find('\0') != std::string::npos) {
+            fail(ErrorCode::invalid_request, "netns.path", "expected an absolute path");
+        }
+        return NetnsRef::by_path(*path);
+    }
+    if (auto pid = f.opt_integer<pid_t>("pid", 1, 4194304)) {
+        return NetnsRef::by_pid(*pid);
+    }
+    (void)f.integer<int>("fd", 0, 0);
+    return NetnsRef::by_fd();
+}
+
+json encode_netns(const NetnsRef& ref) {
+    switch (ref.kind) {
+    case NetnsRef::Kind::name:
+        return {{"name", ref.text}};
+    case NetnsRef::Kind::path:
+        return {{"path", ref.text}};
+    case NetnsRef::Kind::pid:
+        return {{"pid", ref.pid}};
+    case NetnsRef::Kind::fd:
+        return {{"fd", ref.fd_index}};
+    }
+    return nullptr;
+}
+
+// ---- replies ---------------------------------------------------------------
+
+json encode_error(const Error& e) {
+    json j = {{"code", to_string(e.code)}, {"message", e.message}};
+    if (e.sys_errno != 0) {
+        j["errno"] = e.sys_errno;
+    }
+    return j;
+}
+
+Error decode_error(const json& j) {
+    Fields f(j, "error");
+    auto code_name = f.string("code");
+    auto code = error_code_from_string(code_name);
+    Error e;
+    // A code this client does not know yet is still an error, reported as internal.
+    e.code = code.value_or(ErrorCode::internal);
+    e.sys_errno = f.opt_integer<int>("errno", 0, 4095).value_or(0);
+    e.message = f.opt_string("message").value_or(code_name);
+    return e;
+}
+
+struct ReplyEncoder {
+    json& j;
+    void operator()(const Error& e) const {
+        j["ok"] = false;
+        j["error"] = encode_error(e);
+    }
+    void operator()(const HelloReply& h) const {
+        j["protocol"] = h.protocol;
+        j["version"] = h.daemon_version;
+        j["features"] = h.features;
+    }
+    void operator()(const PongReply&) const {}
+    void operator()(const SocketReply& r) const {
+        json list = json::array();
+        for (const auto& s : r.sockets) {
+            list.push_back({{"family", family_name(s.family)},
+                            {"type", type_name(s.type)},
+                            {"protocol", s.protocol},
+                            {"local", s.local}});
+        }
+        j["sockets"] = std::move(list);
+    }
+    void operator()(const NamespacesReply& r) const {
+        json list = json::array();
+        for (const auto& n : r.namespaces) {
+            list.push_back({{"dev", n.dev},
+                            {"ino", n.ino},
+                            {"names", n.names},
+                            {"worker_pid", n.worker_pid},
+                            {"state", n.state},
+                            {"requests", n.requests},
+                            {"sockets", n.sockets}});
+        }
+        j["namespaces"] = std::move(list);
+        j["truncated"] = r.truncated;
+    }
+    void operator()(const StatsReply& s) const {
+        j["stats"] = {{"uptime_seconds", s.uptime_seconds},
+                      {"requests", s.requests},
+                      {"sockets", s.sockets},
+                      {"errors", s.errors},
+                      {"clients", s.clients},
+                      {"workers_spawned", s.workers_spawned},
+                      {"workers_live", s.workers_live},
+                      {"workers_exited", s.workers_exited}};
+    }
+};
+
+std::vector<std::string> string_list(const json& j, const std::string& where) {
+    if (!j.is_array()) {
+        fail(ErrorCode::invalid_request, where, "expected an array, got " + type_of(j));
+    }
+    std::vector<std::string> out;
+    for (std::size_t i = 0; i < j.size(); ++i) {
+        out.push_back(Fields::as_string(j[i], where + "[" + std::to_string(i) + "]"));
+    }
+    return out;
+}
+
+const json& require_array(const Fields& f, const char* key) {
+    const json& j = f.require(key);
+    if (!j.is_array()) {
+        fail(ErrorCode::invalid_request, f.path(key), "expected an array, got " + type_of(j));
+    }
+    return j;
+}
+
+ReplyBody decode_body(const Fields& f, Op op) {
+    switch (op) {
+    case Op::hello: {
+        HelloReply h;
+        h.protocol = f.integer<int>("protocol", 0, 1 << 20);
+        h.daemon_version = f.string("version");
+        h.features = string_list(f.require("features"), "features");
+        return h;
+    }
+    case Op::ping:
+        return PongReply{};
+    case Op::socket: {
+        SocketReply r;
+        const json& list = require_array(f, "sockets");
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            Fields s(list[i], "sockets[" + std::to_string(i) + "]");
+            SocketInfo info;
+            info.family = decode_named_number(s.require("family"), s.path("family"), "family", family_from_name, 255);
+            info.type = decode_named_number(s.require("type"), s.path("type"), "type", type_from_name, 15);
+            info.protocol = s.integer<int>("protocol", 0, 65535);
+            info.local = s.opt_string("local").value_or("");
+            r.sockets.push_back(std::move(info));
+        }
+        return r;
+    }
+    case Op::namespaces: {
+        NamespacesReply r;
+        const json& list = require_array(f, "namespaces");
+        for (std::size_t i = 0; i < list.size(); ++i) {
+            Fields n(list[i], "namespaces[" + std::to_string(i) + "]");
+            NamespaceInfo info;
+            info.dev = n.integer<std::uint64_t>("dev", 0, UINT64_MAX);
+            info.ino = n.integer<std::uint64_t>("ino", 0, UINT64_MAX);
+            info.names = string_list(n.require("names"), n.path("names"));
+            info.worker_pid = n.integer<pid_t>("worker_pid", 0, INT32_MAX);
+            info.state = n.string("state");
+            info.requests = n.integer<std::uint64_t>("requests", 0, UINT64_MAX);
+            info.sockets = n.integer<std::uint64_t>("sockets", 0, UINT64_MAX);
+            r.namespaces.push_back(std::move(info));
+        }
+        r.truncated = f.opt_bool("truncated").value_or(false);
+        return r;
+    }
+    case Op::stats: {
+        Fields s(f.require("stats"), "stats");
+        StatsReply r;
+        const json& uptime = s.require("uptime_seconds");
+        if (!uptime.is_number()) {
+            fail(ErrorCode::invalid_request, "stats.uptime_seconds", "expected a number");
+        }
+        r.uptime_seconds = uptime.get<double>();
+        r.requests = s.integer<std::uint64_t>("requests", 0, UINT64_MAX);
+        r.sockets = s.integer<std::uint64_t>("sockets", 0, UINT64_MAX);
+        r.clients = s.integer<std::uint64_t>("clients", 0, UINT64_MAX);
+        r.workers_spawned = s.integer<std::uint64_t>("workers_spawned", 0, UINT64_MAX);
+        r.workers_live = s.integer<std::uint64_t>("workers_live", 0, UINT64_MAX);
+        r.workers_exited = s.integer<std::uint64_t>("workers_exited", 0, UINT64_MAX);
+        const json& errors = s.require("errors");
+        Fields{errors, "stats.errors"}; // must be an object
+        for (const auto& [code, count] : errors.items()) {
+            r.errors[code] =
+                Fields::as_integer<std::uint64_t>(count, "stats.errors." + code, 0, UINT64_MAX);
+        }
+        return r;
+    }
+    }
+    fail(ErrorCode::internal, "", "unknown operation");
+}
+
+std::optional<std::uint64_t> peek_id(const json& j) {
+    auto it = j.find("id");
+    if (it != j.end() && it->is_number_unsigned()) {
+        return it->get<std::uint64_t>();
+    }
+    if (it != j.end() && it->is_number_integer() && it->get<std::int64_t>() >= 0) {
+        return static_cast<std::uint64_t>(it->get<std::int64_t>());
+    }
+    return std::nullopt;
+}
+
+} // namespace
+
+// ---- public ----------------------------------------------------------------
+
+std::string_view to_string(Op op) noexcept {
+    for (const auto& [o, name] : op_names) {
+        if (o == op) {
+            return name;
+        }
+    }
+    return "unknown";
+}
+
+std::string NetnsRef::describe() const {
+    switch (kind) {
+    case Kind::name:
+        return "name:" + text;
+    case Kind::path:
+        return "path:" + text;
+    case Kind::pid:
+        return "pid:" + std::to_string(pid);
+    case Kind::fd:
+        return "fd";
+    }
+    return "?";
+}
+
+std::size_t socket_count(const std::vector<SocketSpec>& specs) noexcept {
+    std::size_t n = 0;
+    for (const auto& s : specs) {
+        n += s.count;
+    }
+    return n;
+}
+
+std::optional<int> family_from_name(std::string_view name) { return lookup(family_names, name); }
+std::optional<int> type_from_name(std::string_view name) { return lookup(type_names, name); }
+
+std::optional<int> protocol_from_name(int family, std::string_view name) {
+    switch (family) {
+    case AF_INET:
+    case AF_INET6:
+        return lookup(inet_protocols, name);
+    case AF_NETLINK:
+        return lookup(netlink_protocols, name);
+    case AF_PACKET:
+        return lookup(packet_protocols, name);
+    default:
+        return std::nullopt;
+    }
+}
+
+std::string family_name(int family) {
+    auto n = reverse_lookup(family_names, family);
+    return n ? std::string(*n) : std::to_string(family);
+}
+
+std::string type_name(int type) {
+    auto n = reverse_lookup(type_names, type);
+    return n ? std::string(*n) : std::to_string(type);
+}
+
+Result<void> check_netns_name(std::string_view name) {
+    if (name.empty()) {
+        return make_error(ErrorCode::invalid_request, "namespace name is empty");
+    }
+    if (name == "." || name == "..") {
+        return make_error(ErrorCode::invalid_request, "namespace name must not be \".\" or \"..\"");
+    }
+    if (name.size() > max_netns_name_length) {
+        return make_error(ErrorCode::invalid_request, "namespace name longer than 255 bytes");
+    }
+    if (name.find('/') != std::string_view::npos || name.find('\0') != std::string_view::npos) {
+        return make_error(ErrorCode::invalid_request,
+                          "namespace name must be a single path component (no '/' or NUL)");
+    }
+    return {};
+}
+
+std::string encode_request(const Request& r) {
+    json j = {{"id", r.id}, {"op", to_string(r.op)}};
+    if (r.op == Op::socket) {
+        if (r.netns) {
+            j["netns"] = encode_netns(*r.netns);
+        }
+        j["sockets"] = encode_specs(r.specs);
+    }
+    return j.dump();
+}
+
+std::variant<Request, RequestError> decode_request(std::string_view bytes) {
+    std::optional<std::uint64_t> id;
+    try {
+        json j = parse_object(bytes);
+        id = peek_id(j);
+        Fields f(j, "");
+        Request r;
+        r.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
+        auto op_name = f.string("op");
+        bool known = false;
+        for (const auto& [o, name] : op_names) {
+            if (name == op_name) {
+                r.op = o;
+                known = true;
+            }
+        }
+        if (!known) {
+            fail(ErrorCode::unsupported, "op", "unknown operation \"" + op_name + "\"");
+        }
+        if (r.op == Op::socket) {
+            f.allow_only({"id", "op", "netns", "socket", "sockets"}, ErrorCode::invalid_request);
+            r.netns = decode_netns(f.require("netns"));
+            r.specs = decode_specs(f);
+        } else {
+            f.allow_only({"id", "op"}, ErrorCode::invalid_request);
+        }
+        return r;
+    } catch (const DecodeFailure& e) {
+        return RequestError{id, e.error};
+    }
+}
+
+std::string encode_reply(const Reply& reply) {
+    json j = json::object();
+    j["id"] = reply.id ? json(*reply.id) : json(nullptr);
+    j["ok"] = true;
+    std::visit(ReplyEncoder{j}, reply.body);
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
+
+Result<Reply> decode_reply(std::string_view bytes, Op op) {
+    try {
+        json j = parse_object(bytes);
+        Fields f(j, "");
+        Reply r;
+        const json& id = f.require("id");
+        if (!id.is_null()) {
+            r.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
+        }
+        const json& ok = f.require("ok");
+        if (!ok.is_boolean()) {
+            fail(ErrorCode::invalid_request, "ok", "expected a boolean, got " + type_of(ok));
+        }
+        if (!ok.get<bool>()) {
+            r.body = decode_error(f.require("error"));
+        } else {
+            r.body = decode_body(f, op);
+        }
+        return r;
+    } catch (const DecodeFailure& e) {
+        return e.error;
+    }
+}
+
+std::string encode_job(const WorkerJob& job) {
+    json j = {{"id", job.id}, {"sockets", encode_specs(job.specs)}};
+    return j.dump();
+}
+
+Result<WorkerJob> decode_job(std::string_view bytes) {
+    try {
+        json j = parse_object(bytes);
+        Fields f(j, "");
+        f.allow_only({"id", "sockets"}, ErrorCode::invalid_request);
+        WorkerJob job;
+        job.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
+        job.specs = decode_specs(f);
+        return job;
+    } catch (const DecodeFailure& e) {
+        return e.error;
+    }
+}
+
+} // namespace nsbroker::proto
