@@ -309,7 +309,7 @@ void Broker::handle_message(const std::shared_ptr<Connection>& c, proto::Message
         reply(*c, request.id, stats());
         return;
     case proto::Op::socket:
-        handle_socket(c, request, takes_fd ? std::move(message.fds.front()) : UniqueFd{});
+        handle_socket(c, request, message.fds.empty() ? UniqueFd{} : std::move(message.fds.front()));
         return;
     }
 }

@@ -831,6 +831,14 @@ Result<Reply> decode_reply(std::string_view bytes, Op op) {
     }
 }
 
+std::optional<std::uint64_t> reply_id(std::string_view bytes) {
+    try {
+        return peek_id(parse_object(bytes));
+    } catch (const DecodeFailure&) {
+        return std::nullopt;
+    }
+}
+
 std::string encode_job(const WorkerJob& job) {
     json j = {{"id", job.id}, {"sockets", encode_specs(job.specs)}};
     return j.dump();

@@ -22,6 +22,8 @@ std::variant<Request, RequestError> decode_request(std::string_view bytes);
 // Replies. decode_reply needs the operation the reply answers.
 std::string encode_reply(const Reply& reply);
 Result<Reply> decode_reply(std::string_view bytes, Op op);
+// The id of a reply, read before the caller knows which request it answers.
+std::optional<std::uint64_t> reply_id(std::string_view bytes);
 
 // Worker jobs.
 std::string encode_job(const WorkerJob& job);

@@ -1,0 +1,107 @@
+// libnsbroker: sockets from other network namespaces, from any thread,
+// without fork or setns.
+//
+//     auto client = nsbroker::Client::connect();          // NSBROKER_SOCKET or the default
+//     auto sock = client->socket(nsbroker::Netns::name("blue"),
+//                                *nsbroker::parse_socket_spec("tcp-listen:8080"));
+//     if (sock) use(sock->release()); else report(sock.error().describe());
+//
+// A Client may be shared by any number of threads: each call waits for its
+// own reply, and replies are matched by id.
+#pragma once
+
+#include <sys/types.h>
+
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nsbroker/error.hpp"
+#include "nsbroker/protocol.hpp"
+#include "nsbroker/unique_fd.hpp"
+
+namespace nsbroker {
+
+using proto::HelloReply;
+using proto::NamespaceInfo;
+using proto::NamespacesReply;
+using proto::SocketInfo;
+using proto::SocketSpec;
+using proto::StatsReply;
+
+// The socket path a client uses when given none: $NSBROKER_SOCKET, else
+// /run/nsbroker/nsbroker.sock.
+std::string default_socket_path();
+
+// Which namespace to make sockets in.
+class Netns {
+  public:
+    static Netns name(std::string name);  // /run/netns/NAME
+    static Netns path(std::string path);  // any nsfs file, opened by the daemon
+    static Netns pid(pid_t pid);          // /proc/PID/ns/net
+    // A namespace fd the caller holds (borrowed; it must stay open for the call).
+    static Netns fd(int fd);
+    // The command line's spelling: "NAME", a path (anything with a '/'), or "pid:N".
+    static Result<Netns> parse(std::string_view text);
+
+    [[nodiscard]] const proto::NetnsRef& ref() const { return ref_; }
+    [[nodiscard]] int borrowed_fd() const { return fd_; }
+
+  private:
+    proto::NetnsRef ref_;
+    int fd_ = -1;
+};
+
+// A socket made in a namespace: owns its fd until release().
+class Socket {
+  public:
+    Socket(UniqueFd fd, SocketInfo info) : fd_(std::move(fd)), info_(std::move(info)) {}
+
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    // The caller owns the returned descriptor.
+    [[nodiscard]] int release() noexcept { return fd_.release(); }
+    [[nodiscard]] UniqueFd take() noexcept { return std::move(fd_); }
+    [[nodiscard]] const SocketInfo& info() const noexcept { return info_; }
+    // Local address after bind, in the protocol's spelling ("127.0.0.1:8080").
+    [[nodiscard]] const std::string& local_address() const noexcept { return info_.local; }
+
+  private:
+    UniqueFd fd_;
+    SocketInfo info_;
+};
+
+class Client {
+  public:
+    // Connects to path, or to default_socket_path() when path is empty.
+    static Result<Client> connect(std::string_view path = {});
+
+    Client(Client&&) noexcept;
+    Client& operator=(Client&&) noexcept;
+    ~Client();
+
+    Result<HelloReply> hello();
+    Result<void> ping();
+    Result<Socket> socket(const Netns& netns, const SocketSpec& spec);
+    // Several sockets in one request and one reply (at most 253 in all),
+    // in the order of the specs and their counts.
+    Result<std::vector<Socket>> sockets(const Netns& netns, const std::vector<SocketSpec>& specs);
+    Result<NamespacesReply> namespaces();
+    Result<StatsReply> stats();
+
+    // The connection's descriptor, for poll(2) or diagnostics; still owned by the Client.
+    [[nodiscard]] int fd() const noexcept;
+
+  private:
+    struct Impl;
+    explicit Client(std::unique_ptr<Impl> impl);
+    std::unique_ptr<Impl> impl_;
+};
+
+// The command line's socket shorthand:
+//   tcp-listen:[ADDR:]PORT   tcp6-listen:[[ADDR]:]PORT   udp:[ADDR:]PORT   udp6:[[ADDR]:]PORT
+//   tcp-connect:HOST:PORT    tcp6-connect:[HOST]:PORT    unix-listen:PATH
+//   netlink:PROTO            raw:PROTO                   raw6:PROTO        packet:PROTO
+Result<SocketSpec> parse_socket_spec(std::string_view text);
+
+} // namespace nsbroker

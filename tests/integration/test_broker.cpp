@@ -1,0 +1,525 @@
+// nsbrokerd as clients see it: the built daemon, real namespaces, real sockets.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <linux/netlink.h>
+#include <netinet/in.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <thread>
+
+#include "nsbroker/address.hpp"
+#include "nsbroker/client.hpp"
+#include "nsbroker/codec.hpp"
+#include "nsbroker/fd_passing.hpp"
+#include "support/harness.hpp"
+
+using namespace nsbroker;
+using namespace nsbroker::test;
+
+namespace {
+
+Client connect(const Daemon& d) {
+    auto c = Client::connect(d.socket_path());
+    REQUIRE_MESSAGE(c, c.error().describe());
+    return std::move(*c);
+}
+
+SocketSpec spec(int family, int type, int protocol = 0) {
+    SocketSpec s;
+    s.family = family;
+    s.type = type;
+    s.protocol = protocol;
+    return s;
+}
+
+// The worker serving the namespace with this inode, or 0.
+pid_t worker_of(Client& c, ino_t ino) {
+    auto list = c.namespaces();
+    REQUIRE(list);
+    for (const auto& n : list->namespaces) {
+        if (n.ino == ino) {
+            return n.worker_pid;
+        }
+    }
+    return 0;
+}
+
+// A raw protocol connection, for what the library would never send.
+struct RawConnection {
+    UniqueFd fd;
+    explicit RawConnection(const Daemon& d) {
+        auto address = proto::parse_address(AF_UNIX, d.socket_path());
+        fd.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
+        REQUIRE(::connect(fd.get(), address->get(), address->length) == 0);
+        int big = 512 * 1024;
+        ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
+    }
+    nlohmann::json exchange(std::string_view bytes, std::vector<int> fds = {}) {
+        INFO("request: " << bytes.substr(0, 120));
+        REQUIRE(proto::send_message(fd.get(), bytes, fds) == proto::SendStatus::sent);
+        auto r = proto::receive_message(fd.get());
+        REQUIRE(r.status == proto::ReceiveStatus::message);
+        CHECK(r.message.fds.empty());
+        return nlohmann::json::parse(r.message.data);
+    }
+};
+
+const std::vector<std::vector<std::string>> worker_modes = {{"--worker-mode", "fork"},
+                                                            {"--worker-mode", "exec"}};
+
+} // namespace
+
+TEST_CASE("hello and ping") {
+    Daemon d;
+    auto c = connect(d);
+    auto hello = c.hello();
+    REQUIRE(hello);
+    CHECK(hello->protocol == 1);
+    CHECK_FALSE(hello->daemon_version.empty());
+    CHECK(c.ping());
+}
+
+TEST_CASE("every family and type, made in the namespace asked for, in both worker modes") {
+    for (const auto& mode : worker_modes) {
+        CAPTURE(mode[1]);
+        TestNetns ns("kinds");
+        Daemon d(mode);
+        auto c = connect(d);
+        struct Kind {
+            int family, type, protocol;
+        };
+        const Kind kinds[] = {
+            {AF_INET, SOCK_STREAM, IPPROTO_TCP},     {AF_INET, SOCK_DGRAM, IPPROTO_UDP},
+            {AF_INET, SOCK_RAW, IPPROTO_ICMP},       {AF_INET6, SOCK_STREAM, IPPROTO_TCP},
+            {AF_INET6, SOCK_DGRAM, IPPROTO_UDP},     {AF_INET6, SOCK_RAW, IPPROTO_ICMPV6},
+            {AF_UNIX, SOCK_STREAM, 0},               {AF_UNIX, SOCK_DGRAM, 0},
+            {AF_UNIX, SOCK_SEQPACKET, 0},            {AF_NETLINK, SOCK_RAW, NETLINK_ROUTE},
+            {AF_NETLINK, SOCK_DGRAM, NETLINK_GENERIC}, {AF_PACKET, SOCK_RAW, 0x0003},
+            {AF_PACKET, SOCK_DGRAM, 0x0800},
+        };
+        for (const auto& k : kinds) {
+            CAPTURE(k.family);
+            CAPTURE(k.type);
+            auto s = c.socket(Netns::name(ns.name()), spec(k.family, k.type, k.protocol));
+            REQUIRE_MESSAGE(s, s.error().describe());
+            CHECK(socket_option(s->fd(), SO_DOMAIN) == k.family);
+            CHECK(socket_option(s->fd(), SO_TYPE) == k.type);
+            if (k.family != AF_PACKET) {
+                CHECK(socket_option(s->fd(), SO_PROTOCOL) == k.protocol);
+            }
+            CHECK((::fcntl(s->fd(), F_GETFD) & FD_CLOEXEC) != 0);
+            CHECK(socket_netns_inode(s->fd()) == ns.inode());
+        }
+    }
+}
+
+TEST_CASE("a listening socket is reachable inside the namespace and not outside") {
+    TestNetns ns("listen");
+    Daemon d;
+    auto c = connect(d);
+    auto tcp = parse_socket_spec("tcp-listen:127.0.0.1:0");
+    auto s = c.socket(Netns::name(ns.name()), *tcp);
+    REQUIRE_MESSAGE(s, s.error().describe());
+    auto colon = s->local_address().rfind(':');
+    int port = std::stoi(s->local_address().substr(colon + 1));
+    CHECK(port > 0);
+    CHECK(s->local_address().starts_with("127.0.0.1:"));
+    CHECK(tcp_connect_from(ns.path(), "127.0.0.1", port));
+    CHECK_FALSE(tcp_connect_here("127.0.0.1", port));
+}
+
+TEST_CASE("options, nonblock and connect are applied before the socket is handed over") {
+    TestNetns ns("options");
+    Daemon d;
+    auto c = connect(d);
+    auto server = c.socket(Netns::name(ns.name()), *parse_socket_spec("tcp-listen:127.0.0.1:0"));
+    REQUIRE(server);
+
+    SocketSpec s = spec(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+    s.nonblock = true;
+    s.options.reuseport = true;
+    s.options.keepalive = true;
+    s.options.nodelay = true;
+    s.options.mark = 42;
+    s.options.rcvbuf = 65536;
+    s.connect = server->local_address();
+    auto client = c.socket(Netns::name(ns.name()), s);
+    REQUIRE_MESSAGE(client, client.error().describe());
+    CHECK((::fcntl(client->fd(), F_GETFL) & O_NONBLOCK) != 0);
+    CHECK(socket_option(client->fd(), SO_REUSEPORT) == 1);
+    CHECK(socket_option(client->fd(), SO_KEEPALIVE) == 1);
+    CHECK(socket_option(client->fd(), SO_MARK) == 42);
+    CHECK(socket_option(client->fd(), SO_RCVBUF) >= 65536);
+    CHECK(client->local_address().starts_with("127.0.0.1:"));
+
+    SocketSpec v6 = spec(AF_INET6, SOCK_DGRAM, IPPROTO_UDP);
+    v6.options.ipv6_only = true;
+    v6.bind = "[::1]:0";
+    auto u = c.socket(Netns::name(ns.name()), v6);
+    REQUIRE_MESSAGE(u, u.error().describe());
+    CHECK(u->local_address().starts_with("[::1]:"));
+    CHECK(u->local_address() != "[::1]:0");
+
+    // A blocking connect that is still in progress is not an error either.
+    SocketSpec blocking = spec(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+    blocking.connect = server->local_address();
+    auto b = c.socket(Netns::name(ns.name()), blocking);
+    REQUIRE(b);
+    CHECK((::fcntl(b->fd(), F_GETFL) & O_NONBLOCK) == 0);
+}
+
+TEST_CASE("the kernel's refusals come back with their errno") {
+    TestNetns ns("refusal");
+    Daemon d;
+    auto c = connect(d);
+    auto first = c.socket(Netns::name(ns.name()), *parse_socket_spec("tcp-listen:127.0.0.1:0"));
+    REQUIRE(first);
+    SocketSpec again = spec(AF_INET, SOCK_STREAM, IPPROTO_TCP);
+    again.bind = first->local_address();
+    auto second = c.socket(Netns::name(ns.name()), again);
+    REQUIRE_FALSE(second);
+    CHECK(second.error().code == ErrorCode::kernel);
+    CHECK(second.error().sys_errno == EADDRINUSE);
+    CHECK(second.error().message.find("bind") != std::string::npos);
+
+    SocketSpec dev = spec(AF_INET, SOCK_DGRAM);
+    dev.options.bindtodevice = "nosuchdev0";
+    auto d2 = c.socket(Netns::name(ns.name()), dev);
+    REQUIRE_FALSE(d2);
+    CHECK(d2.error().sys_errno == ENODEV);
+}
+
+TEST_CASE("a batch of 253 sockets in one reply, and batches of different specs") {
+    TestNetns ns("batch");
+    Daemon d;
+    auto c = connect(d);
+    SocketSpec udp = spec(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
+    udp.count = 253;
+    auto many = c.sockets(Netns::name(ns.name()), {udp});
+    REQUIRE_MESSAGE(many, many.error().describe());
+    REQUIRE(many->size() == 253);
+    std::set<int> distinct;
+    for (auto& s : *many) {
+        CHECK(socket_netns_inode(s.fd()) == ns.inode());
+        distinct.insert(s.fd());
+    }
+    CHECK(distinct.size() == 253);
+
+    auto mixed = c.sockets(Netns::name(ns.name()),
+                           {*parse_socket_spec("tcp-listen:127.0.0.1:0"), *parse_socket_spec("netlink:route"),
+                            *parse_socket_spec("udp6:[::1]:0")});
+    REQUIRE(mixed);
+    REQUIRE(mixed->size() == 3);
+    CHECK(socket_option((*mixed)[0].fd(), SO_ACCEPTCONN) == 1);
+    CHECK(socket_option((*mixed)[1].fd(), SO_DOMAIN) == AF_NETLINK);
+    CHECK(socket_option((*mixed)[2].fd(), SO_DOMAIN) == AF_INET6);
+
+    // All or nothing: one bad spec fails the whole request, and says which.
+    SocketSpec bad = spec(AF_INET, SOCK_STREAM);
+    bad.bind = "192.0.2.1:1"; // not an address of this namespace
+    auto failed = c.sockets(Netns::name(ns.name()), {spec(AF_INET, SOCK_DGRAM), bad});
+    REQUIRE_FALSE(failed);
+    CHECK(failed.error().sys_errno == EADDRNOTAVAIL);
+    CHECK(failed.error().message.starts_with("sockets[1]: "));
+}
+
+TEST_CASE("references by name, path, pid and fd reach the same namespace") {
+    TestNetns ns("refs");
+    Daemon d;
+    auto c = connect(d);
+    auto by_path = c.socket(Netns::path(ns.path()), spec(AF_INET, SOCK_DGRAM));
+    REQUIRE(by_path);
+    CHECK(socket_netns_inode(by_path->fd()) == ns.inode());
+
+    UniqueFd nsfd{::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC)};
+    auto by_fd = c.socket(Netns::fd(nsfd.get()), spec(AF_INET, SOCK_DGRAM));
+    REQUIRE_MESSAGE(by_fd, by_fd.error().describe());
+    CHECK(socket_netns_inode(by_fd->fd()) == ns.inode());
+
+    // A process living in the namespace.
+    pid_t sleeper = ::fork();
+    if (sleeper == 0) {
+        int fd = ::open(ns.path().c_str(), O_RDONLY);
+        ::setns(fd, CLONE_NEWNET);
+        ::pause();
+        ::_exit(0);
+    }
+    REQUIRE(wait_for([&] { return run("test $(stat -L -c %i /proc/" + std::to_string(sleeper) +
+                                      "/ns/net) = " + std::to_string(ns.inode())) == 0; }));
+    auto by_pid = c.socket(Netns::pid(sleeper), spec(AF_INET, SOCK_DGRAM));
+    ::kill(sleeper, SIGKILL);
+    ::waitpid(sleeper, nullptr, 0);
+    REQUIRE(by_pid);
+    CHECK(socket_netns_inode(by_pid->fd()) == ns.inode());
+
+    auto stats = c.stats();
+    REQUIRE(stats);
+    CHECK(stats->workers_spawned == 1);
+}
+
+TEST_CASE("two names for one namespace share one worker") {
+    TestNetns ns("alias");
+    std::string alias = unique_name("alias2");
+    std::string alias_path = "/run/netns/" + alias;
+    REQUIRE(run("touch " + alias_path + " && mount --bind " + ns.path() + " " + alias_path) == 0);
+    struct Cleanup {
+        std::string path;
+        ~Cleanup() { run("umount " + path + " 2>/dev/null; rm -f " + path); }
+    } cleanup{alias_path};
+
+    Daemon d;
+    auto c = connect(d);
+    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    auto second = c.socket(Netns::name(alias), spec(AF_INET, SOCK_DGRAM));
+    REQUIRE(second);
+    CHECK(socket_netns_inode(second->fd()) == ns.inode());
+    auto list = c.namespaces();
+    REQUIRE(list);
+    int entries = 0;
+    for (const auto& n : list->namespaces) {
+        if (n.ino == ns.inode()) {
+            ++entries;
+            CHECK(n.names == std::vector<std::string>{std::min(ns.name(), alias), std::max(ns.name(), alias)});
+            CHECK(n.worker_pid > 0);
+            CHECK(n.state == "ready");
+            CHECK(n.requests == 2);
+            CHECK(n.sockets == 2);
+        }
+    }
+    CHECK(entries == 1);
+    CHECK(c.stats()->workers_spawned == 1);
+}
+
+TEST_CASE("a worker killed mid-request fails that request; the next one gets a new worker") {
+    for (const auto& mode : worker_modes) {
+        CAPTURE(mode[1]);
+        TestNetns ns("kill");
+        Daemon d(mode);
+        auto c = connect(d);
+        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+        pid_t worker = worker_of(c, ns.inode());
+        REQUIRE(worker > 0);
+
+        // Stopped, the worker holds the request; killed, it never answers.
+        ::kill(worker, SIGSTOP);
+        std::atomic<bool> done{false};
+        Result<Socket> pending = make_error(ErrorCode::internal, "not run");
+        std::thread caller([&] {
+            pending = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+            done = true;
+        });
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        CHECK_FALSE(done.load());
+        ::kill(worker, SIGKILL);
+        caller.join();
+        REQUIRE_FALSE(pending);
+        CHECK(pending.error().code == ErrorCode::worker_failed);
+
+        auto next = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        REQUIRE_MESSAGE(next, next.error().describe());
+        CHECK(socket_netns_inode(next->fd()) == ns.inode());
+        pid_t replacement = worker_of(c, ns.inode());
+        CHECK(replacement > 0);
+        CHECK(replacement != worker);
+        // The killed worker was reaped: no zombie is left behind.
+        CHECK(wait_for([&] { return !process_alive(worker) && run("test -e /proc/" + std::to_string(worker)) != 0; }));
+        CHECK(c.stats()->workers_exited == 1);
+    }
+}
+
+TEST_CASE("16 threads x 1000 requests on one Client, every socket checked") {
+    TestNetns a("threads-a");
+    TestNetns b("threads-b");
+    Daemon d;
+    auto c = connect(d);
+    constexpr int threads = 16;
+    constexpr int per_thread = 1000;
+    std::atomic<int> good{0};
+    std::atomic<int> bad{0};
+    std::vector<std::thread> pool;
+    for (int t = 0; t < threads; ++t) {
+        pool.emplace_back([&, t] {
+            const TestNetns& ns = (t % 2) ? a : b;
+            int type = (t % 3) ? SOCK_DGRAM : SOCK_STREAM;
+            for (int i = 0; i < per_thread; ++i) {
+                auto s = c.socket(Netns::name(ns.name()), spec(AF_INET, type));
+                if (s && socket_netns_inode(s->fd()) == ns.inode() && socket_option(s->fd(), SO_TYPE) == type) {
+                    ++good;
+                } else {
+                    ++bad;
+                }
+            }
+        });
+    }
+    for (auto& t : pool) {
+        t.join();
+    }
+    CHECK(bad.load() == 0);
+    CHECK(good.load() == threads * per_thread);
+    auto stats = c.stats();
+    REQUIRE(stats);
+    CHECK(stats->sockets == threads * per_thread);
+    CHECK(stats->workers_spawned == 2);
+}
+
+TEST_CASE("ip netns delete makes its worker exit") {
+    for (const auto& mode : worker_modes) {
+        CAPTURE(mode[1]);
+        auto ns = std::make_unique<TestNetns>("delete");
+        Daemon d(mode);
+        auto c = connect(d);
+        REQUIRE(c.socket(Netns::name(ns->name()), spec(AF_INET, SOCK_DGRAM)));
+        ino_t ino = ns->inode();
+        pid_t worker = worker_of(c, ino);
+        REQUIRE(worker > 0);
+        ns->remove();
+        CHECK(wait_for([&] { return !process_alive(worker); }));
+        CHECK(wait_for([&] { return worker_of(c, ino) == 0; }));
+        CHECK(c.stats()->workers_live == 0);
+    }
+}
+
+TEST_CASE("an idle worker exits after its timeout, and comes back on demand") {
+    TestNetns ns("idle");
+    Daemon d({"--worker-idle-timeout", "1"});
+    auto c = connect(d);
+    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    CHECK(wait_for([&] { return !process_alive(worker); }, std::chrono::seconds(5)));
+    CHECK(c.stats()->workers_exited == 1);
+    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    CHECK(c.stats()->workers_spawned == 2);
+}
+
+TEST_CASE("hostile input gets clear errors and the daemon keeps serving, leaking nothing") {
+    TestNetns ns("hostile");
+    Daemon d;
+    {
+        // Warm up: one worker and one connection, so that later counts compare like with like.
+        auto warm = connect(d);
+        REQUIRE(warm.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    }
+    REQUIRE(wait_for([&] { return connect(d).stats()->clients == 1; }));
+    int fds_before = d.fd_count();
+
+    {
+        RawConnection raw(d);
+        auto check_error = [](const nlohmann::json& reply, const char* code) {
+            CAPTURE(reply.dump());
+            CHECK(reply["ok"] == false);
+            CHECK(reply["error"]["code"] == code);
+            CHECK_FALSE(reply["error"]["message"].get<std::string>().empty());
+        };
+        check_error(raw.exchange("{not json"), "invalid_request");
+        check_error(raw.exchange(R"({"id":1,"op":"teleport"})"), "unsupported");
+        check_error(raw.exchange(R"({"id":2,"op":"socket","netns":{"name":5},"socket":{}})"), "invalid_request");
+        check_error(raw.exchange(R"({"id":3,"op":"socket","netns":{"name":"x"},"socket":{"family":[],"type":1}})"),
+                    "invalid_request");
+        check_error(raw.exchange(std::string(65 * 1024, ' ')), "limit");
+        check_error(raw.exchange(std::string(20000, '[')), "invalid_request");
+        check_error(raw.exchange("\"just a string\""), "invalid_request");
+
+        // A descriptor where none belongs is closed and refused.
+        int devnull = ::open("/dev/null", O_RDONLY | O_CLOEXEC);
+        auto r = raw.exchange(R"({"id":4,"op":"ping"})", {devnull});
+        check_error(r, "invalid_request");
+        CHECK(r["id"] == 4);
+        // Two descriptors are refused too.
+        r = raw.exchange(R"({"id":5,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})",
+                         {devnull, devnull});
+        check_error(r, "invalid_request");
+        // A descriptor that is no network namespace.
+        r = raw.exchange(R"({"id":6,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})",
+                         {devnull});
+        check_error(r, "not_a_netns");
+        // Missing the descriptor it promised.
+        r = raw.exchange(R"({"id":7,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})");
+        check_error(r, "invalid_request");
+        ::close(devnull);
+        check_error(raw.exchange(R"({"id":8,"op":"socket","netns":{"path":"/etc/passwd"},
+                                     "socket":{"family":"inet","type":"dgram"}})"),
+                    "not_a_netns");
+        check_error(raw.exchange(R"({"id":9,"op":"socket","netns":{"path":"/proc/self/ns/mnt"},
+                                     "socket":{"family":"inet","type":"dgram"}})"),
+                    "not_a_netns");
+        check_error(raw.exchange(R"({"id":10,"op":"socket","netns":{"name":"nsbroker-absent"},
+                                     "socket":{"family":"inet","type":"dgram"}})"),
+                    "not_found");
+        // The same connection still works.
+        auto pong = raw.exchange(R"({"id":11,"op":"ping"})");
+        CHECK(pong["ok"] == true);
+        CHECK(pong["id"] == 11);
+    }
+    {
+        // A client that sends and leaves without reading, with fds in flight.
+        RawConnection rude(d);
+        for (int i = 0; i < 20; ++i) {
+            std::string req = R"({"id":)" + std::to_string(i) + R"(,"op":"socket","netns":{"name":")" + ns.name() +
+                              R"("},"socket":{"family":"inet","type":"dgram","count":50}})";
+            REQUIRE(proto::send_message(rude.fd.get(), req) == proto::SendStatus::sent);
+        }
+    }
+    auto c = connect(d);
+    CHECK(c.ping());
+    auto stats = c.stats();
+    REQUIRE(stats);
+    CHECK(stats->errors.at("invalid_request") >= 7);
+    CHECK(stats->errors.at("not_a_netns") == 3);
+    CHECK(d.running());
+    // Every client fd and every socket in flight was closed.
+    CHECK(wait_for([&] { return c.stats()->clients == 1 && d.fd_count() == fds_before; }));
+    CHECK(d.fd_count() == fds_before);
+}
+
+TEST_CASE("only root is served until a policy says otherwise") {
+    Daemon d;
+    pid_t child = ::fork();
+    if (child == 0) {
+        if (::setgid(65534) != 0 || ::setuid(65534) != 0) {
+            ::_exit(3);
+        }
+        auto c = Client::connect(d.socket_path());
+        if (!c) {
+            ::_exit(4);
+        }
+        auto pong = c->ping();
+        bool denied = !pong && pong.error().code == ErrorCode::permission_denied;
+        bool hello = c->hello().ok();
+        ::_exit(denied && hello ? 0 : 1);
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+}
+
+TEST_CASE("SIGTERM: the daemon answers what is in flight, stops its workers and exits 0") {
+    TestNetns ns("term");
+    auto d = std::make_unique<Daemon>();
+    auto c = connect(*d);
+    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    std::string path = d->socket_path();
+    CHECK(d->stop(SIGTERM) == 0);
+    CHECK_FALSE(process_alive(worker));
+    CHECK(run("test -e " + path) != 0);
+    auto after = c.ping();
+    REQUIRE_FALSE(after);
+    CHECK(after.error().code == ErrorCode::io);
+}
+
+TEST_CASE("a second daemon refuses a socket that is in use") {
+    Daemon d;
+    int status = -1;
+    run_output(built("NSBROKERD") + " --socket " + d.socket_path() + " 2>&1", &status);
+    CHECK(status == 1);
+    CHECK(connect(d).ping());
+}

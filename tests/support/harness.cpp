@@ -1,0 +1,288 @@
+// Namespaces, daemons and probes for the integration tests.
+#include "harness.hpp"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <linux/sockios.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <sstream>
+#include <stdexcept>
+#include <thread>
+
+namespace nsbroker::test {
+
+int run(const std::string& command) {
+    int status = std::system(command.c_str());
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::string run_output(const std::string& command, int* status) {
+    std::string out;
+    FILE* p = ::popen(command.c_str(), "r");
+    if (p == nullptr) {
+        if (status) {
+            *status = -1;
+        }
+        return out;
+    }
+    char buffer[4096];
+    std::size_t n;
+    while ((n = std::fread(buffer, 1, sizeof(buffer), p)) > 0) {
+        out.append(buffer, n);
+    }
+    int st = ::pclose(p);
+    if (status) {
+        *status = WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+    }
+    return out;
+}
+
+std::string unique_name(const std::string& tag) {
+    static std::atomic<int> counter{0};
+    return "nsbt-" + std::to_string(::getpid()) + "-" + std::to_string(counter++) + "-" + tag;
+}
+
+std::string built(const char* variable) {
+    const char* value = std::getenv(variable);
+    if (value == nullptr || *value == '\0') {
+        throw std::runtime_error(std::string(variable) + " is not set; run the tests with meson test");
+    }
+    return value;
+}
+
+// ---- TestNetns -------------------------------------------------------------
+
+TestNetns::TestNetns(const std::string& tag) : name_(unique_name(tag)) {
+    if (run("ip netns add " + name_) != 0) {
+        throw std::runtime_error("ip netns add " + name_ + " failed (are we root?)");
+    }
+    present_ = true;
+    run("ip -n " + name_ + " link set lo up");
+}
+
+TestNetns::~TestNetns() { remove(); }
+
+void TestNetns::remove() {
+    if (present_) {
+        run("ip netns delete " + name_ + " 2>/dev/null");
+        present_ = false;
+    }
+}
+
+ino_t TestNetns::inode() const {
+    struct stat st {};
+    if (::stat(path().c_str(), &st) < 0) {
+        return 0;
+    }
+    return st.st_ino;
+}
+
+// ---- TempDir ---------------------------------------------------------------
+
+TempDir::TempDir() {
+    char pattern[] = "/tmp/nsbroker-test-XXXXXX";
+    if (::mkdtemp(pattern) == nullptr) {
+        throw std::runtime_error("mkdtemp failed");
+    }
+    path_ = pattern;
+    ::chmod(path_.c_str(), 0755);
+}
+
+TempDir::~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path_, ec);
+}
+
+// ---- Daemon ----------------------------------------------------------------
+
+namespace {
+
+bool can_connect(const std::string& path) {
+    int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path.c_str());
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0;
+    ::close(fd);
+    return ok;
+}
+
+} // namespace
+
+Daemon::Daemon(std::vector<std::string> extra_args)
+    : socket_(dir_.path() + "/nsbroker.sock"), log_path_(dir_.path() + "/nsbrokerd.log") {
+    std::string binary = built("NSBROKERD");
+    std::vector<std::string> args = {binary, "--socket", socket_, "--log-level", "debug"};
+    args.insert(args.end(), extra_args.begin(), extra_args.end());
+    std::vector<char*> argv;
+    for (auto& a : args) {
+        argv.push_back(a.data());
+    }
+    argv.push_back(nullptr);
+    int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    pid_ = ::fork();
+    if (pid_ == 0) {
+        ::dup2(log_fd, 1);
+        ::dup2(log_fd, 2);
+        int devnull = ::open("/dev/null", O_RDONLY);
+        ::dup2(devnull, 0);
+        // The daemon starts with only stdio open, as it would under systemd.
+        ::close_range(3, ~0U, 0);
+        sigset_t none;
+        sigemptyset(&none);
+        ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        ::execv(argv[0], argv.data());
+        ::_exit(127);
+    }
+    ::close(log_fd);
+    if (!wait_for([this] { return can_connect(socket_) || !running(); })) {
+        throw std::runtime_error("nsbrokerd did not start:\n" + log());
+    }
+    if (!running()) {
+        throw std::runtime_error("nsbrokerd exited at start:\n" + log());
+    }
+}
+
+Daemon::~Daemon() {
+    if (pid_ > 0) {
+        stop(SIGTERM);
+    }
+}
+
+bool Daemon::running() const {
+    if (pid_ <= 0) {
+        return false;
+    }
+    siginfo_t info{};
+    return ::waitid(P_PID, static_cast<id_t>(pid_), &info, WEXITED | WNOHANG | WNOWAIT) == 0 &&
+           info.si_pid == 0;
+}
+
+int Daemon::fd_count() const {
+    int n = 0;
+    std::error_code ec;
+    for ([[maybe_unused]] const auto& entry :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/fd", ec)) {
+        ++n;
+    }
+    return n;
+}
+
+int Daemon::stop(int sig, std::chrono::milliseconds timeout) {
+    if (pid_ <= 0) {
+        return -1;
+    }
+    ::kill(pid_, sig);
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    int status = 0;
+    for (;;) {
+        pid_t r = ::waitpid(pid_, &status, WNOHANG);
+        if (r == pid_) {
+            break;
+        }
+        if (std::chrono::steady_clock::now() > deadline) {
+            ::kill(pid_, SIGKILL);
+            ::waitpid(pid_, &status, 0);
+            pid_ = -1;
+            return -1;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(5));
+    }
+    pid_ = -1;
+    if (WIFEXITED(status)) {
+        return WEXITSTATUS(status);
+    }
+    return 128 + WTERMSIG(status);
+}
+
+std::string Daemon::log() const {
+    std::ifstream in(log_path_);
+    std::stringstream s;
+    s << in.rdbuf();
+    return s.str();
+}
+
+// ---- probes ----------------------------------------------------------------
+
+ino_t socket_netns_inode(int fd) {
+    int nsfd = ::ioctl(fd, SIOCGSKNS);
+    if (nsfd < 0) {
+        return 0;
+    }
+    struct stat st {};
+    ::fstat(nsfd, &st);
+    ::close(nsfd);
+    return st.st_ino;
+}
+
+int socket_option(int fd, int option) {
+    int value = -1;
+    socklen_t length = sizeof(value);
+    if (::getsockopt(fd, SOL_SOCKET, option, &value, &length) < 0) {
+        return -1;
+    }
+    return value;
+}
+
+bool process_alive(pid_t pid) {
+    std::ifstream stat("/proc/" + std::to_string(pid) + "/stat");
+    std::string line;
+    if (!std::getline(stat, line)) {
+        return false;
+    }
+    auto close = line.rfind(')');
+    return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
+}
+
+bool wait_for(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
+    auto deadline = std::chrono::steady_clock::now() + timeout;
+    while (!pred()) {
+        if (std::chrono::steady_clock::now() > deadline) {
+            return false;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return true;
+}
+
+bool tcp_connect_here(const std::string& ip, int port) {
+    int fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in sin{};
+    sin.sin_family = AF_INET;
+    sin.sin_port = htons(static_cast<std::uint16_t>(port));
+    ::inet_pton(AF_INET, ip.c_str(), &sin.sin_addr);
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0;
+    ::close(fd);
+    return ok;
+}
+
+bool tcp_connect_from(const std::string& netns_path, const std::string& ip, int port) {
+    pid_t child = ::fork();
+    if (child == 0) {
+        int ns = ::open(netns_path.c_str(), O_RDONLY | O_CLOEXEC);
+        if (ns < 0 || ::setns(ns, CLONE_NEWNET) < 0) {
+            ::_exit(2);
+        }
+        ::_exit(tcp_connect_here(ip, port) ? 0 : 1);
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+} // namespace nsbroker::test

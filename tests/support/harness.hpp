@@ -1,0 +1,99 @@
+// What the integration tests share: real network namespaces made with ip(8),
+// the built nsbrokerd started on a private socket, and small probes of
+// where a socket lives. Everything made here is removed by destructors, also
+// when a test fails.
+#pragma once
+
+#include <sys/types.h>
+
+#include <chrono>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "nsbroker/unique_fd.hpp"
+
+namespace nsbroker::test {
+
+// Runs a shell command; returns its exit status (or -1).
+int run(const std::string& command);
+// Runs a shell command and returns what it printed on stdout.
+std::string run_output(const std::string& command, int* status = nullptr);
+
+// A unique name for this test process ("nsbt-<pid>-<n>-<tag>").
+std::string unique_name(const std::string& tag);
+
+// `ip netns add` on construction, `ip netns delete` on destruction.
+class TestNetns {
+  public:
+    explicit TestNetns(const std::string& tag = "ns");
+    ~TestNetns();
+    TestNetns(const TestNetns&) = delete;
+    TestNetns& operator=(const TestNetns&) = delete;
+
+    [[nodiscard]] const std::string& name() const { return name_; }
+    [[nodiscard]] std::string path() const { return "/run/netns/" + name_; }
+    [[nodiscard]] ino_t inode() const;
+    // Deletes it now (the destructor then does nothing).
+    void remove();
+
+  private:
+    std::string name_;
+    bool present_ = false;
+};
+
+// A private directory under /tmp, removed with everything in it.
+class TempDir {
+  public:
+    TempDir();
+    ~TempDir();
+    [[nodiscard]] const std::string& path() const { return path_; }
+
+  private:
+    std::string path_;
+};
+
+// The built nsbrokerd ($NSBROKERD), on a socket in a private directory.
+class Daemon {
+  public:
+    explicit Daemon(std::vector<std::string> extra_args = {});
+    ~Daemon();
+    Daemon(const Daemon&) = delete;
+    Daemon& operator=(const Daemon&) = delete;
+
+    [[nodiscard]] const std::string& socket_path() const { return socket_; }
+    [[nodiscard]] pid_t pid() const { return pid_; }
+    [[nodiscard]] bool running() const;
+    // Open descriptors of the daemon process itself.
+    [[nodiscard]] int fd_count() const;
+    // Sends sig and waits for the exit; returns the exit status, or -1 when it
+    // did not exit in time (it is then killed), or 128+N for a signal.
+    int stop(int sig = 15, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+    [[nodiscard]] std::string log() const;
+
+  private:
+    TempDir dir_;
+    std::string socket_;
+    std::string log_path_;
+    pid_t pid_ = -1;
+};
+
+// The inode of the network namespace a socket lives in (ioctl SIOCGSKNS).
+ino_t socket_netns_inode(int fd);
+// getsockopt SO_DOMAIN / SO_TYPE / SO_PROTOCOL.
+int socket_option(int fd, int option);
+// Whether a process exists (and is not a zombie).
+bool process_alive(pid_t pid);
+// Waits until pred() holds, polling; false on timeout.
+bool wait_for(const std::function<bool()>& pred,
+              std::chrono::milliseconds timeout = std::chrono::seconds(10));
+// In a forked child that joins netns_path: connects to a TCP address and
+// returns true when the connection was accepted.
+bool tcp_connect_from(const std::string& netns_path, const std::string& ip, int port);
+// A connection attempt from the test's own namespace.
+bool tcp_connect_here(const std::string& ip, int port);
+
+// Environment: path of a built program, from meson (fails the test if unset).
+std::string built(const char* variable);
+
+} // namespace nsbroker::test

@@ -1,0 +1,226 @@
+// The wire codec: round trips, and a precise error for every kind of bad input.
+#include <doctest/doctest.h>
+#include <linux/netlink.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <nlohmann/json.hpp>
+
+#include "nsbroker/codec.hpp"
+
+using namespace nsbroker;
+using namespace nsbroker::proto;
+
+namespace {
+
+Request decode_ok(const std::string& text) {
+    auto r = decode_request(text);
+    if (auto* e = std::get_if<RequestError>(&r)) {
+        FAIL("unexpected error: " << e->error.message);
+    }
+    return std::get<Request>(r);
+}
+
+RequestError decode_bad(const std::string& text) {
+    auto r = decode_request(text);
+    REQUIRE(std::holds_alternative<RequestError>(r));
+    return std::get<RequestError>(r);
+}
+
+} // namespace
+
+TEST_CASE("a socket request round-trips through the codec") {
+    Request r;
+    r.id = 42;
+    r.op = Op::socket;
+    r.netns = NetnsRef::by_name("blue");
+    SocketSpec tcp;
+    tcp.family = AF_INET;
+    tcp.type = SOCK_STREAM;
+    tcp.protocol = IPPROTO_TCP;
+    tcp.nonblock = true;
+    tcp.options.reuseaddr = true;
+    tcp.options.mark = 7;
+    tcp.options.bindtodevice = "eth0";
+    tcp.bind = "127.0.0.1:8080";
+    tcp.listen = 64;
+    SocketSpec nl;
+    nl.family = AF_NETLINK;
+    nl.type = SOCK_RAW;
+    nl.protocol = NETLINK_ROUTE;
+    nl.count = 5;
+    r.specs = {tcp, nl};
+
+    Request back = decode_ok(encode_request(r));
+    CHECK(back.id == 42);
+    CHECK(back.op == Op::socket);
+    REQUIRE(back.netns);
+    CHECK(back.netns->kind == NetnsRef::Kind::name);
+    CHECK(back.netns->text == "blue");
+    REQUIRE(back.specs.size() == 2);
+    CHECK(back.specs[0] == tcp);
+    CHECK(back.specs[1] == nl);
+    CHECK(socket_count(back.specs) == 6);
+}
+
+TEST_CASE("names and numbers are both accepted for family, type and protocol") {
+    auto r = decode_ok(R"({"id":1,"op":"socket","netns":{"pid":1},
+        "socket":{"family":2,"type":"dgram","protocol":"udp"}})");
+    CHECK(r.specs.at(0).family == AF_INET);
+    CHECK(r.specs.at(0).type == SOCK_DGRAM);
+    CHECK(r.specs.at(0).protocol == IPPROTO_UDP);
+    r = decode_ok(R"({"id":1,"op":"socket","netns":{"fd":0},
+        "socket":{"family":"netlink","type":"raw","protocol":"generic"}})");
+    CHECK(r.specs.at(0).protocol == NETLINK_GENERIC);
+    CHECK(r.netns->kind == NetnsRef::Kind::fd);
+    r = decode_ok(R"({"id":1,"op":"socket","netns":{"path":"/proc/1/ns/net"},
+        "socket":{"family":"packet","type":"raw","protocol":"all"}})");
+    CHECK(r.specs.at(0).protocol == 3);
+}
+
+TEST_CASE("every operation decodes, and other fields are refused") {
+    for (auto op : {"hello", "ping", "namespaces", "stats"}) {
+        auto r = decode_ok(std::string(R"({"id":7,"op":")") + op + R"("})");
+        CHECK(to_string(r.op) == op);
+    }
+    auto e = decode_bad(R"({"id":7,"op":"ping","extra":1})");
+    CHECK(e.id == 7u);
+    CHECK(e.error.code == ErrorCode::invalid_request);
+    CHECK(e.error.message == "unknown field \"extra\"");
+}
+
+TEST_CASE("malformed input gets a precise error, with the id when it could be read") {
+    struct Case {
+        const char* input;
+        ErrorCode code;
+        const char* message;
+    };
+    const Case cases[] = {
+        {"{", ErrorCode::invalid_request, "malformed JSON"},
+        {"[1,2]", ErrorCode::invalid_request, "expected a JSON object, got an array"},
+        {R"({"op":"ping"})", ErrorCode::invalid_request, "missing field \"id\""},
+        {R"({"id":"x","op":"ping"})", ErrorCode::invalid_request, "id: expected an integer, got a string"},
+        {R"({"id":-1,"op":"ping"})", ErrorCode::invalid_request, "id: out of range (0 to 18446744073709551615)"},
+        {R"({"id":1,"op":"fly"})", ErrorCode::unsupported, "op: unknown operation \"fly\""},
+        {R"({"id":1,"op":"socket","sockets":[]})", ErrorCode::invalid_request, "missing field \"netns\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"}})", ErrorCode::invalid_request,
+         "missing field \"sockets\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"sockets":[]})", ErrorCode::invalid_request,
+         "sockets: must not be empty"},
+        {R"({"id":1,"op":"socket","netns":{"name":"a","pid":3},"sockets":[]})", ErrorCode::invalid_request,
+         "netns: expected exactly one of \"name\", \"path\", \"pid\", \"fd\""},
+        {R"({"id":1,"op":"socket","netns":{"name":".."},"socket":{}})", ErrorCode::invalid_request,
+         "netns.name: namespace name must not be \".\" or \"..\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"../x"},"socket":{}})", ErrorCode::invalid_request,
+         "netns.name: namespace name must be a single path component (no '/' or NUL)"},
+        {R"({"id":1,"op":"socket","netns":{"path":"relative"},"socket":{}})", ErrorCode::invalid_request,
+         "netns.path: expected an absolute path"},
+        {R"({"id":1,"op":"socket","netns":{"fd":1},"socket":{}})", ErrorCode::invalid_request,
+         "netns.fd: out of range (0 to 0)"},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"type":"stream"}})",
+         ErrorCode::invalid_request, "socket: missing field \"family\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"ax25","type":"stream"}})",
+         ErrorCode::unsupported, "socket.family: unknown family \"ax25\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":true}})",
+         ErrorCode::invalid_request, "socket.type: expected an integer, got a boolean"},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"sockets":[{"family":"inet","type":"stream"},
+            {"family":"inet","type":"stream","protocol":"route"}]})",
+         ErrorCode::unsupported, "sockets[1].protocol: unknown protocol for family inet \"route\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream","bnid":1}})",
+         ErrorCode::invalid_request, "socket: unknown field \"bnid\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream",
+            "options":{"reuseaddr":1}}})",
+         ErrorCode::invalid_request, "socket.options.reuseaddr: expected a boolean, got a number"},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream",
+            "options":{"fastopen":true}}})",
+         ErrorCode::unsupported, "socket.options: unknown field \"fastopen\""},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream",
+            "bind":"localhost:80"}})",
+         ErrorCode::invalid_request,
+         "socket.bind: invalid inet address \"localhost:80\": expected an IPv4 address, as in 127.0.0.1:8080"},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream","count":0}})",
+         ErrorCode::invalid_request, "socket.count: out of range (1 to 253)"},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"sockets":[{"family":"inet","type":"stream","count":200},
+            {"family":"inet","type":"stream","count":54}]})",
+         ErrorCode::limit, "sockets: asks for 254 sockets; at most 253 in one request"},
+        {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream",
+            "listen":5,"connect":"1.2.3.4:5"}})",
+         ErrorCode::invalid_request, "socket: \"listen\" and \"connect\" exclude each other"},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.input);
+        auto e = decode_bad(c.input);
+        CHECK(e.error.code == c.code);
+        CHECK(e.error.message == c.message);
+    }
+    CHECK(decode_bad(R"({"id":9,"op":"fly"})").id == 9u);
+    CHECK_FALSE(decode_bad("{").id.has_value());
+}
+
+TEST_CASE("deep nesting and oversized messages are refused before parsing") {
+    std::string deep = R"({"id":1,"op":"ping","x":)" + std::string(10000, '[') + std::string(10000, ']') + "}";
+    auto e = decode_bad(deep);
+    CHECK(e.error.code == ErrorCode::invalid_request);
+    CHECK(e.error.message == "JSON nested deeper than 16 levels");
+
+    std::string big = R"({"id":1,"op":"ping","pad":")" + std::string(max_message_size, 'x') + "\"}";
+    CHECK(decode_bad(big).error.code == ErrorCode::limit);
+}
+
+TEST_CASE("replies round-trip for every operation") {
+    Reply hello{1, HelloReply{1, "0.1.0", {"socket"}}};
+    auto h = decode_reply(encode_reply(hello), Op::hello);
+    REQUIRE(h);
+    CHECK(h->id == 1u);
+    CHECK(std::get<HelloReply>(h->body).daemon_version == "0.1.0");
+
+    SocketReply sockets;
+    sockets.sockets.push_back({AF_INET6, SOCK_STREAM, IPPROTO_TCP, "[::1]:80"});
+    auto s = decode_reply(encode_reply({2, sockets}), Op::socket);
+    REQUIRE(s);
+    auto& info = std::get<SocketReply>(s->body).sockets.at(0);
+    CHECK(info.family == AF_INET6);
+    CHECK(info.local == "[::1]:80");
+
+    NamespacesReply ns;
+    ns.namespaces.push_back({4, 4026531840, {"a", "b"}, 77, "ready", 3, 9});
+    auto n = decode_reply(encode_reply({3, ns}), Op::namespaces);
+    REQUIRE(n);
+    CHECK(std::get<NamespacesReply>(n->body).namespaces.at(0).names.size() == 2);
+    CHECK(std::get<NamespacesReply>(n->body).namespaces.at(0).worker_pid == 77);
+
+    StatsReply st;
+    st.requests = 10;
+    st.errors["not_found"] = 2;
+    auto t = decode_reply(encode_reply({4, st}), Op::stats);
+    REQUIRE(t);
+    CHECK(std::get<StatsReply>(t->body).errors.at("not_found") == 2);
+
+    auto err = decode_reply(encode_reply({5, make_error(ErrorCode::kernel, "bind: in use", 98)}), Op::socket);
+    REQUIRE(err);
+    auto& e = std::get<Error>(err->body);
+    CHECK(e.code == ErrorCode::kernel);
+    CHECK(e.sys_errno == 98);
+    CHECK(e.message == "bind: in use");
+
+    auto json = nlohmann::json::parse(encode_reply({std::nullopt, make_error(ErrorCode::limit, "x")}));
+    CHECK(json["id"].is_null());
+    CHECK(json["ok"] == false);
+    CHECK(json["error"]["code"] == "limit");
+    CHECK_FALSE(json["error"].contains("errno"));
+}
+
+TEST_CASE("worker jobs round-trip and are validated like requests") {
+    WorkerJob job;
+    job.id = 12;
+    SocketSpec s;
+    s.family = AF_UNIX;
+    s.type = SOCK_SEQPACKET;
+    s.bind = "@abstract";
+    job.specs = {s};
+    auto back = decode_job(encode_job(job));
+    REQUIRE(back);
+    CHECK(back->id == 12);
+    CHECK(back->specs.at(0) == s);
+    CHECK_FALSE(decode_job(R"({"id":1,"sockets":[{"family":"inet"}]})"));
+}
