@@ -67,7 +67,8 @@ Result<Netns> Netns::parse(std::string_view text) {
             p = p * 10 + (ch - '0');
         }
         if (digits.empty() || p <= 0) {
-            return make_error(ErrorCode::invalid_request, "\"" + std::string(text) + "\": expected pid:N");
+            return make_error(ErrorCode::invalid_request,
+                              "\"" + std::string(text) + "\": expected pid:N");
         }
         return pid(p);
     }
@@ -213,7 +214,8 @@ Result<Client> Client::connect(std::string_view path) {
     if (::connect(fd.get(), address->get(), address->length) < 0) {
         int err = errno;
         return make_error(ErrorCode::io,
-                          "cannot connect to nsbrokerd at " + target + ": " + std::strerror(err), err);
+                          "cannot connect to nsbrokerd at " + target + ": " + std::strerror(err),
+                          err);
     }
     auto impl = std::make_unique<Impl>();
     impl->fd = std::move(fd);
@@ -225,7 +227,9 @@ Client::Client(Client&&) noexcept = default;
 Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
-int Client::fd() const noexcept { return impl_->fd.get(); }
+int Client::fd() const noexcept {
+    return impl_->fd.get();
+}
 
 namespace {
 
@@ -257,7 +261,9 @@ proto::Request request_for(proto::Op op) {
 
 } // namespace
 
-Result<HelloReply> Client::hello() { return expect<HelloReply>(impl_->call(request_for(proto::Op::hello))); }
+Result<HelloReply> Client::hello() {
+    return expect<HelloReply>(impl_->call(request_for(proto::Op::hello)));
+}
 
 Result<void> Client::ping() {
     auto pong = expect<proto::PongReply>(impl_->call(request_for(proto::Op::ping)));
@@ -271,9 +277,12 @@ Result<NamespacesReply> Client::namespaces() {
     return expect<NamespacesReply>(impl_->call(request_for(proto::Op::namespaces)));
 }
 
-Result<StatsReply> Client::stats() { return expect<StatsReply>(impl_->call(request_for(proto::Op::stats))); }
+Result<StatsReply> Client::stats() {
+    return expect<StatsReply>(impl_->call(request_for(proto::Op::stats)));
+}
 
-Result<std::vector<Socket>> Client::sockets(const Netns& netns, const std::vector<SocketSpec>& specs) {
+Result<std::vector<Socket>> Client::sockets(const Netns& netns,
+                                            const std::vector<SocketSpec>& specs) {
     proto::Request r = request_for(proto::Op::socket);
     r.netns = netns.ref();
     r.specs = specs;

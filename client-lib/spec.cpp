@@ -2,8 +2,8 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "nsbroker/client.hpp"
 #include "nsbroker/address.hpp"
+#include "nsbroker/client.hpp"
 #include "nsbroker/codec.hpp"
 
 namespace nsbroker {
@@ -19,8 +19,8 @@ Error bad_spec(std::string_view text, std::string_view why) {
 
 // "[ADDR:]PORT" for IPv4, "[[ADDR]:]PORT" for IPv6, as a full protocol address.
 std::string with_default_host(int family, std::string_view where) {
-    bool has_host = family == AF_INET ? where.find(':') != std::string_view::npos
-                                      : where.starts_with("[");
+    bool has_host =
+        family == AF_INET ? where.find(':') != std::string_view::npos : where.starts_with("[");
     if (has_host) {
         return std::string(where);
     }

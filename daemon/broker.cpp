@@ -40,8 +40,15 @@ namespace {
 constexpr std::uint64_t accept_pause_usec = 200'000;
 
 std::vector<std::string> features(WorkerMode mode) {
-    return {"socket", "batch", "netns-name", "netns-path", "netns-pid", "netns-fd", "namespaces",
-            "stats", mode == WorkerMode::fork ? "worker-mode-fork" : "worker-mode-exec"};
+    return {"socket",
+            "batch",
+            "netns-name",
+            "netns-path",
+            "netns-pid",
+            "netns-fd",
+            "namespaces",
+            "stats",
+            mode == WorkerMode::fork ? "worker-mode-fork" : "worker-mode-exec"};
 }
 
 } // namespace
@@ -86,8 +93,9 @@ Broker::~Broker() {
 }
 
 int Broker::run() {
-    spdlog::info("nsbrokerd {} listening on {} (worker mode {}, idle timeout {}s)", NSBROKER_VERSION,
-                 config_.socket_path, config_.workers.mode == WorkerMode::fork ? "fork" : "exec",
+    spdlog::info("nsbrokerd {} listening on {} (worker mode {}, idle timeout {}s)",
+                 NSBROKER_VERSION, config_.socket_path,
+                 config_.workers.mode == WorkerMode::fork ? "fork" : "exec",
                  config_.workers.idle_timeout.count());
     int r = sd_event_loop(loop_.get());
     if (r < 0) {
@@ -122,8 +130,8 @@ void Broker::accept_clients() {
                     }
                     return 0;
                 };
-                if (sd_event_add_time_relative(loop_.get(), &s, CLOCK_MONOTONIC, accept_pause_usec, 0,
-                                               resume, this) >= 0) {
+                if (sd_event_add_time_relative(loop_.get(), &s, CLOCK_MONOTONIC, accept_pause_usec,
+                                               0, resume, this) >= 0) {
                     accept_pause_.reset(s);
                 }
             }
@@ -139,11 +147,13 @@ void Broker::accept_clients() {
         c->broker = this;
         c->fd = std::move(fd);
         sd_event_source* s = nullptr;
-        if (sd_event_add_io(loop_.get(), &s, c->fd.get(), EPOLLIN, &Broker::on_client, c.get()) < 0) {
+        if (sd_event_add_io(loop_.get(), &s, c->fd.get(), EPOLLIN, &Broker::on_client, c.get()) <
+            0) {
             continue;
         }
         c->source.reset(s);
-        spdlog::debug("client connected: pid {} uid {} gid {}", c->peer.pid, c->peer.uid, c->peer.gid);
+        spdlog::debug("client connected: pid {} uid {} gid {}", c->peer.pid, c->peer.uid,
+                      c->peer.gid);
         clients_.emplace(c.get(), std::move(c));
     }
 }
@@ -161,20 +171,20 @@ void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents
         if (revents & EPOLLOUT) {
             flush(*c);
         }
-        // Read while the connection may take more work; what stays queued is
-        // read once replies drain.
-        while (!c->closed && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
-               c->in_flight + c->outbox.size() < config_.max_pending_per_client) {
+        // One message per wake-up: the loop calls again while more are queued,
+        // and stops reading while the connection has too much outstanding.
+        if (!c->closed && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
+            c->in_flight + c->outbox.size() < config_.max_pending_per_client) {
             auto received = proto::receive_message(c->fd.get(), proto::max_message_size, true);
             switch (received.status) {
             case proto::ReceiveStatus::would_block:
-                update_events(*c);
-                return;
+                break;
             case proto::ReceiveStatus::closed:
                 close_client(*c);
                 return;
             case proto::ReceiveStatus::fds_truncated:
-                spdlog::warn("client pid {} uid {}: message with too many descriptors; disconnected",
+                spdlog::warn("client pid {} uid {}: message with too many descriptors; "
+                             "disconnected",
                              c->peer.pid, c->peer.uid);
                 close_client(*c);
                 return;
@@ -190,9 +200,7 @@ void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents
                 break;
             }
         }
-        if (!c->closed) {
-            update_events(*c);
-        }
+        update_events(*c);
     } catch (const std::exception& e) {
         spdlog::warn("client pid {} uid {}: {}; disconnected", c->peer.pid, c->peer.uid, e.what());
         close_client(*c);
@@ -297,7 +305,8 @@ void Broker::handle_message(const std::shared_ptr<Connection>& c, proto::Message
     switch (request.op) {
     case proto::Op::hello:
         reply(*c, request.id,
-              proto::HelloReply{proto::protocol_version, NSBROKER_VERSION, features(config_.workers.mode)});
+              proto::HelloReply{proto::protocol_version, NSBROKER_VERSION,
+                                features(config_.workers.mode)});
         return;
     case proto::Op::ping:
         reply(*c, request.id, proto::PongReply{});
@@ -309,44 +318,57 @@ void Broker::handle_message(const std::shared_ptr<Connection>& c, proto::Message
         reply(*c, request.id, stats());
         return;
     case proto::Op::socket:
-        handle_socket(c, request, message.fds.empty() ? UniqueFd{} : std::move(message.fds.front()));
+        handle_socket(c, request,
+                      message.fds.empty() ? UniqueFd{} : std::move(message.fds.front()));
         return;
     }
 }
 
 void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
                            UniqueFd passed_fd) {
-    auto netns = resolve_netns(*request.netns, std::move(passed_fd), config_.workers.netns_dir);
+    ++c->in_flight;
+    std::weak_ptr<Connection> weak = c;
+    auto id = request.id;
+    JobDone done = [this, weak, id](Result<proto::SocketReply> result, std::vector<UniqueFd> fds) {
+        auto client = weak.lock();
+        if (result) {
+            sockets_ += fds.size();
+        }
+        if (!client) {
+            if (!result) {
+                ++errors_[std::string(to_string(result.error().code))];
+            }
+            return; // the client left; the fds close here
+        }
+        --client->in_flight;
+        if (result) {
+            reply(*client, id, std::move(result).value(), std::move(fds));
+        } else {
+            reply(*client, id, std::move(result).error());
+        }
+    };
+
+    // A namespace that already has a worker is found by one stat(2).
+    const auto& ref = *request.netns;
+    std::optional<std::string> name;
+    if (ref.kind == proto::NetnsRef::Kind::name) {
+        name = ref.text;
+    }
+    auto known = peek_identity(ref, passed_fd.get(), config_.workers.netns_dir);
+    if (known && pool_->submit_to_running(*known, name, request.specs, done)) {
+        return;
+    }
+
+    auto netns = resolve_netns(ref, std::move(passed_fd), config_.workers.netns_dir);
     if (!netns) {
-        spdlog::debug("pid {}: {}: {}", c->peer.pid, request.netns->describe(), netns.error().message);
-        reply(*c, request.id, std::move(netns).error());
+        spdlog::debug("pid {}: {}: {}", c->peer.pid, ref.describe(), netns.error().message);
+        done(std::move(netns).error(), {});
         return;
     }
     if (netns->name) {
         netns_watch_->ensure();
     }
-    ++c->in_flight;
-    std::weak_ptr<Connection> weak = c;
-    auto id = request.id;
-    pool_->submit(std::move(*netns), std::move(request.specs),
-                  [this, weak, id](Result<proto::SocketReply> result, std::vector<UniqueFd> fds) {
-                      auto client = weak.lock();
-                      if (result) {
-                          sockets_ += fds.size();
-                      }
-                      if (!client) {
-                          if (!result) {
-                              ++errors_[std::string(to_string(result.error().code))];
-                          }
-                          return; // the client left; the fds close here
-                      }
-                      --client->in_flight;
-                      if (result) {
-                          reply(*client, id, std::move(result).value(), std::move(fds));
-                      } else {
-                          reply(*client, id, std::move(result).error());
-                      }
-                  });
+    pool_->submit(std::move(*netns), std::move(request.specs), std::move(done));
 }
 
 proto::NamespacesReply Broker::list_namespaces() const {

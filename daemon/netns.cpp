@@ -33,7 +33,8 @@ Error open_error(const std::string& what, int err) {
 Result<NetnsIdentity> verify_netns(int fd) {
     struct statfs fs {};
     if (::fstatfs(fd, &fs) < 0) {
-        return make_error(ErrorCode::kernel, std::string("fstatfs: ") + std::strerror(errno), errno);
+        return make_error(ErrorCode::kernel, std::string("fstatfs: ") + std::strerror(errno),
+                          errno);
     }
     if (fs.f_type != static_cast<decltype(fs.f_type)>(NSFS_MAGIC)) {
         return make_error(ErrorCode::not_a_netns, "not a namespace file (not on nsfs)");
@@ -50,7 +51,8 @@ Result<NetnsIdentity> verify_netns(int fd) {
     if (::fstat(fd, &st) < 0) {
         return make_error(ErrorCode::kernel, std::string("fstat: ") + std::strerror(errno), errno);
     }
-    return NetnsIdentity{static_cast<std::uint64_t>(st.st_dev), static_cast<std::uint64_t>(st.st_ino)};
+    return NetnsIdentity{static_cast<std::uint64_t>(st.st_dev),
+                         static_cast<std::uint64_t>(st.st_ino)};
 }
 
 Result<ResolvedNetns> open_netns_path(const std::string& path) {
@@ -63,7 +65,8 @@ Result<ResolvedNetns> open_netns_path(const std::string& path) {
         return open_error(path, errno);
     }
     if (fs.f_type != static_cast<decltype(fs.f_type)>(NSFS_MAGIC)) {
-        return make_error(ErrorCode::not_a_netns, path + " is not a network namespace (not on nsfs)");
+        return make_error(ErrorCode::not_a_netns,
+                          path + " is not a network namespace (not on nsfs)");
     }
     // Reopen through the O_PATH descriptor, so that what is opened is what was checked.
     std::string proc = "/proc/self/fd/" + std::to_string(pathfd.get());
@@ -104,7 +107,8 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
     case Kind::pid: {
         auto r = open_netns_path("/proc/" + std::to_string(ref.pid) + "/ns/net");
         if (!r && r.error().code == ErrorCode::not_found) {
-            return make_error(ErrorCode::not_found, "no process " + std::to_string(ref.pid), ENOENT);
+            return make_error(ErrorCode::not_found, "no process " + std::to_string(ref.pid),
+                              ENOENT);
         }
         return r;
     }
@@ -121,6 +125,32 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
     }
     }
     return make_error(ErrorCode::internal, "unknown namespace reference");
+}
+
+std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passed_fd,
+                                           const std::string& netns_dir) {
+    using Kind = proto::NetnsRef::Kind;
+    struct stat st {};
+    int r = -1;
+    switch (ref.kind) {
+    case Kind::name:
+        r = ::stat((netns_dir + "/" + ref.text).c_str(), &st);
+        break;
+    case Kind::path:
+        r = ::stat(ref.text.c_str(), &st);
+        break;
+    case Kind::pid:
+        r = ::stat(("/proc/" + std::to_string(ref.pid) + "/ns/net").c_str(), &st);
+        break;
+    case Kind::fd:
+        r = passed_fd >= 0 ? ::fstat(passed_fd, &st) : -1;
+        break;
+    }
+    if (r < 0) {
+        return std::nullopt;
+    }
+    return NetnsIdentity{static_cast<std::uint64_t>(st.st_dev),
+                         static_cast<std::uint64_t>(st.st_ino)};
 }
 
 Result<NetnsIdentity> current_netns() {

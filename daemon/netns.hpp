@@ -41,6 +41,12 @@ Result<ResolvedNetns> open_netns_path(const std::string& path);
 Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
                                     const std::string& netns_dir = default_netns_dir);
 
+// The identity a reference names, found by stat(2) alone, or nothing. It
+// proves nothing about the file by itself; it is only good for finding a
+// running worker, whose namespace cannot be freed and so keeps its identity.
+std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passed_fd,
+                                           const std::string& netns_dir = default_netns_dir);
+
 // The identity of the network namespace the calling thread is in.
 Result<NetnsIdentity> current_netns();
 

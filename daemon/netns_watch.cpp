@@ -31,7 +31,8 @@ void NetnsWatch::ensure() {
                  "sd_event_add_io(inotify)");
         source_.reset(s);
     }
-    constexpr uint32_t mask = IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
+    constexpr uint32_t mask =
+        IN_DELETE | IN_MOVED_FROM | IN_DELETE_SELF | IN_MOVE_SELF | IN_ONLYDIR;
     if (::inotify_add_watch(inotify_.get(), dir_.c_str(), mask) >= 0) {
         watching_ = true;
         spdlog::debug("watching {} for deleted namespaces", dir_);

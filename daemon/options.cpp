@@ -77,7 +77,8 @@ ParsedOptions parse_options(int argc, char** argv) {
             } else if (arg == "exec") {
                 o.broker.workers.mode = WorkerMode::exec;
             } else {
-                return usage_error("--worker-mode is fork or exec, not \"" + std::string(arg) + "\"");
+                return usage_error("--worker-mode is fork or exec, not \"" + std::string(arg) +
+                                   "\"");
             }
             break;
         case opt_idle: {

@@ -23,7 +23,8 @@ namespace {
 
 Error kernel_error(const std::string& step) {
     int err = errno;
-    ErrorCode code = (err == EPERM || err == EACCES) ? ErrorCode::permission_denied : ErrorCode::kernel;
+    ErrorCode code =
+        (err == EPERM || err == EACCES) ? ErrorCode::permission_denied : ErrorCode::kernel;
     return make_error(code, step + ": " + std::strerror(err), err);
 }
 
@@ -106,7 +107,8 @@ Result<proto::SocketAddress> address_for(const SocketSpec& s, const std::string&
 
 Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) {
     // AF_PACKET takes its protocol (an EtherType) in network byte order.
-    int protocol = s.family == AF_PACKET ? htons(static_cast<std::uint16_t>(s.protocol)) : s.protocol;
+    int protocol =
+        s.family == AF_PACKET ? htons(static_cast<std::uint16_t>(s.protocol)) : s.protocol;
     bool connecting = s.connect.has_value();
     int type = s.type | SOCK_CLOEXEC | ((s.nonblock || connecting) ? SOCK_NONBLOCK : 0);
     UniqueFd fd{::socket(s.family, type, protocol)};
@@ -147,10 +149,13 @@ Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) 
         }
     }
     proto::SocketInfo info{s.family, s.type, s.protocol, {}};
-    sockaddr_storage local{};
-    socklen_t length = sizeof(local);
-    if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length) == 0) {
-        info.local = proto::format_address(reinterpret_cast<sockaddr*>(&local), length);
+    // An unbound socket has no address worth a system call.
+    if (s.bind || s.listen || connecting) {
+        sockaddr_storage local{};
+        socklen_t length = sizeof(local);
+        if (::getsockname(fd.get(), reinterpret_cast<sockaddr*>(&local), &length) == 0) {
+            info.local = proto::format_address(reinterpret_cast<sockaddr*>(&local), length);
+        }
     }
     return std::pair{std::move(fd), std::move(info)};
 }

@@ -71,7 +71,7 @@ class Worker {
         pending_.emplace(id, Pending{expected, std::move(done)});
         ++requests_;
         outbox_.push_back(proto::encode_job(proto::WorkerJob{id, std::move(specs)}));
-        disarm_idle();
+        touch();
         flush();
     }
 
@@ -109,8 +109,10 @@ class Worker {
             if (revents & EPOLLOUT) {
                 self->flush();
             }
+            // One message per wake-up: the loop calls again while more are
+            // queued, and a reply is not delayed by a read that finds nothing.
             if (self->state_ != State::dead && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR))) {
-                self->read_replies();
+                self->read_reply();
             }
         } catch (const std::exception& e) {
             self->fail(std::string("worker channel: ") + e.what());
@@ -146,25 +148,49 @@ class Worker {
         return 0;
     }
 
-    static int on_idle(sd_event_source*, uint64_t, void* userdata) {
-        static_cast<Worker*>(userdata)->drain("idle");
+    // The idle timer is armed once and, when it fires, re-armed from the
+    // last time the worker was used: busy workers cost no timer updates.
+    static int on_idle(sd_event_source*, uint64_t now, void* userdata) {
+        auto* self = static_cast<Worker*>(userdata);
+        uint64_t due = self->last_used_ + self->idle_usec();
+        if (!self->pending_.empty() || now < due) {
+            self->schedule_idle(self->pending_.empty() ? due : now + self->idle_usec());
+            return 0;
+        }
+        self->drain("idle");
         return 0;
     }
 
-    void arm_idle() {
-        auto timeout = pool_.config_.idle_timeout;
-        if (timeout.count() == 0 || state_ != State::ready || !pending_.empty()) {
+    [[nodiscard]] uint64_t idle_usec() const {
+        return static_cast<uint64_t>(std::chrono::microseconds(pool_.config_.idle_timeout).count());
+    }
+
+    [[nodiscard]] uint64_t now() const {
+        uint64_t usec = 0;
+        sd_event_now(pool_.loop_, CLOCK_MONOTONIC, &usec);
+        return usec;
+    }
+
+    void schedule_idle(uint64_t when) {
+        if (idle_timer_) {
+            sd_event_source_set_time(idle_timer_.get(), when);
+            sd_event_source_set_enabled(idle_timer_.get(), SD_EVENT_ONESHOT);
             return;
         }
         sd_event_source* s = nullptr;
-        auto usec = static_cast<uint64_t>(std::chrono::microseconds(timeout).count());
-        if (sd_event_add_time_relative(pool_.loop_, &s, CLOCK_MONOTONIC, usec, 0, &Worker::on_idle,
-                                       this) >= 0) {
+        if (sd_event_add_time(pool_.loop_, &s, CLOCK_MONOTONIC, when, 0, &Worker::on_idle, this) >=
+            0) {
             idle_timer_.reset(s);
         }
     }
 
-    void disarm_idle() { idle_timer_.reset(); }
+    void arm_idle() {
+        if (pool_.config_.idle_timeout.count() != 0 && state_ == State::ready && !idle_timer_) {
+            schedule_idle(now() + idle_usec());
+        }
+    }
+
+    void touch() { last_used_ = now(); }
 
     void flush() {
         while (!outbox_.empty() && channel_) {
@@ -187,24 +213,32 @@ class Worker {
         }
     }
 
+    // Reads and handles one message; false when there is nothing more to read.
+    bool read_reply() {
+        if (!channel_) {
+            return false;
+        }
+        auto received = proto::receive_message(channel_.get(), proto::max_message_size, true);
+        switch (received.status) {
+        case proto::ReceiveStatus::would_block:
+            return false;
+        case proto::ReceiveStatus::closed:
+            fail(startup_error_.empty() ? "worker closed its channel" : startup_error_);
+            return false;
+        case proto::ReceiveStatus::too_large:
+        case proto::ReceiveStatus::fds_truncated:
+            kill_now();
+            fail("worker sent an unreadable message");
+            return false;
+        case proto::ReceiveStatus::message:
+            handle_reply(std::move(received.message));
+            return true;
+        }
+        return false;
+    }
+
     void read_replies() {
-        while (channel_) {
-            auto received = proto::receive_message(channel_.get(), proto::max_message_size, true);
-            switch (received.status) {
-            case proto::ReceiveStatus::would_block:
-                return;
-            case proto::ReceiveStatus::closed:
-                fail(startup_error_.empty() ? "worker closed its channel" : startup_error_);
-                return;
-            case proto::ReceiveStatus::too_large:
-            case proto::ReceiveStatus::fds_truncated:
-                kill_now();
-                fail("worker sent an unreadable message");
-                return;
-            case proto::ReceiveStatus::message:
-                handle_reply(std::move(received.message));
-                break;
-            }
+        while (read_reply()) {
         }
     }
 
@@ -242,12 +276,14 @@ class Worker {
             sockets_ += job.expected_fds;
             job.done(std::move(*sockets), std::move(message.fds));
         } else {
-            job.done(make_error(ErrorCode::worker_failed, "worker sent the wrong number of sockets"), {});
+            job.done(
+                make_error(ErrorCode::worker_failed, "worker sent the wrong number of sockets"),
+                {});
             kill_now();
             fail("worker sent the wrong number of sockets");
             return;
         }
-        arm_idle();
+        touch();
     }
 
     // The worker is gone or unusable: every job in flight fails.
@@ -287,15 +323,31 @@ class Worker {
     std::map<std::uint64_t, Pending> pending_;
     std::deque<std::string> outbox_;
     std::uint64_t next_job_ = 1;
+    std::uint64_t last_used_ = 0; // CLOCK_MONOTONIC, microseconds
     std::uint64_t requests_ = 0;
     std::uint64_t sockets_ = 0;
     std::string startup_error_;
     std::string exit_reason_;
 };
 
-WorkerPool::WorkerPool(sd_event* loop, WorkerPoolConfig config) : loop_(loop), config_(std::move(config)) {}
+WorkerPool::WorkerPool(sd_event* loop, WorkerPoolConfig config)
+    : loop_(loop), config_(std::move(config)) {}
 
 WorkerPool::~WorkerPool() = default;
+
+bool WorkerPool::submit_to_running(const NetnsIdentity& identity,
+                                   const std::optional<std::string>& name,
+                                   std::vector<proto::SocketSpec>& specs, JobDone& done) {
+    auto it = live_.find(identity);
+    if (stopping_ || it == live_.end()) {
+        return false;
+    }
+    if (name) {
+        it->second->names().insert(*name);
+    }
+    it->second->submit(std::move(specs), std::move(done));
+    return true;
+}
 
 void WorkerPool::submit(ResolvedNetns netns, std::vector<proto::SocketSpec> specs, JobDone done) {
     if (stopping_) {
@@ -310,7 +362,9 @@ void WorkerPool::submit(ResolvedNetns netns, std::vector<proto::SocketSpec> spec
             worker = spawn(netns);
         } catch (const std::exception& e) {
             spdlog::error("cannot start a worker: {}", e.what());
-            done(make_error(ErrorCode::worker_failed, std::string("cannot start a worker: ") + e.what()), {});
+            done(make_error(ErrorCode::worker_failed,
+                            std::string("cannot start a worker: ") + e.what()),
+                 {});
             return;
         }
     }
@@ -418,7 +472,8 @@ void WorkerPool::stop(std::function<void()> all_exited) {
         }
         return 0;
     };
-    if (sd_event_add_time_relative(loop_, &s, CLOCK_MONOTONIC, stop_grace_usec, 0, on_timeout, this) >= 0) {
+    if (sd_event_add_time_relative(loop_, &s, CLOCK_MONOTONIC, stop_grace_usec, 0, on_timeout,
+                                   this) >= 0) {
         kill_timer_.reset(s);
     }
     check_stopped();

@@ -47,6 +47,11 @@ class WorkerPool {
     // netns.fd is handed to a new worker, or closed.
     void submit(ResolvedNetns netns, std::vector<proto::SocketSpec> specs, JobDone done);
 
+    // Sends the job to the running worker of identity and returns true; when
+    // there is none, returns false and leaves specs and done untouched.
+    bool submit_to_running(const NetnsIdentity& identity, const std::optional<std::string>& name,
+                           std::vector<proto::SocketSpec>& specs, JobDone& done);
+
     // A /run/netns entry went away: workers that no longer have a name retire.
     void name_deleted(const std::string& name);
 

@@ -2,11 +2,11 @@
 #include "nsbroker/address.hpp"
 
 #include <arpa/inet.h>
+#include <linux/if_packet.h>
 #include <linux/netlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
 #include <sys/un.h>
-#include <linux/if_packet.h>
 
 #include <charconv>
 #include <cstring>
@@ -24,7 +24,9 @@ bool parse_number(std::string_view text, T& out, int base = 10) {
     return ec == std::errc{} && end == text.data() + text.size();
 }
 
-bool parse_port(std::string_view text, std::uint16_t& port) { return parse_number(text, port); }
+bool parse_port(std::string_view text, std::uint16_t& port) {
+    return parse_number(text, port);
+}
 
 Error bad(std::string_view family, std::string_view text, std::string_view expected) {
     return make_error(ErrorCode::invalid_request, std::string("invalid ") + std::string(family) +
@@ -120,8 +122,8 @@ Result<SocketAddress> parse_netlink(std::string_view text) {
     }
     if (slash != std::string_view::npos) {
         std::string_view g = text.substr(slash + 1);
-        bool ok = g.starts_with("0x") ? parse_number(g.substr(2), groups, 16)
-                                      : parse_number(g, groups);
+        bool ok =
+            g.starts_with("0x") ? parse_number(g.substr(2), groups, 16) : parse_number(g, groups);
         if (!ok) {
             return bad("netlink", text, "PID/GROUPS with GROUPS a number");
         }
@@ -207,7 +209,8 @@ std::string format_address(const sockaddr* address, socklen_t length) {
     case AF_PACKET: {
         const auto* sll = reinterpret_cast<const sockaddr_ll*>(address);
         char name[IF_NAMESIZE] = {};
-        if (sll->sll_ifindex != 0 && ::if_indextoname(static_cast<unsigned>(sll->sll_ifindex), name)) {
+        if (sll->sll_ifindex != 0 &&
+            ::if_indextoname(static_cast<unsigned>(sll->sll_ifindex), name)) {
             return name;
         }
         return sll->sll_ifindex ? std::to_string(sll->sll_ifindex) : std::string{};

@@ -142,8 +142,7 @@ class Fields {
   public:
     Fields(const json& object, std::string path) : object_(object), path_(std::move(path)) {
         if (!object_.is_object()) {
-            fail(ErrorCode::invalid_request, path_,
-                 "expected an object, got " + type_of(object_));
+            fail(ErrorCode::invalid_request, path_, "expected an object, got " + type_of(object_));
         }
     }
 
@@ -175,7 +174,9 @@ class Fields {
         return *j;
     }
 
-    [[nodiscard]] std::string string(const char* key) const { return as_string(require(key), path(key)); }
+    [[nodiscard]] std::string string(const char* key) const {
+        return as_string(require(key), path(key));
+    }
     [[nodiscard]] std::optional<std::string> opt_string(const char* key) const {
         const json* j = find(key);
         return j ? std::optional(as_string(*j, path(key))) : std::nullopt;
@@ -211,7 +212,8 @@ class Fields {
     static T as_integer(const json& j, const std::string& where, T min, T max) {
         if (j.is_number_unsigned()) {
             auto v = j.get<std::uint64_t>();
-            if (v <= static_cast<std::uint64_t>(max) && (min <= 0 || v >= static_cast<std::uint64_t>(min))) {
+            if (v <= static_cast<std::uint64_t>(max) &&
+                (min <= 0 || v >= static_cast<std::uint64_t>(min))) {
                 return static_cast<T>(v);
             }
         } else if (j.is_number_integer()) {
@@ -263,10 +265,12 @@ bool nesting_within_limit(std::string_view bytes) {
 
 json parse_object(std::string_view bytes) {
     if (bytes.size() > max_message_size) {
-        fail(ErrorCode::limit, "", "message larger than " + std::to_string(max_message_size) + " bytes");
+        fail(ErrorCode::limit, "",
+             "message larger than " + std::to_string(max_message_size) + " bytes");
     }
     if (!nesting_within_limit(bytes)) {
-        fail(ErrorCode::invalid_request, "", "JSON nested deeper than " + std::to_string(max_json_depth) + " levels");
+        fail(ErrorCode::invalid_request, "",
+             "JSON nested deeper than " + std::to_string(max_json_depth) + " levels");
     }
     json j = json::parse(bytes.begin(), bytes.end(), nullptr, false);
     if (j.is_discarded()) {
@@ -287,7 +291,8 @@ int decode_named_number(const json& j, const std::string& where, std::string_vie
         auto name = j.get<std::string>();
         auto v = by_name(name);
         if (!v) {
-            fail(ErrorCode::unsupported, where, "unknown " + std::string(what) + " \"" + name + "\"");
+            fail(ErrorCode::unsupported, where,
+                 "unknown " + std::string(what) + " \"" + name + "\"");
         }
         return *v;
     }
@@ -321,12 +326,12 @@ SocketOptions decode_options(const json& j, const std::string& where) {
 
 SocketSpec decode_spec(const json& j, const std::string& where) {
     Fields f(j, where);
-    f.allow_only({"family", "type", "protocol", "flags", "options", "bind", "listen", "connect",
-                  "count"},
-                 ErrorCode::invalid_request);
+    f.allow_only(
+        {"family", "type", "protocol", "flags", "options", "bind", "listen", "connect", "count"},
+        ErrorCode::invalid_request);
     SocketSpec s;
-    s.family = decode_named_number(f.require("family"), f.path("family"), "family",
-                                   family_from_name, 255);
+    s.family =
+        decode_named_number(f.require("family"), f.path("family"), "family", family_from_name, 255);
     if (s.family == AF_UNSPEC) {
         fail(ErrorCode::invalid_request, f.path("family"), "must not be 0");
     }
@@ -342,7 +347,8 @@ SocketSpec decode_spec(const json& j, const std::string& where) {
     }
     if (const json* flags = f.find("flags")) {
         if (!flags->is_array()) {
-            fail(ErrorCode::invalid_request, f.path("flags"), "expected an array, got " + type_of(*flags));
+            fail(ErrorCode::invalid_request, f.path("flags"),
+                 "expected an array, got " + type_of(*flags));
         }
         for (std::size_t i = 0; i < flags->size(); ++i) {
             std::string where_i = f.path("flags") + "[" + std::to_string(i) + "]";
@@ -403,7 +409,8 @@ json encode_options(const SocketOptions& o) {
 }
 
 json encode_spec(const SocketSpec& s) {
-    json j = {{"family", family_name(s.family)}, {"type", type_name(s.type)}, {"protocol", s.protocol}};
+    json j = {
+        {"family", family_name(s.family)}, {"type", type_name(s.type)}, {"protocol", s.protocol}};
     if (s.nonblock) {
         j["flags"] = json::array({"nonblock"});
     }
@@ -461,7 +468,8 @@ std::vector<SocketSpec> decode_specs(const Fields& f) {
     }
     if (socket_count(specs) > max_fds_per_message) {
         fail(ErrorCode::limit, "sockets",
-             "asks for " + std::to_string(socket_count(specs)) + " sockets; at most 253 in one request");
+             "asks for " + std::to_string(socket_count(specs)) +
+                 " sockets; at most 253 in one request");
     }
     return specs;
 }
@@ -471,7 +479,8 @@ std::vector<SocketSpec> decode_specs(const Fields& f) {
 NetnsRef decode_netns(const json& j) {
     Fields f(j, "netns");
     if (j.size() != 1) {
-        fail(ErrorCode::invalid_request, "netns", "expected exactly one of \"name\", \"path\", \"pid\", \"fd\"");
+        fail(ErrorCode::invalid_request, "netns",
+             "expected exactly one of \"name\", \"path\", \"pid\", \"fd\"");
     }
     f.allow_only({"name", "path", "pid", "fd"}, ErrorCode::invalid_request);
     if (auto name = f.opt_string("name")) {
@@ -614,8 +623,10 @@ ReplyBody decode_body(const Fields& f, Op op) {
         for (std::size_t i = 0; i < list.size(); ++i) {
             Fields s(list[i], "sockets[" + std::to_string(i) + "]");
             SocketInfo info;
-            info.family = decode_named_number(s.require("family"), s.path("family"), "family", family_from_name, 255);
-            info.type = decode_named_number(s.require("type"), s.path("type"), "type", type_from_name, 15);
+            info.family = decode_named_number(s.require("family"), s.path("family"), "family",
+                                              family_from_name, 255);
+            info.type =
+                decode_named_number(s.require("type"), s.path("type"), "type", type_from_name, 15);
             info.protocol = s.integer<int>("protocol", 0, 65535);
             info.local = s.opt_string("local").value_or("");
             r.sockets.push_back(std::move(info));
@@ -712,8 +723,12 @@ std::size_t socket_count(const std::vector<SocketSpec>& specs) noexcept {
     return n;
 }
 
-std::optional<int> family_from_name(std::string_view name) { return lookup(family_names, name); }
-std::optional<int> type_from_name(std::string_view name) { return lookup(type_names, name); }
+std::optional<int> family_from_name(std::string_view name) {
+    return lookup(family_names, name);
+}
+std::optional<int> type_from_name(std::string_view name) {
+    return lookup(type_names, name);
+}
 
 std::optional<int> protocol_from_name(int family, std::string_view name) {
     switch (family) {

@@ -54,6 +54,8 @@ std::string Error::describe() const {
     return text;
 }
 
-void throw_errno(const std::string& what) { throw SystemError(errno, what); }
+void throw_errno(const std::string& what) {
+    throw SystemError(errno, what);
+}
 
 } // namespace nsbroker

@@ -39,12 +39,16 @@ void collect_fds(msghdr& msg, std::vector<UniqueFd>& out) {
 } // namespace
 
 Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
-    Received result;
     // One byte more than allowed, so that an oversized message is detected
-    // even on kernels that do not report MSG_TRUNC for this socket type.
-    result.message.data.resize(max_size + 1);
+    // even where the kernel does not report MSG_TRUNC. The buffer is reused:
+    // zero-filling 64 KiB for every message would cost more than the message.
+    thread_local std::vector<char> buffer;
+    if (buffer.size() < max_size + 1) {
+        buffer.resize(max_size + 1);
+    }
+    Received result;
     ControlBuffer control;
-    iovec iov{result.message.data.data(), result.message.data.size()};
+    iovec iov{buffer.data(), max_size + 1};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -59,28 +63,24 @@ Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
     if (n < 0) {
         if (errno == EAGAIN || errno == EWOULDBLOCK) {
             result.status = ReceiveStatus::would_block;
-            result.message.data.clear();
             return result;
         }
         if (errno == ECONNRESET) {
             result.status = ReceiveStatus::closed;
-            result.message.data.clear();
             return result;
         }
         throw_errno("recvmsg");
     }
     collect_fds(msg, result.message.fds);
-    if (n == 0 && msg.msg_controllen == 0 && (msg.msg_flags & MSG_CTRUNC) == 0) {
-        // SOCK_SEQPACKET reports a closed peer as a zero-length read; an empty
-        // message would have to carry fds to be distinguishable, and the
-        // protocol has no empty messages.
-        result.status = ReceiveStatus::closed;
-        result.message.data.clear();
-        return result;
-    }
     if ((msg.msg_flags & MSG_CTRUNC) != 0) {
         result.status = ReceiveStatus::fds_truncated;
         result.message = {};
+        return result;
+    }
+    if (n == 0 && result.message.fds.empty()) {
+        // SOCK_SEQPACKET reports a closed peer as a zero-length read; the
+        // protocol has no empty messages.
+        result.status = ReceiveStatus::closed;
         return result;
     }
     if ((msg.msg_flags & MSG_TRUNC) != 0 || static_cast<std::size_t>(n) > max_size) {
@@ -88,7 +88,7 @@ Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
         result.message = {};
         return result;
     }
-    result.message.data.resize(static_cast<std::size_t>(n));
+    result.message.data.assign(buffer.data(), static_cast<std::size_t>(n));
     result.status = ReceiveStatus::message;
     return result;
 }

@@ -29,6 +29,7 @@ int main() {
     if (conn < 0) {
         return 4;
     }
-    std::string reply = std::string(names) + " " + std::to_string(getpid()) + " " + std::to_string(st.st_ino);
+    std::string reply =
+        std::string(names) + " " + std::to_string(getpid()) + " " + std::to_string(st.st_ino);
     return write(conn, reply.data(), reply.size()) == static_cast<ssize_t>(reply.size()) ? 0 : 5;
 }

@@ -95,12 +95,18 @@ TEST_CASE("every family and type, made in the namespace asked for, in both worke
             int family, type, protocol;
         };
         const Kind kinds[] = {
-            {AF_INET, SOCK_STREAM, IPPROTO_TCP},     {AF_INET, SOCK_DGRAM, IPPROTO_UDP},
-            {AF_INET, SOCK_RAW, IPPROTO_ICMP},       {AF_INET6, SOCK_STREAM, IPPROTO_TCP},
-            {AF_INET6, SOCK_DGRAM, IPPROTO_UDP},     {AF_INET6, SOCK_RAW, IPPROTO_ICMPV6},
-            {AF_UNIX, SOCK_STREAM, 0},               {AF_UNIX, SOCK_DGRAM, 0},
-            {AF_UNIX, SOCK_SEQPACKET, 0},            {AF_NETLINK, SOCK_RAW, NETLINK_ROUTE},
-            {AF_NETLINK, SOCK_DGRAM, NETLINK_GENERIC}, {AF_PACKET, SOCK_RAW, 0x0003},
+            {AF_INET, SOCK_STREAM, IPPROTO_TCP},
+            {AF_INET, SOCK_DGRAM, IPPROTO_UDP},
+            {AF_INET, SOCK_RAW, IPPROTO_ICMP},
+            {AF_INET6, SOCK_STREAM, IPPROTO_TCP},
+            {AF_INET6, SOCK_DGRAM, IPPROTO_UDP},
+            {AF_INET6, SOCK_RAW, IPPROTO_ICMPV6},
+            {AF_UNIX, SOCK_STREAM, 0},
+            {AF_UNIX, SOCK_DGRAM, 0},
+            {AF_UNIX, SOCK_SEQPACKET, 0},
+            {AF_NETLINK, SOCK_RAW, NETLINK_ROUTE},
+            {AF_NETLINK, SOCK_DGRAM, NETLINK_GENERIC},
+            {AF_PACKET, SOCK_RAW, 0x0003},
             {AF_PACKET, SOCK_DGRAM, 0x0800},
         };
         for (const auto& k : kinds) {
@@ -211,9 +217,9 @@ TEST_CASE("a batch of 253 sockets in one reply, and batches of different specs")
     }
     CHECK(distinct.size() == 253);
 
-    auto mixed = c.sockets(Netns::name(ns.name()),
-                           {*parse_socket_spec("tcp-listen:127.0.0.1:0"), *parse_socket_spec("netlink:route"),
-                            *parse_socket_spec("udp6:[::1]:0")});
+    auto mixed = c.sockets(Netns::name(ns.name()), {*parse_socket_spec("tcp-listen:127.0.0.1:0"),
+                                                    *parse_socket_spec("netlink:route"),
+                                                    *parse_socket_spec("udp6:[::1]:0")});
     REQUIRE(mixed);
     REQUIRE(mixed->size() == 3);
     CHECK(socket_option((*mixed)[0].fd(), SO_ACCEPTCONN) == 1);
@@ -250,8 +256,10 @@ TEST_CASE("references by name, path, pid and fd reach the same namespace") {
         ::pause();
         ::_exit(0);
     }
-    REQUIRE(wait_for([&] { return run("test $(stat -L -c %i /proc/" + std::to_string(sleeper) +
-                                      "/ns/net) = " + std::to_string(ns.inode())) == 0; }));
+    REQUIRE(wait_for([&] {
+        return run("test $(stat -L -c %i /proc/" + std::to_string(sleeper) +
+                   "/ns/net) = " + std::to_string(ns.inode())) == 0;
+    }));
     auto by_pid = c.socket(Netns::pid(sleeper), spec(AF_INET, SOCK_DGRAM));
     ::kill(sleeper, SIGKILL);
     ::waitpid(sleeper, nullptr, 0);
@@ -285,7 +293,8 @@ TEST_CASE("two names for one namespace share one worker") {
     for (const auto& n : list->namespaces) {
         if (n.ino == ns.inode()) {
             ++entries;
-            CHECK(n.names == std::vector<std::string>{std::min(ns.name(), alias), std::max(ns.name(), alias)});
+            CHECK(n.names ==
+                  std::vector<std::string>{std::min(ns.name(), alias), std::max(ns.name(), alias)});
             CHECK(n.worker_pid > 0);
             CHECK(n.state == "ready");
             CHECK(n.requests == 2);
@@ -328,7 +337,9 @@ TEST_CASE("a worker killed mid-request fails that request; the next one gets a n
         CHECK(replacement > 0);
         CHECK(replacement != worker);
         // The killed worker was reaped: no zombie is left behind.
-        CHECK(wait_for([&] { return !process_alive(worker) && run("test -e /proc/" + std::to_string(worker)) != 0; }));
+        CHECK(wait_for([&] {
+            return !process_alive(worker) && run("test -e /proc/" + std::to_string(worker)) != 0;
+        }));
         CHECK(c.stats()->workers_exited == 1);
     }
 }
@@ -349,7 +360,8 @@ TEST_CASE("16 threads x 1000 requests on one Client, every socket checked") {
             int type = (t % 3) ? SOCK_DGRAM : SOCK_STREAM;
             for (int i = 0; i < per_thread; ++i) {
                 auto s = c.socket(Netns::name(ns.name()), spec(AF_INET, type));
-                if (s && socket_netns_inode(s->fd()) == ns.inode() && socket_option(s->fd(), SO_TYPE) == type) {
+                if (s && socket_netns_inode(s->fd()) == ns.inode() &&
+                    socket_option(s->fd(), SO_TYPE) == type) {
                     ++good;
                 } else {
                     ++bad;
@@ -419,9 +431,12 @@ TEST_CASE("hostile input gets clear errors and the daemon keeps serving, leaking
         };
         check_error(raw.exchange("{not json"), "invalid_request");
         check_error(raw.exchange(R"({"id":1,"op":"teleport"})"), "unsupported");
-        check_error(raw.exchange(R"({"id":2,"op":"socket","netns":{"name":5},"socket":{}})"), "invalid_request");
-        check_error(raw.exchange(R"({"id":3,"op":"socket","netns":{"name":"x"},"socket":{"family":[],"type":1}})"),
+        check_error(raw.exchange(R"({"id":2,"op":"socket","netns":{"name":5},"socket":{}})"),
                     "invalid_request");
+        check_error(
+            raw.exchange(
+                R"({"id":3,"op":"socket","netns":{"name":"x"},"socket":{"family":[],"type":1}})"),
+            "invalid_request");
         check_error(raw.exchange(std::string(65 * 1024, ' ')), "limit");
         check_error(raw.exchange(std::string(20000, '[')), "invalid_request");
         check_error(raw.exchange("\"just a string\""), "invalid_request");
@@ -432,15 +447,18 @@ TEST_CASE("hostile input gets clear errors and the daemon keeps serving, leaking
         check_error(r, "invalid_request");
         CHECK(r["id"] == 4);
         // Two descriptors are refused too.
-        r = raw.exchange(R"({"id":5,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})",
-                         {devnull, devnull});
+        r = raw.exchange(
+            R"({"id":5,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})",
+            {devnull, devnull});
         check_error(r, "invalid_request");
         // A descriptor that is no network namespace.
-        r = raw.exchange(R"({"id":6,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})",
-                         {devnull});
+        r = raw.exchange(
+            R"({"id":6,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})",
+            {devnull});
         check_error(r, "not_a_netns");
         // Missing the descriptor it promised.
-        r = raw.exchange(R"({"id":7,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})");
+        r = raw.exchange(
+            R"({"id":7,"op":"socket","netns":{"fd":0},"socket":{"family":"inet","type":"dgram"}})");
         check_error(r, "invalid_request");
         ::close(devnull);
         check_error(raw.exchange(R"({"id":8,"op":"socket","netns":{"path":"/etc/passwd"},
@@ -461,7 +479,8 @@ TEST_CASE("hostile input gets clear errors and the daemon keeps serving, leaking
         // A client that sends and leaves without reading, with fds in flight.
         RawConnection rude(d);
         for (int i = 0; i < 20; ++i) {
-            std::string req = R"({"id":)" + std::to_string(i) + R"(,"op":"socket","netns":{"name":")" + ns.name() +
+            std::string req = R"({"id":)" + std::to_string(i) +
+                              R"(,"op":"socket","netns":{"name":")" + ns.name() +
                               R"("},"socket":{"family":"inet","type":"dgram","count":50}})";
             REQUIRE(proto::send_message(rude.fd.get(), req) == proto::SendStatus::sent);
         }

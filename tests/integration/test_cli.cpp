@@ -1,6 +1,6 @@
 // The nsbroker command line against the built daemon.
-#include <doctest/doctest.h>
 #include <arpa/inet.h>
+#include <doctest/doctest.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <sched.h>
@@ -18,7 +18,8 @@ using namespace nsbroker::test;
 namespace {
 
 std::string cli(const Daemon& d, const std::string& args, int* status) {
-    return run_output(built("NSBROKER_CLI") + " --broker " + d.socket_path() + " " + args + " 2>&1", status);
+    return run_output(built("NSBROKER_CLI") + " --broker " + d.socket_path() + " " + args + " 2>&1",
+                      status);
 }
 
 // Connects from inside the namespace and returns what the server wrote.
@@ -92,7 +93,8 @@ TEST_CASE("nsbroker ping, ns and stats") {
     out = cli(d, "stats", &status);
     CHECK(status == 0);
     CHECK(out.find("requests") != std::string::npos);
-    CHECK(nlohmann::json::parse(cli(d, "--json stats", &status))["stats"]["requests"].get<int>() > 0);
+    CHECK(nlohmann::json::parse(cli(d, "--json stats", &status))["stats"]["requests"].get<int>() >
+          0);
 }
 
 TEST_CASE("nsbroker exec hands sockets over by the socket-activation protocol, without a fork") {
@@ -104,9 +106,9 @@ TEST_CASE("nsbroker exec hands sockets over by the socket-activation protocol, w
         std::string helper = built("LISTEN_FDS_HELPER");
         std::string sock = d.socket_path();
         std::string name = ns.name();
-        ::execl(cli_path.c_str(), "nsbroker", "--broker", sock.c_str(), "exec", "--netns", name.c_str(),
-                "--socket", "tcp-listen:127.0.0.1:8080=web", "--socket", "udp:127.0.0.1:5353", "--",
-                helper.c_str(), nullptr);
+        ::execl(cli_path.c_str(), "nsbroker", "--broker", sock.c_str(), "exec", "--netns",
+                name.c_str(), "--socket", "tcp-listen:127.0.0.1:8080=web", "--socket",
+                "udp:127.0.0.1:5353", "--", helper.c_str(), nullptr);
         ::_exit(127);
     }
     auto text = read_from(ns.path(), 8080);

@@ -60,7 +60,8 @@ std::string unique_name(const std::string& tag) {
 std::string built(const char* variable) {
     const char* value = std::getenv(variable);
     if (value == nullptr || *value == '\0') {
-        throw std::runtime_error(std::string(variable) + " is not set; run the tests with meson test");
+        throw std::runtime_error(std::string(variable) +
+                                 " is not set; run the tests with meson test");
     }
     return value;
 }
@@ -75,7 +76,9 @@ TestNetns::TestNetns(const std::string& tag) : name_(unique_name(tag)) {
     run("ip -n " + name_ + " link set lo up");
 }
 
-TestNetns::~TestNetns() { remove(); }
+TestNetns::~TestNetns() {
+    remove();
+}
 
 void TestNetns::remove() {
     if (present_) {

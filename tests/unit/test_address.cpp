@@ -31,7 +31,8 @@ TEST_CASE("addresses of every family round-trip") {
 }
 
 TEST_CASE("malformed addresses are refused") {
-    for (const char* bad : {"", "1.2.3.4", "1.2.3.4:", "1.2.3.4:65536", "1.2.3:80", "host:80", "1.2.3.4:x"}) {
+    for (const char* bad :
+         {"", "1.2.3.4", "1.2.3.4:", "1.2.3.4:65536", "1.2.3:80", "host:80", "1.2.3.4:x"}) {
         CAPTURE(bad);
         CHECK_FALSE(parse_address(AF_INET, bad));
     }

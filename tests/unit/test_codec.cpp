@@ -99,22 +99,27 @@ TEST_CASE("malformed input gets a precise error, with the id when it could be re
         {"{", ErrorCode::invalid_request, "malformed JSON"},
         {"[1,2]", ErrorCode::invalid_request, "expected a JSON object, got an array"},
         {R"({"op":"ping"})", ErrorCode::invalid_request, "missing field \"id\""},
-        {R"({"id":"x","op":"ping"})", ErrorCode::invalid_request, "id: expected an integer, got a string"},
-        {R"({"id":-1,"op":"ping"})", ErrorCode::invalid_request, "id: out of range (0 to 18446744073709551615)"},
+        {R"({"id":"x","op":"ping"})", ErrorCode::invalid_request,
+         "id: expected an integer, got a string"},
+        {R"({"id":-1,"op":"ping"})", ErrorCode::invalid_request,
+         "id: out of range (0 to 18446744073709551615)"},
         {R"({"id":1,"op":"fly"})", ErrorCode::unsupported, "op: unknown operation \"fly\""},
-        {R"({"id":1,"op":"socket","sockets":[]})", ErrorCode::invalid_request, "missing field \"netns\""},
+        {R"({"id":1,"op":"socket","sockets":[]})", ErrorCode::invalid_request,
+         "missing field \"netns\""},
         {R"({"id":1,"op":"socket","netns":{"name":"a"}})", ErrorCode::invalid_request,
          "missing field \"sockets\""},
         {R"({"id":1,"op":"socket","netns":{"name":"a"},"sockets":[]})", ErrorCode::invalid_request,
          "sockets: must not be empty"},
-        {R"({"id":1,"op":"socket","netns":{"name":"a","pid":3},"sockets":[]})", ErrorCode::invalid_request,
+        {R"({"id":1,"op":"socket","netns":{"name":"a","pid":3},"sockets":[]})",
+         ErrorCode::invalid_request,
          "netns: expected exactly one of \"name\", \"path\", \"pid\", \"fd\""},
         {R"({"id":1,"op":"socket","netns":{"name":".."},"socket":{}})", ErrorCode::invalid_request,
          "netns.name: namespace name must not be \".\" or \"..\""},
-        {R"({"id":1,"op":"socket","netns":{"name":"../x"},"socket":{}})", ErrorCode::invalid_request,
+        {R"({"id":1,"op":"socket","netns":{"name":"../x"},"socket":{}})",
+         ErrorCode::invalid_request,
          "netns.name: namespace name must be a single path component (no '/' or NUL)"},
-        {R"({"id":1,"op":"socket","netns":{"path":"relative"},"socket":{}})", ErrorCode::invalid_request,
-         "netns.path: expected an absolute path"},
+        {R"({"id":1,"op":"socket","netns":{"path":"relative"},"socket":{}})",
+         ErrorCode::invalid_request, "netns.path: expected an absolute path"},
         {R"({"id":1,"op":"socket","netns":{"fd":1},"socket":{}})", ErrorCode::invalid_request,
          "netns.fd: out of range (0 to 0)"},
         {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"type":"stream"}})",
@@ -137,7 +142,8 @@ TEST_CASE("malformed input gets a precise error, with the id when it could be re
         {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream",
             "bind":"localhost:80"}})",
          ErrorCode::invalid_request,
-         "socket.bind: invalid inet address \"localhost:80\": expected an IPv4 address, as in 127.0.0.1:8080"},
+         "socket.bind: invalid inet address \"localhost:80\": expected an IPv4 address, as in "
+         "127.0.0.1:8080"},
         {R"({"id":1,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream","count":0}})",
          ErrorCode::invalid_request, "socket.count: out of range (1 to 253)"},
         {R"({"id":1,"op":"socket","netns":{"name":"a"},"sockets":[{"family":"inet","type":"stream","count":200},
@@ -158,7 +164,8 @@ TEST_CASE("malformed input gets a precise error, with the id when it could be re
 }
 
 TEST_CASE("deep nesting and oversized messages are refused before parsing") {
-    std::string deep = R"({"id":1,"op":"ping","x":)" + std::string(10000, '[') + std::string(10000, ']') + "}";
+    std::string deep =
+        R"({"id":1,"op":"ping","x":)" + std::string(10000, '[') + std::string(10000, ']') + "}";
     auto e = decode_bad(deep);
     CHECK(e.error.code == ErrorCode::invalid_request);
     CHECK(e.error.message == "JSON nested deeper than 16 levels");
@@ -196,14 +203,16 @@ TEST_CASE("replies round-trip for every operation") {
     REQUIRE(t);
     CHECK(std::get<StatsReply>(t->body).errors.at("not_found") == 2);
 
-    auto err = decode_reply(encode_reply({5, make_error(ErrorCode::kernel, "bind: in use", 98)}), Op::socket);
+    auto err = decode_reply(encode_reply({5, make_error(ErrorCode::kernel, "bind: in use", 98)}),
+                            Op::socket);
     REQUIRE(err);
     auto& e = std::get<Error>(err->body);
     CHECK(e.code == ErrorCode::kernel);
     CHECK(e.sys_errno == 98);
     CHECK(e.message == "bind: in use");
 
-    auto json = nlohmann::json::parse(encode_reply({std::nullopt, make_error(ErrorCode::limit, "x")}));
+    auto json =
+        nlohmann::json::parse(encode_reply({std::nullopt, make_error(ErrorCode::limit, "x")}));
     CHECK(json["id"].is_null());
     CHECK(json["ok"] == false);
     CHECK(json["error"]["code"] == "limit");

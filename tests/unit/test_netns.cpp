@@ -25,8 +25,8 @@ TEST_CASE("the own network namespace verifies, with the identity stat gives") {
 }
 
 TEST_CASE("files that are not network namespaces are refused with not_a_netns") {
-    for (const char* path : {"/etc/passwd", "/proc/self/ns/mnt", "/proc/self/ns/pid", "/proc/self/ns/uts",
-                             "/dev/null"}) {
+    for (const char* path : {"/etc/passwd", "/proc/self/ns/mnt", "/proc/self/ns/pid",
+                             "/proc/self/ns/uts", "/dev/null"}) {
         CAPTURE(path);
         auto r = open_netns_path(path);
         REQUIRE_FALSE(r);

@@ -59,7 +59,8 @@ TEST_CASE("connect, unix, netlink, raw and packet specs") {
 TEST_CASE("bad specs say what is wrong") {
     CHECK(parse_socket_spec("tcp-listen").error().message ==
           "socket spec \"tcp-listen\": expected KIND:ARGUMENT, as in tcp-listen:8080");
-    CHECK(parse_socket_spec("sctp:1").error().message.find("unknown kind \"sctp\"") != std::string::npos);
+    CHECK(parse_socket_spec("sctp:1").error().message.find("unknown kind \"sctp\"") !=
+          std::string::npos);
     CHECK_FALSE(parse_socket_spec("tcp-listen:host:80"));
     CHECK_FALSE(parse_socket_spec("tcp-listen:99999"));
     CHECK_FALSE(parse_socket_spec("netlink:nosuch"));

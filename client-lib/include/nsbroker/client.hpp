@@ -37,9 +37,9 @@ std::string default_socket_path();
 // Which namespace to make sockets in.
 class Netns {
   public:
-    static Netns name(std::string name);  // /run/netns/NAME
-    static Netns path(std::string path);  // any nsfs file, opened by the daemon
-    static Netns pid(pid_t pid);          // /proc/PID/ns/net
+    static Netns name(std::string name); // /run/netns/NAME
+    static Netns path(std::string path); // any nsfs file, opened by the daemon
+    static Netns pid(pid_t pid);         // /proc/PID/ns/net
     // A namespace fd the caller holds (borrowed; it must stay open for the call).
     static Netns fd(int fd);
     // The command line's spelling: "NAME", a path (anything with a '/'), or "pid:N".

@@ -19,7 +19,9 @@ struct SocketAddress {
     sockaddr_storage storage{};
     socklen_t length = 0;
 
-    [[nodiscard]] const sockaddr* get() const { return reinterpret_cast<const sockaddr*>(&storage); }
+    [[nodiscard]] const sockaddr* get() const {
+        return reinterpret_cast<const sockaddr*>(&storage);
+    }
 };
 
 // Parses an address of the given family. AF_PACKET is refused here: its

@@ -52,7 +52,8 @@ inline Error make_error(ErrorCode code, std::string message, int sys_errno = 0) 
 // A failed system call: what was attempted, and the errno it failed with.
 class SystemError : public std::system_error {
   public:
-    SystemError(int err, const std::string& what) : std::system_error(err, std::generic_category(), what) {}
+    SystemError(int err, const std::string& what)
+        : std::system_error(err, std::generic_category(), what) {}
     [[nodiscard]] int sys_errno() const noexcept { return code().value(); }
 };
 

@@ -75,8 +75,8 @@ struct SocketSpec {
 struct Request {
     std::uint64_t id = 0;
     Op op = Op::ping;
-    std::optional<NetnsRef> netns;  // socket only
-    std::vector<SocketSpec> specs;  // socket only; total count 1..253
+    std::optional<NetnsRef> netns; // socket only
+    std::vector<SocketSpec> specs; // socket only; total count 1..253
 };
 
 // Total number of sockets the specs ask for.
