@@ -168,6 +168,12 @@ int Broker::on_client(sd_event_source*, int, uint32_t revents, void* userdata) {
 
 void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents) {
     try {
+        if (revents & EPOLLHUP) {
+            // The peer is gone in both directions: what it still had queued
+            // could never be answered.
+            close_client(*c);
+            return;
+        }
         if (revents & EPOLLOUT) {
             flush(*c);
         }

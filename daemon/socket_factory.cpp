@@ -105,6 +105,22 @@ Result<proto::SocketAddress> address_for(const SocketSpec& s, const std::string&
     return a;
 }
 
+// The protocol the kernel picks for protocol 0 where it is fixed by family
+// and type, so that the reply names it without another system call.
+int effective_protocol(const SocketSpec& s) {
+    if (s.protocol != 0 || (s.family != AF_INET && s.family != AF_INET6)) {
+        return s.protocol;
+    }
+    switch (s.type) {
+    case SOCK_STREAM:
+        return IPPROTO_TCP;
+    case SOCK_DGRAM:
+        return IPPROTO_UDP;
+    default:
+        return 0;
+    }
+}
+
 Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) {
     // AF_PACKET takes its protocol (an EtherType) in network byte order.
     int protocol =
@@ -148,7 +164,7 @@ Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) 
             }
         }
     }
-    proto::SocketInfo info{s.family, s.type, s.protocol, {}};
+    proto::SocketInfo info{s.family, s.type, effective_protocol(s), {}};
     // An unbound socket has no address worth a system call.
     if (s.bind || s.listen || connecting) {
         sockaddr_storage local{};

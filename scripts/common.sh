@@ -4,7 +4,7 @@
 NSBROKER_PACKAGES=(
     meson ninja-build pkg-config g++ python3
     libsystemd-dev libspdlog-dev nlohmann-json3-dev doctest-dev
-    iproute2 util-linux mount clang-format
+    iproute2 util-linux mount clang-format python3-jsonschema
 )
 
 need_root() {

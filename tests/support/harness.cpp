@@ -186,6 +186,17 @@ int Daemon::fd_count() const {
     return n;
 }
 
+std::string Daemon::fd_list() const {
+    std::string out;
+    std::error_code ec;
+    for (const auto& entry :
+         std::filesystem::directory_iterator("/proc/" + std::to_string(pid_) + "/fd", ec)) {
+        out += entry.path().filename().string() + " -> " +
+               std::filesystem::read_symlink(entry.path(), ec).string() + "\n";
+    }
+    return out;
+}
+
 int Daemon::stop(int sig, std::chrono::milliseconds timeout) {
     if (pid_ <= 0) {
         return -1;

@@ -66,6 +66,8 @@ class Daemon {
     [[nodiscard]] bool running() const;
     // Open descriptors of the daemon process itself.
     [[nodiscard]] int fd_count() const;
+    // What each open descriptor points to, one per line, for failure messages.
+    [[nodiscard]] std::string fd_list() const;
     // Sends sig and waits for the exit; returns the exit status, or -1 when it
     // did not exit in time (it is then killed), or 128+N for a signal.
     int stop(int sig = 15, std::chrono::milliseconds timeout = std::chrono::seconds(10));

@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <fstream>
 #include <nlohmann/json.hpp>
 
 #include "nsbroker/codec.hpp"
@@ -232,4 +233,37 @@ TEST_CASE("worker jobs round-trip and are validated like requests") {
     CHECK(back->id == 12);
     CHECK(back->specs.at(0) == s);
     CHECK_FALSE(decode_job(R"({"id":1,"sockets":[{"family":"inet"}]})"));
+}
+
+TEST_CASE("every example in PROTOCOL.md decodes as the daemon and the client read it") {
+    std::ifstream doc(NSBROKER_PROTOCOL_MD);
+    REQUIRE(doc.good());
+    auto json_part = [](const std::string& line) {
+        std::string text = line.substr(2);
+        auto end = text.rfind('}');
+        return end == std::string::npos ? text : text.substr(0, end + 1);
+    };
+    std::optional<std::string> request;
+    int pairs = 0;
+    for (std::string line; std::getline(doc, line);) {
+        if (line.starts_with("> ")) {
+            request = json_part(line);
+        } else if (line.starts_with("< ") && request) {
+            CAPTURE(*request);
+            auto reply_json = nlohmann::json::parse(json_part(line));
+            auto decoded = decode_request(*request);
+            if (auto* bad = std::get_if<RequestError>(&decoded)) {
+                // The codec refuses exactly what the daemon answered with an error.
+                CHECK(reply_json["ok"] == false);
+                CHECK(reply_json["error"]["code"] == std::string(to_string(bad->error.code)));
+                CHECK(reply_json["error"]["message"] == bad->error.message);
+            } else {
+                auto reply = decode_reply(json_part(line), std::get<Request>(decoded).op);
+                CHECK_MESSAGE(reply, (reply ? "" : reply.error().message));
+            }
+            ++pairs;
+            request.reset();
+        }
+    }
+    CHECK(pairs >= 10);
 }
