@@ -112,7 +112,38 @@ struct DecodeFailure {
     Error error;
 };
 
-[[noreturn]] void fail(ErrorCode code, const std::string& path, const std::string& what) {
+// Where a value sits in a message ("sockets[2].bind"). Each level lives on
+// the decoder's stack and points to its parent; the text is built only for
+// an error, so that decoding a valid message allocates nothing for paths.
+class Path {
+  public:
+    Path() = default;
+    // A top-level field; only string literals, which outlive any Path.
+    Path(const char* top) : key_(top) {}
+    Path(const Path& parent, std::string_view key) : parent_(&parent), key_(key) {}
+    Path(const Path& parent, std::size_t index)
+        : parent_(&parent), index_(index), is_index_(true) {}
+
+    [[nodiscard]] std::string str() const {
+        std::string prefix = parent_ ? parent_->str() : std::string{};
+        if (is_index_) {
+            return prefix + "[" + std::to_string(index_) + "]";
+        }
+        if (prefix.empty()) {
+            return std::string(key_);
+        }
+        return key_.empty() ? prefix : prefix + "." + std::string(key_);
+    }
+
+  private:
+    const Path* parent_ = nullptr;
+    std::string_view key_;
+    std::size_t index_ = 0;
+    bool is_index_ = false;
+};
+
+[[noreturn]] void fail(ErrorCode code, const Path& where, const std::string& what) {
+    std::string path = where.str();
     throw DecodeFailure{make_error(code, path.empty() ? what : path + ": " + what)};
 }
 
@@ -140,7 +171,7 @@ std::string type_of(const json& j) {
 // Reading fields with their JSON path in every message.
 class Fields {
   public:
-    Fields(const json& object, std::string path) : object_(object), path_(std::move(path)) {
+    Fields(const json& object, const Path& path) : object_(object), path_(path) {
         if (!object_.is_object()) {
             fail(ErrorCode::invalid_request, path_, "expected an object, got " + type_of(object_));
         }
@@ -163,9 +194,7 @@ class Fields {
         auto it = object_.find(key);
         return it == object_.end() ? nullptr : &*it;
     }
-    [[nodiscard]] std::string path(std::string_view key) const {
-        return path_.empty() ? std::string(key) : path_ + "." + std::string(key);
-    }
+    [[nodiscard]] Path path(std::string_view key) const { return Path(path_, key); }
     [[nodiscard]] const json& require(const char* key) const {
         const json* j = find(key);
         if (j == nullptr) {
@@ -201,7 +230,7 @@ class Fields {
         return j ? std::optional(as_integer<T>(*j, path(key), min, max)) : std::nullopt;
     }
 
-    static std::string as_string(const json& j, const std::string& where) {
+    static std::string as_string(const json& j, const Path& where) {
         if (!j.is_string()) {
             fail(ErrorCode::invalid_request, where, "expected a string, got " + type_of(j));
         }
@@ -209,7 +238,7 @@ class Fields {
     }
 
     template <typename T>
-    static T as_integer(const json& j, const std::string& where, T min, T max) {
+    static T as_integer(const json& j, const Path& where, T min, T max) {
         if (j.is_number_unsigned()) {
             auto v = j.get<std::uint64_t>();
             if (v <= static_cast<std::uint64_t>(max) &&
@@ -231,7 +260,7 @@ class Fields {
 
   private:
     const json& object_;
-    std::string path_;
+    Path path_;
 };
 
 // Rejects nesting deeper than max_json_depth without building anything.
@@ -284,7 +313,7 @@ json parse_object(std::string_view bytes) {
 
 // ---- socket specs ----------------------------------------------------------
 
-int decode_named_number(const json& j, const std::string& where, std::string_view what,
+int decode_named_number(const json& j, const Path& where, std::string_view what,
                         const std::function<std::optional<int>(std::string_view)>& by_name,
                         int max) {
     if (j.is_string()) {
@@ -299,7 +328,7 @@ int decode_named_number(const json& j, const std::string& where, std::string_vie
     return Fields::as_integer<int>(j, where, 0, max);
 }
 
-SocketOptions decode_options(const json& j, const std::string& where) {
+SocketOptions decode_options(const json& j, const Path& where) {
     Fields f(j, where);
     f.allow_only({"reuseaddr", "reuseport", "ipv6_only", "keepalive", "nodelay", "broadcast",
                   "freebind", "transparent", "bindtodevice", "mark", "rcvbuf", "sndbuf"},
@@ -324,7 +353,7 @@ SocketOptions decode_options(const json& j, const std::string& where) {
     return o;
 }
 
-SocketSpec decode_spec(const json& j, const std::string& where) {
+SocketSpec decode_spec(const json& j, const Path& where) {
     Fields f(j, where);
     f.allow_only(
         {"family", "type", "protocol", "flags", "options", "bind", "listen", "connect", "count"},
@@ -351,7 +380,8 @@ SocketSpec decode_spec(const json& j, const std::string& where) {
                  "expected an array, got " + type_of(*flags));
         }
         for (std::size_t i = 0; i < flags->size(); ++i) {
-            std::string where_i = f.path("flags") + "[" + std::to_string(i) + "]";
+            Path flags_path = f.path("flags");
+            Path where_i(flags_path, i);
             auto flag = Fields::as_string((*flags)[i], where_i);
             if (flag == "nonblock") {
                 s.nonblock = true;
@@ -460,8 +490,9 @@ std::vector<SocketSpec> decode_specs(const Fields& f) {
         if (many->size() > max_fds_per_message) {
             fail(ErrorCode::limit, "sockets", "at most 253 sockets in one request");
         }
+        const Path sockets_path("sockets");
         for (std::size_t i = 0; i < many->size(); ++i) {
-            specs.push_back(decode_spec((*many)[i], "sockets[" + std::to_string(i) + "]"));
+            specs.push_back(decode_spec((*many)[i], Path(sockets_path, i)));
         }
     } else {
         fail(ErrorCode::invalid_request, "", "missing field \"sockets\"");
@@ -587,13 +618,13 @@ struct ReplyEncoder {
     }
 };
 
-std::vector<std::string> string_list(const json& j, const std::string& where) {
+std::vector<std::string> string_list(const json& j, const Path& where) {
     if (!j.is_array()) {
         fail(ErrorCode::invalid_request, where, "expected an array, got " + type_of(j));
     }
     std::vector<std::string> out;
     for (std::size_t i = 0; i < j.size(); ++i) {
-        out.push_back(Fields::as_string(j[i], where + "[" + std::to_string(i) + "]"));
+        out.push_back(Fields::as_string(j[i], Path(where, i)));
     }
     return out;
 }
@@ -620,8 +651,9 @@ ReplyBody decode_body(const Fields& f, Op op) {
     case Op::socket: {
         SocketReply r;
         const json& list = require_array(f, "sockets");
+        const Path list_path("sockets");
         for (std::size_t i = 0; i < list.size(); ++i) {
-            Fields s(list[i], "sockets[" + std::to_string(i) + "]");
+            Fields s(list[i], Path(list_path, i));
             SocketInfo info;
             info.family = decode_named_number(s.require("family"), s.path("family"), "family",
                                               family_from_name, 255);
@@ -636,8 +668,9 @@ ReplyBody decode_body(const Fields& f, Op op) {
     case Op::namespaces: {
         NamespacesReply r;
         const json& list = require_array(f, "namespaces");
+        const Path list_path("namespaces");
         for (std::size_t i = 0; i < list.size(); ++i) {
-            Fields n(list[i], "namespaces[" + std::to_string(i) + "]");
+            Fields n(list[i], Path(list_path, i));
             NamespaceInfo info;
             info.dev = n.integer<std::uint64_t>("dev", 0, UINT64_MAX);
             info.ino = n.integer<std::uint64_t>("ino", 0, UINT64_MAX);
@@ -666,10 +699,11 @@ ReplyBody decode_body(const Fields& f, Op op) {
         r.workers_live = s.integer<std::uint64_t>("workers_live", 0, UINT64_MAX);
         r.workers_exited = s.integer<std::uint64_t>("workers_exited", 0, UINT64_MAX);
         const json& errors = s.require("errors");
-        Fields{errors, "stats.errors"}; // must be an object
+        const Path errors_path = s.path("errors");
+        Fields{errors, errors_path}; // must be an object
         for (const auto& [code, count] : errors.items()) {
             r.errors[code] =
-                Fields::as_integer<std::uint64_t>(count, "stats.errors." + code, 0, UINT64_MAX);
+                Fields::as_integer<std::uint64_t>(count, Path(errors_path, code), 0, UINT64_MAX);
         }
         return r;
     }
@@ -686,6 +720,233 @@ std::optional<std::uint64_t> peek_id(const json& j) {
         return static_cast<std::uint64_t>(it->get<std::int64_t>());
     }
     return std::nullopt;
+}
+
+// ---- socket replies: the fast path ----------------------------------------
+//
+// A reply to a batch lists up to 253 sockets; building and walking a DOM for
+// it costs more than making the sockets. Socket replies are therefore
+// written directly, and read by a SAX handler that accepts exactly the
+// success shape and gives up on anything else, leaving the message to the
+// strict DOM decoder and its precise errors.
+
+bool plain_ascii(std::string_view text) {
+    for (char c : text) {
+        if (c < 0x20 || c > 0x7e || c == '"' || c == '\\') {
+            return false;
+        }
+    }
+    return true;
+}
+
+void append_string(std::string& out, std::string_view text) {
+    if (plain_ascii(text)) {
+        out += '"';
+        out += text;
+        out += '"';
+    } else {
+        out += json(std::string(text)).dump(-1, ' ', false, json::error_handler_t::replace);
+    }
+}
+
+void append_name(std::string& out, const std::string& name_or_number) {
+    bool number = !name_or_number.empty() &&
+                  name_or_number.find_first_not_of("0123456789") == std::string::npos;
+    if (number) {
+        out += name_or_number;
+    } else {
+        append_string(out, name_or_number);
+    }
+}
+
+std::string encode_socket_reply(std::uint64_t id, const SocketReply& r) {
+    std::string out;
+    out.reserve(32 + r.sockets.size() * 64);
+    out += "{\"id\":";
+    out += std::to_string(id);
+    out += ",\"ok\":true,\"sockets\":[";
+    bool first = true;
+    for (const auto& s : r.sockets) {
+        out += first ? "{\"family\":" : ",{\"family\":";
+        first = false;
+        append_name(out, family_name(s.family));
+        out += ",\"local\":";
+        append_string(out, s.local);
+        out += ",\"protocol\":";
+        out += std::to_string(s.protocol);
+        out += ",\"type\":";
+        append_name(out, type_name(s.type));
+        out += '}';
+    }
+    out += "]}";
+    return out;
+}
+
+class SocketReplySax {
+  public:
+    using number_integer_t = json::number_integer_t;
+    using number_unsigned_t = json::number_unsigned_t;
+    using number_float_t = json::number_float_t;
+    using string_t = json::string_t;
+    using binary_t = json::binary_t;
+
+    // The reply, when the message had exactly the success shape.
+    std::optional<Reply> result() {
+        if (!done_ || !id_ || !ok_ || !have_sockets_) {
+            return std::nullopt;
+        }
+        return Reply{id_, std::move(reply_)};
+    }
+
+    bool null() { return false; }
+    bool boolean(bool value) {
+        if (level_ != Level::top || field_ != Field::ok || !value) {
+            return false;
+        }
+        ok_ = true;
+        return true;
+    }
+    bool number_integer(number_integer_t value) {
+        return value >= 0 && number_unsigned(static_cast<number_unsigned_t>(value));
+    }
+    bool number_unsigned(number_unsigned_t value) {
+        if (level_ == Level::top && field_ == Field::id) {
+            id_ = value;
+            return true;
+        }
+        if (level_ != Level::entry || value > 65535) {
+            return false;
+        }
+        auto v = static_cast<int>(value);
+        switch (field_) {
+        case Field::family:
+            return set(current_.family, v, seen_family_);
+        case Field::type:
+            return set(current_.type, v, seen_type_);
+        case Field::protocol:
+            return set(current_.protocol, v, seen_protocol_);
+        default:
+            return false;
+        }
+    }
+    bool number_float(number_float_t, const string_t&) { return false; }
+    bool string(string_t& value) {
+        if (level_ != Level::entry) {
+            return false;
+        }
+        switch (field_) {
+        case Field::family: {
+            auto v = family_from_name(value);
+            return v && set(current_.family, *v, seen_family_);
+        }
+        case Field::type: {
+            auto v = type_from_name(value);
+            return v && set(current_.type, *v, seen_type_);
+        }
+        case Field::local:
+            current_.local = std::move(value);
+            return true;
+        default:
+            return false;
+        }
+    }
+    bool binary(binary_t&) { return false; }
+    bool start_object(std::size_t) {
+        if (level_ == Level::outside) {
+            level_ = Level::top;
+            return true;
+        }
+        if (level_ == Level::list) {
+            level_ = Level::entry;
+            current_ = SocketInfo{};
+            seen_family_ = seen_type_ = seen_protocol_ = false;
+            return true;
+        }
+        return false;
+    }
+    bool key(string_t& name) {
+        if (level_ == Level::top) {
+            field_ = name == "id"        ? Field::id
+                     : name == "ok"      ? Field::ok
+                     : name == "sockets" ? Field::sockets
+                                         : Field::other;
+        } else {
+            field_ = name == "family"     ? Field::family
+                     : name == "type"     ? Field::type
+                     : name == "protocol" ? Field::protocol
+                     : name == "local"    ? Field::local
+                                          : Field::other;
+        }
+        return field_ != Field::other;
+    }
+    bool end_object() {
+        if (level_ == Level::entry) {
+            if (!seen_family_ || !seen_type_ || !seen_protocol_) {
+                return false;
+            }
+            reply_.sockets.push_back(std::move(current_));
+            level_ = Level::list;
+            return true;
+        }
+        if (level_ == Level::top) {
+            level_ = Level::outside;
+            done_ = true;
+            return true;
+        }
+        return false;
+    }
+    bool start_array(std::size_t) {
+        if (level_ != Level::top || field_ != Field::sockets || have_sockets_) {
+            return false;
+        }
+        level_ = Level::list;
+        have_sockets_ = true;
+        return true;
+    }
+    bool end_array() {
+        if (level_ != Level::list) {
+            return false;
+        }
+        level_ = Level::top;
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
+        return false;
+    }
+
+  private:
+    enum class Level { outside, top, list, entry };
+    enum class Field { id, ok, sockets, family, type, protocol, local, other };
+
+    static bool set(int& slot, int value, bool& seen) {
+        if (seen) {
+            return false;
+        }
+        slot = value;
+        seen = true;
+        return true;
+    }
+
+    Level level_ = Level::outside;
+    Field field_ = Field::other;
+    std::optional<std::uint64_t> id_;
+    bool ok_ = false;
+    bool have_sockets_ = false;
+    bool done_ = false;
+    SocketReply reply_;
+    SocketInfo current_;
+    bool seen_family_ = false, seen_type_ = false, seen_protocol_ = false;
+};
+
+std::optional<Reply> decode_socket_reply_fast(std::string_view bytes) {
+    if (bytes.size() > max_message_size || !nesting_within_limit(bytes)) {
+        return std::nullopt;
+    }
+    SocketReplySax sax;
+    if (!json::sax_parse(bytes.begin(), bytes.end(), &sax)) {
+        return std::nullopt;
+    }
+    return sax.result();
 }
 
 } // namespace
@@ -815,6 +1076,9 @@ std::variant<Request, RequestError> decode_request(std::string_view bytes) {
 }
 
 std::string encode_reply(const Reply& reply) {
+    if (const auto* sockets = std::get_if<SocketReply>(&reply.body); sockets && reply.id) {
+        return encode_socket_reply(*reply.id, *sockets);
+    }
     json j = json::object();
     j["id"] = reply.id ? json(*reply.id) : json(nullptr);
     j["ok"] = true;
@@ -823,6 +1087,11 @@ std::string encode_reply(const Reply& reply) {
 }
 
 Result<Reply> decode_reply(std::string_view bytes, Op op) {
+    if (op == Op::socket) {
+        if (auto fast = decode_socket_reply_fast(bytes)) {
+            return std::move(*fast);
+        }
+    }
     try {
         json j = parse_object(bytes);
         Fields f(j, "");

@@ -267,3 +267,45 @@ TEST_CASE("every example in PROTOCOL.md decodes as the daemon and the client rea
     }
     CHECK(pairs >= 10);
 }
+
+TEST_CASE("socket replies round-trip with odd addresses and numeric families") {
+    SocketReply r;
+    r.sockets.push_back({AF_UNIX, SOCK_STREAM, 0, "/tmp/with \"quotes\"\n and \\ slashes"});
+    r.sockets.push_back({AF_UNIX, SOCK_DGRAM, 0, std::string("@abstract\0name", 14)});
+    r.sockets.push_back({40, 5, 0, ""});
+    r.sockets.push_back({AF_INET6, SOCK_RAW, IPPROTO_ICMPV6, "[::1]:0"});
+    std::string bytes = encode_reply({7, r});
+    CHECK(nlohmann::json::accept(bytes));
+    auto back = decode_reply(bytes, Op::socket);
+    REQUIRE(back);
+    CHECK(back->id == 7u);
+    const auto& list = std::get<SocketReply>(back->body).sockets;
+    REQUIRE(list.size() == 4);
+    CHECK(list[0].local == r.sockets[0].local);
+    CHECK(list[1].local == r.sockets[1].local);
+    CHECK(list[2].family == 40);
+    CHECK(list[2].type == 5);
+    CHECK(list[3].protocol == IPPROTO_ICMPV6);
+}
+
+TEST_CASE("socket replies outside the common shape still decode, or fail precisely") {
+    // Key order, an unknown extra field and an error all leave the fast path.
+    auto reordered = decode_reply(
+        R"({"sockets":[{"type":"dgram","protocol":17,"family":"inet","local":"","extra":1}],"ok":true,"id":3})",
+        Op::socket);
+    REQUIRE(reordered);
+    CHECK(std::get<SocketReply>(reordered->body).sockets.at(0).protocol == 17);
+    auto error = decode_reply(
+        R"({"id":4,"ok":false,"error":{"code":"kernel","errno":24,"message":"m"}})", Op::socket);
+    REQUIRE(error);
+    CHECK(std::get<Error>(error->body).sys_errno == 24);
+    auto missing = decode_reply(
+        R"({"id":5,"ok":true,"sockets":[{"family":"inet","type":"dgram"}]})", Op::socket);
+    REQUIRE_FALSE(missing);
+    CHECK(missing.error().message == "sockets[0]: missing field \"protocol\"");
+    auto wrong = decode_reply(
+        R"({"id":6,"ok":true,"sockets":[{"family":"inet","type":"dgram","protocol":"x"}]})",
+        Op::socket);
+    REQUIRE_FALSE(wrong);
+    CHECK(wrong.error().message == "sockets[0].protocol: expected an integer, got a string");
+}
