@@ -546,3 +546,44 @@ TEST_CASE("a second daemon refuses a socket that is in use") {
     CHECK(status == 1);
     CHECK(connect(d).ping());
 }
+
+TEST_CASE("a worker keeps no descriptor of the daemon's: only stdio and its channel") {
+    for (const auto& mode : worker_modes) {
+        CAPTURE(mode[1]);
+        TestNetns ns("fds");
+        Daemon d(mode);
+        auto c = connect(d);
+        // A few clients and sockets open in the daemon when the worker starts.
+        auto other = connect(d);
+        REQUIRE(other.ping());
+        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+        pid_t worker = worker_of(c, ns.inode());
+        REQUIRE(worker > 0);
+        auto fds =
+            run_output("ls /proc/" + std::to_string(worker) + "/fd | sort -n | tr '\\n' ' '");
+        CHECK(fds == "0 1 2 3 ");
+        // And it lives where it was sent.
+        CHECK(run("test $(stat -L -c %i /proc/" + std::to_string(worker) +
+                  "/ns/net) = " + std::to_string(ns.inode())) == 0);
+    }
+}
+
+TEST_CASE("SIGTERM with a request stuck at a worker answers it, then exits 0") {
+    TestNetns ns("stuck");
+    Daemon d;
+    auto c = connect(d);
+    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    ::kill(worker, SIGSTOP);
+    Result<Socket> pending = make_error(ErrorCode::internal, "not run");
+    std::thread caller(
+        [&] { pending = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)); });
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    // The daemon waits for the worker, then kills it; the request fails cleanly.
+    CHECK(d.stop(SIGTERM, std::chrono::seconds(20)) == 0);
+    caller.join();
+    REQUIRE_FALSE(pending);
+    CHECK(pending.error().code == ErrorCode::worker_failed);
+    CHECK(wait_for([&] { return !process_alive(worker); }));
+}
