@@ -91,11 +91,9 @@ class Worker {
         pool_.worker_draining(this);
     }
 
-    void kill_now() {
-        if (state_ != State::dead) {
-            ::kill(pid_, SIGKILL);
-        }
-    }
+    // Safe until the process is reaped, and a Worker does not outlive that:
+    // its pid cannot have been reused.
+    void kill_now() { ::kill(pid_, SIGKILL); }
 
   private:
     struct Pending {
@@ -405,7 +403,15 @@ Worker* WorkerPool::spawn(ResolvedNetns& netns) {
     int flags = ::fcntl(ours.get(), F_GETFL);
     ::fcntl(ours.get(), F_SETFL, flags | O_NONBLOCK);
     ++spawned_;
-    auto worker = std::make_unique<Worker>(*this, netns.identity, pid, std::move(ours));
+    std::unique_ptr<Worker> worker;
+    try {
+        worker = std::make_unique<Worker>(*this, netns.identity, pid, std::move(ours));
+    } catch (...) {
+        // Without its event sources nobody would reap it.
+        ::kill(pid, SIGKILL);
+        ::waitpid(pid, nullptr, 0);
+        throw;
+    }
     Worker* raw = worker.get();
     live_.emplace(netns.identity, std::move(worker));
     spdlog::info("worker {} started for namespace {}{}", pid, describe_identity(netns.identity),
