@@ -106,6 +106,11 @@ int Broker::run() {
     return r;
 }
 
+bool Broker::run_once(std::uint64_t timeout_usec) {
+    return sd_event_run(loop_.get(), timeout_usec) >= 0 &&
+           sd_event_get_state(loop_.get()) != SD_EVENT_FINISHED;
+}
+
 // ---- connections -----------------------------------------------------------
 
 int Broker::on_accept(sd_event_source*, int, uint32_t, void* userdata) {

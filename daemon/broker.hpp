@@ -40,6 +40,11 @@ class Broker {
     // Serves until SIGTERM or SIGINT; returns the process exit status.
     int run();
 
+    // One iteration of the event loop, waiting at most timeout_usec, for a
+    // caller that drives the broker itself (tests, fuzzing). False once the
+    // loop has finished.
+    bool run_once(std::uint64_t timeout_usec);
+
   private:
     static int on_accept(sd_event_source*, int, uint32_t, void* userdata);
     static int on_client(sd_event_source*, int, uint32_t revents, void* userdata);
