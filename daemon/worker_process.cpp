@@ -21,6 +21,7 @@
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "socket_factory.hpp"
+#include "worker_sandbox.hpp"
 
 namespace nsbroker::daemon {
 
@@ -47,7 +48,8 @@ void send_reply(int channel, const proto::Reply& reply, const std::vector<Unique
     proto::send_message(channel, proto::encode_reply(reply), raw);
 }
 
-// Joins the namespace on fd 4 and checks the kernel agrees where we are.
+// Joins the namespace on fd 4, checks the kernel agrees where we are, and
+// gives up every privilege the rest of the worker's life does not need.
 Result<void> enter_namespace() {
     UniqueFd netns{worker_netns_fd};
     auto target = verify_netns(netns.get());
@@ -64,7 +66,7 @@ Result<void> enter_namespace() {
     if (*now != *target) {
         return make_error(ErrorCode::internal, "after setns the worker is not in its namespace");
     }
-    return {};
+    return confine_worker();
 }
 
 void reset_signals() {

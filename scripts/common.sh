@@ -3,7 +3,7 @@
 # Debian packages nsbroker needs to build, test and run.
 NSBROKER_PACKAGES=(
     meson ninja-build pkg-config g++ python3
-    libsystemd-dev libspdlog-dev nlohmann-json3-dev doctest-dev
+    libsystemd-dev libspdlog-dev nlohmann-json3-dev doctest-dev libseccomp-dev libcap-dev
     iproute2 util-linux mount clang-format python3-jsonschema
 )
 

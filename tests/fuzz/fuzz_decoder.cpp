@@ -12,7 +12,9 @@ using namespace nsbroker::proto;
 
 namespace {
 
-[[noreturn]] void mismatch() { __builtin_trap(); }
+[[noreturn]] void mismatch() {
+    __builtin_trap();
+}
 
 void check_request(std::string_view bytes) {
     auto decoded = decode_request(bytes);

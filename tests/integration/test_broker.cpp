@@ -547,7 +547,7 @@ TEST_CASE("a second daemon refuses a socket that is in use") {
     CHECK(connect(d).ping());
 }
 
-TEST_CASE("a worker keeps no descriptor of the daemon's: only stdio and its channel") {
+TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does not need") {
     for (const auto& mode : worker_modes) {
         CAPTURE(mode[1]);
         TestNetns ns("fds");
@@ -562,6 +562,16 @@ TEST_CASE("a worker keeps no descriptor of the daemon's: only stdio and its chan
         auto fds =
             run_output("ls /proc/" + std::to_string(worker) + "/fd | sort -n | tr '\\n' ' '");
         CHECK(fds == "0 1 2 3 ");
+        // Confined: filtered, no new privileges, three capabilities, empty bounding set.
+        auto status =
+            run_output("grep -E '^(Seccomp|NoNewPrivs|CapEff|CapPrm|CapBnd|CapAmb):' /proc/" +
+                       std::to_string(worker) + "/status | tr -s '\\t' ' '");
+        CHECK(status.find("Seccomp: 2\n") != std::string::npos);
+        CHECK(status.find("NoNewPrivs: 1\n") != std::string::npos);
+        CHECK(status.find("CapEff: 0000000000003400\n") != std::string::npos);
+        CHECK(status.find("CapPrm: 0000000000003400\n") != std::string::npos);
+        CHECK(status.find("CapBnd: 0000000000000000\n") != std::string::npos);
+        CHECK(status.find("CapAmb: 0000000000000000\n") != std::string::npos);
         // And it lives where it was sent.
         CHECK(run("test $(stat -L -c %i /proc/" + std::to_string(worker) +
                   "/ns/net) = " + std::to_string(ns.inode())) == 0);

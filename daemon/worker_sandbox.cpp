@@ -1,0 +1,114 @@
+// The worker's privilege drop, in the order it must happen:
+//   1. bounding set cleared (needs CAP_SETPCAP, so before capset);
+//   2. ambient set cleared, capabilities reduced to CAP_NET_RAW,
+//      CAP_NET_BIND_SERVICE and CAP_NET_ADMIN (raw and packet sockets,
+//      low ports, bindtodevice/mark/transparent);
+//   3. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
+//   4. a seccomp allowlist: anything else fails with EPERM.
+// The worker stays uid 0 inside the namespace's user namespace; without the
+// allowlist, uid 0 could still open root's files, so the filter is what
+// closes files, exec, setns and namespace creation.
+#include "worker_sandbox.hpp"
+
+#include <linux/sockios.h>
+#include <seccomp.h>
+#include <sys/capability.h>
+#include <sys/prctl.h>
+
+#include <cerrno>
+#include <cstring>
+#include <memory>
+
+namespace nsbroker::daemon {
+
+namespace {
+
+Error failed(const char* what, int err) {
+    return make_error(ErrorCode::internal, std::string(what) + ": " + std::strerror(err), err);
+}
+
+Result<void> drop_capabilities() {
+    for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+        if (cap_drop_bound(cap) < 0 && errno != EINVAL) {
+            return failed("PR_CAPBSET_DROP", errno);
+        }
+    }
+    if (cap_reset_ambient() < 0 && errno != EINVAL) {
+        return failed("PR_CAP_AMBIENT_CLEAR_ALL", errno);
+    }
+    std::unique_ptr<std::remove_pointer_t<cap_t>, int (*)(void*)> caps(cap_init(), cap_free);
+    if (!caps) {
+        return failed("cap_init", errno);
+    }
+    const cap_value_t keep[] = {CAP_NET_RAW, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN};
+    if (cap_set_flag(caps.get(), CAP_PERMITTED, 3, keep, CAP_SET) < 0 ||
+        cap_set_flag(caps.get(), CAP_EFFECTIVE, 3, keep, CAP_SET) < 0 ||
+        cap_set_proc(caps.get()) < 0) {
+        return failed("capset", errno);
+    }
+    return {};
+}
+
+// The system calls a worker makes: its channel, making and configuring
+// sockets, naming interfaces, memory, logging, and exit.
+Result<void> install_filter() {
+    std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ERRNO(EPERM)),
+                                                            seccomp_release);
+    if (!filter) {
+        return failed("seccomp_init", ENOMEM);
+    }
+    const int allowed[] = {
+        SCMP_SYS(recvmsg),       SCMP_SYS(sendmsg),
+        SCMP_SYS(socket),        SCMP_SYS(setsockopt),
+        SCMP_SYS(getsockopt),    SCMP_SYS(bind),
+        SCMP_SYS(listen),        SCMP_SYS(connect),
+        SCMP_SYS(getsockname),   SCMP_SYS(shutdown),
+        SCMP_SYS(fcntl),         SCMP_SYS(close),
+        SCMP_SYS(write),         SCMP_SYS(writev),
+        SCMP_SYS(fstat),         SCMP_SYS(newfstatat),
+        SCMP_SYS(brk),           SCMP_SYS(mmap),
+        SCMP_SYS(munmap),        SCMP_SYS(mremap),
+        SCMP_SYS(madvise),       SCMP_SYS(mprotect),
+        SCMP_SYS(futex),         SCMP_SYS(getpid),
+        SCMP_SYS(gettid),        SCMP_SYS(getppid),
+        SCMP_SYS(clock_gettime), SCMP_SYS(gettimeofday),
+        SCMP_SYS(rt_sigreturn),  SCMP_SYS(rt_sigprocmask),
+        SCMP_SYS(sched_yield),   SCMP_SYS(restart_syscall),
+        SCMP_SYS(exit),          SCMP_SYS(exit_group),
+        SCMP_SYS(getrandom),
+    };
+    for (int call : allowed) {
+        if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, call, 0); r < 0) {
+            return failed("seccomp_rule_add", -r);
+        }
+    }
+    // ioctl only to turn interface names into indexes and back.
+    for (unsigned long request : {SIOCGIFINDEX, SIOCGIFNAME}) {
+        if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+                                     SCMP_A1(SCMP_CMP_EQ, request));
+            r < 0) {
+            return failed("seccomp_rule_add(ioctl)", -r);
+        }
+    }
+    if (int r = seccomp_load(filter.get()); r < 0) {
+        return failed("seccomp_load", -r);
+    }
+    return {};
+}
+
+} // namespace
+
+Result<void> confine_worker() {
+    if (auto r = drop_capabilities(); !r) {
+        return r;
+    }
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        return failed("PR_SET_NO_NEW_PRIVS", errno);
+    }
+    if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        return failed("PR_SET_DUMPABLE", errno);
+    }
+    return install_filter();
+}
+
+} // namespace nsbroker::daemon

@@ -1,0 +1,74 @@
+// confine_worker: after it, a process can make sockets and nothing else of
+// what a compromised worker would want.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <sys/socket.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <cerrno>
+
+#include "worker_sandbox.hpp"
+
+using namespace nsbroker::daemon;
+
+namespace {
+
+// Runs probe in a confined child; returns its exit status.
+template <typename Probe>
+int in_confined_child(Probe probe) {
+    pid_t child = ::fork();
+    if (child == 0) {
+        int netns = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        if (netns < 0 || !confine_worker()) {
+            ::_exit(100);
+        }
+        ::_exit(probe(netns));
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 200 + WTERMSIG(status);
+}
+
+bool refused(int r) {
+    return r < 0 && errno == EPERM;
+}
+
+} // namespace
+
+TEST_CASE("a confined worker can no longer open files, exec, setns or unshare") {
+    CHECK(in_confined_child(
+              [](int) { return refused(::open("/etc/hostname", O_RDONLY)) ? 0 : 1; }) == 0);
+    CHECK(in_confined_child([](int) {
+              return refused(::openat(AT_FDCWD, "/proc/self/status", O_RDONLY)) ? 0 : 1;
+          }) == 0);
+    CHECK(in_confined_child([](int) {
+              char* const argv[] = {const_cast<char*>("true"), nullptr};
+              return refused(::execve("/bin/true", argv, nullptr)) ? 0 : 1;
+          }) == 0);
+    CHECK(in_confined_child(
+              [](int netns) { return refused(::setns(netns, CLONE_NEWNET)) ? 0 : 1; }) == 0);
+    CHECK(in_confined_child([](int) { return refused(::unshare(CLONE_NEWNET)) ? 0 : 1; }) == 0);
+    CHECK(in_confined_child([](int) { return refused(static_cast<int>(::fork())) ? 0 : 1; }) == 0);
+}
+
+TEST_CASE("a confined worker still makes every kind of socket it serves") {
+    CHECK(in_confined_child([](int) {
+              int udp = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+              int raw = ::socket(AF_INET, SOCK_RAW | SOCK_CLOEXEC, IPPROTO_ICMP);
+              int nl = ::socket(AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0);
+              sockaddr_in low{};
+              low.sin_family = AF_INET;
+              low.sin_port = htons(80);
+              low.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+              int tcp = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+              int one = 1;
+              bool ok = udp >= 0 && raw >= 0 && nl >= 0 && tcp >= 0 &&
+                        ::setsockopt(tcp, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one)) == 0 &&
+                        ::bind(tcp, reinterpret_cast<sockaddr*>(&low), sizeof(low)) == 0 &&
+                        ::setsockopt(udp, SOL_SOCKET, SO_MARK, &one, sizeof(one)) == 0;
+              return ok ? 0 : 1;
+          }) == 0);
+}
