@@ -83,9 +83,10 @@ Result<void> install_filter() {
         }
     }
     // ioctl only to turn interface names into indexes and back.
-    for (unsigned long request : {SIOCGIFINDEX, SIOCGIFNAME}) {
-        if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
-                                     SCMP_A1(SCMP_CMP_EQ, request));
+    for (scmp_datum_t request : {SIOCGIFINDEX, SIOCGIFNAME}) {
+        const scmp_arg_cmp second_argument{1, SCMP_CMP_EQ, request, 0};
+        if (int r = seccomp_rule_add_array(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
+                                           &second_argument);
             r < 0) {
             return failed("seccomp_rule_add(ioctl)", -r);
         }
@@ -98,7 +99,15 @@ Result<void> install_filter() {
 
 } // namespace
 
+// Present only in builds with LeakSanitizer.
+extern "C" __attribute__((weak)) void __lsan_do_leak_check();
+
 Result<void> confine_worker() {
+    // A leak checker's end-of-process check needs /proc and clone(2), which
+    // the filter forbids; in such a build, check now, and not again at exit.
+    if (__lsan_do_leak_check != nullptr) {
+        __lsan_do_leak_check();
+    }
     if (auto r = drop_capabilities(); !r) {
         return r;
     }
