@@ -132,11 +132,11 @@ struct Client::Impl {
         }
         try {
             int fds[1] = {fd_to_send};
-            auto status = proto::send_message(fd.get(), bytes,
-                                              std::span<const int>(fds, fd_to_send >= 0 ? 1 : 0));
-            if (status != proto::SendStatus::sent) {
-                fail_all(make_error(ErrorCode::io, "nsbrokerd closed the connection", EPIPE));
-            }
+            // The socket blocks, so a send either goes or finds the daemon
+            // gone. A daemon that closed the connection may have said why
+            // first (a limit, say): the reads below find that, then the end.
+            (void)proto::send_message(fd.get(), bytes,
+                                      std::span<const int>(fds, fd_to_send >= 0 ? 1 : 0));
         } catch (const SystemError& e) {
             fail_all(make_error(ErrorCode::io, e.what(), e.sys_errno()));
         }
@@ -181,10 +181,18 @@ struct Client::Impl {
             return;
         }
         auto id = proto::reply_id(received.message.data);
-        std::lock_guard lock(mutex);
         if (!id) {
+            // Without an id the daemon speaks of the connection itself (it
+            // was refused, say): every call on it gets that error.
+            auto reply = proto::decode_reply(received.message.data, proto::Op::ping);
+            if (reply) {
+                if (auto* e = std::get_if<Error>(&reply->body)) {
+                    fail_all(*e);
+                }
+            }
             return;
         }
+        std::lock_guard lock(mutex);
         if (auto it = waiting.find(*id); it != waiting.end()) {
             it->second->message = std::move(received.message);
             it->second->done = true;

@@ -149,6 +149,15 @@ void Broker::accept_clients() {
             spdlog::warn("SO_PEERCRED: {}; connection refused", std::strerror(errno));
             continue;
         }
+        if (auto why = connection_refusal(c->peer.uid)) {
+            spdlog::warn("connection from pid {} uid {} refused: {}", c->peer.pid, c->peer.uid,
+                         *why);
+            auto refusal = proto::encode_reply({std::nullopt, make_error(ErrorCode::limit, *why)});
+            (void)proto::send_message(fd.get(), refusal, {}, true);
+            ++errors_["limit"];
+            continue;
+        }
+        ++connections_per_uid_[c->peer.uid];
         c->broker = this;
         c->fd = std::move(fd);
         sd_event_source* s = nullptr;
@@ -185,7 +194,7 @@ void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents
         // One message per wake-up: the loop calls again while more are queued,
         // and stops reading while the connection has too much outstanding.
         if (!c->closed && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
-            c->in_flight + c->outbox.size() < config_.max_pending_per_client) {
+            c->outbox.size() < config_.limits.unread_replies) {
             auto received = proto::receive_message(c->fd.get(), proto::max_message_size, true);
             switch (received.status) {
             case proto::ReceiveStatus::would_block:
@@ -218,11 +227,29 @@ void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents
     }
 }
 
+std::optional<std::string> Broker::connection_refusal(uid_t uid) const {
+    const auto& limits = config_.limits;
+    if (clients_.size() >= limits.connections) {
+        return "the daemon serves at most " + std::to_string(limits.connections) + " connections";
+    }
+    auto it = connections_per_uid_.find(uid);
+    if (it != connections_per_uid_.end() && it->second >= limits.connections_per_uid) {
+        return "uid " + std::to_string(uid) + " has " + std::to_string(it->second) +
+               " connections, the most it may have";
+    }
+    return std::nullopt;
+}
+
 void Broker::close_client(Connection& c) {
     if (c.closed) {
         return;
     }
     c.closed = true;
+    if (auto it = connections_per_uid_.find(c.peer.uid); it != connections_per_uid_.end()) {
+        if (--it->second == 0) {
+            connections_per_uid_.erase(it);
+        }
+    }
     spdlog::debug("client disconnected: pid {} uid {}", c.peer.pid, c.peer.uid);
     c.source.reset();
     c.fd.reset();
@@ -235,7 +262,7 @@ void Broker::update_events(Connection& c) {
         return;
     }
     uint32_t events = 0;
-    if (c.in_flight + c.outbox.size() < config_.max_pending_per_client) {
+    if (c.outbox.size() < config_.limits.unread_replies) {
         events |= EPOLLIN;
     }
     if (!c.outbox.empty()) {
@@ -337,6 +364,13 @@ void Broker::handle_message(const std::shared_ptr<Connection>& c, proto::Message
 
 void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
                            UniqueFd passed_fd) {
+    if (c->in_flight >= config_.limits.requests_in_flight) {
+        reply(*c, request.id,
+              make_error(ErrorCode::limit,
+                         std::to_string(c->in_flight) +
+                             " requests in flight on this connection, the most it may have"));
+        return;
+    }
     ++c->in_flight;
     std::weak_ptr<Connection> weak = c;
     auto id = request.id;

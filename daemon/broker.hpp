@@ -20,12 +20,19 @@
 
 namespace nsbroker::daemon {
 
+// What one peer may hold of the daemon. Reaching a limit gives a `limit`
+// error, or a refused connection; never more memory or descriptors.
+struct Limits {
+    std::size_t connections = 1024;
+    std::size_t connections_per_uid = 128;
+    std::size_t requests_in_flight = 64; // per connection
+    std::size_t unread_replies = 256;    // per connection; beyond it the daemon stops reading
+};
+
 struct BrokerConfig {
     std::string socket_path;
     WorkerPoolConfig workers;
-    // Replies queued plus requests in flight, per connection, before the
-    // daemon stops reading from it.
-    std::size_t max_pending_per_client = 256;
+    Limits limits;
 };
 
 struct Connection;
@@ -51,6 +58,8 @@ class Broker {
     static int on_stop_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
 
     void accept_clients();
+    // Why a new connection from uid may not be served, or nothing.
+    std::optional<std::string> connection_refusal(uid_t uid) const;
     void client_event(const std::shared_ptr<Connection>& c, uint32_t revents);
     void handle_message(const std::shared_ptr<Connection>& c, proto::Message message);
     void handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
@@ -74,6 +83,7 @@ class Broker {
     std::unique_ptr<WorkerPool> pool_;
     std::unique_ptr<NetnsWatch> netns_watch_;
     std::map<Connection*, std::shared_ptr<Connection>> clients_;
+    std::map<uid_t, std::size_t> connections_per_uid_;
     bool stopping_ = false;
 
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();

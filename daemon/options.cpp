@@ -21,12 +21,52 @@ Hands out sockets that live in other network namespaces.
   --worker-mode fork|exec     start workers by fork (default) or fork+exec
   --worker-idle-timeout SEC   a worker with nothing to do exits after SEC
                               seconds; 0 keeps it (default 60)
+  --worker-timeout SEC        a worker that takes longer than SEC seconds to
+                              answer is killed and the request fails with
+                              worker_failed; 0 waits forever (default 10)
+  --max-workers N             workers at once; beyond it the least recently
+                              used idle worker exits (default 512)
+  --max-connections N         client connections at once (default 1024)
+  --max-connections-per-uid N connections one uid may hold (default 128)
+  --max-requests-in-flight N  unanswered requests on one connection (default 64)
   --log-level LEVEL           trace, debug, info, warn, error (default info)
   --help                      show this help
   --version                   show the version
 )";
 
-enum : int { opt_socket = 256, opt_mode, opt_idle, opt_level, opt_help, opt_version, opt_worker };
+enum : int {
+    opt_socket = 256,
+    opt_mode,
+    opt_idle,
+    opt_job_timeout,
+    opt_max_workers,
+    opt_max_connections,
+    opt_max_per_uid,
+    opt_max_in_flight,
+    opt_level,
+    opt_help,
+    opt_version,
+    opt_worker,
+};
+
+std::string option_name(const option* options, int value) {
+    for (const option* o = options; o->name != nullptr; ++o) {
+        if (o->val == value) {
+            return std::string("--") + o->name;
+        }
+    }
+    return "option";
+}
+
+// A whole non-negative number, or nothing.
+std::optional<std::size_t> parse_count(std::string_view text) {
+    std::size_t value = 0;
+    auto [end, ec] = std::from_chars(text.data(), text.data() + text.size(), value);
+    if (text.empty() || ec != std::errc{} || end != text.data() + text.size()) {
+        return std::nullopt;
+    }
+    return value;
+}
 
 bool valid_level(std::string_view level) {
     for (auto l : {"trace", "debug", "info", "warn", "error", "critical", "off"}) {
@@ -49,6 +89,11 @@ ParsedOptions parse_options(int argc, char** argv) {
         {"socket", required_argument, nullptr, opt_socket},
         {"worker-mode", required_argument, nullptr, opt_mode},
         {"worker-idle-timeout", required_argument, nullptr, opt_idle},
+        {"worker-timeout", required_argument, nullptr, opt_job_timeout},
+        {"max-workers", required_argument, nullptr, opt_max_workers},
+        {"max-connections", required_argument, nullptr, opt_max_connections},
+        {"max-connections-per-uid", required_argument, nullptr, opt_max_per_uid},
+        {"max-requests-in-flight", required_argument, nullptr, opt_max_in_flight},
         {"log-level", required_argument, nullptr, opt_level},
         {"help", no_argument, nullptr, opt_help},
         {"version", no_argument, nullptr, opt_version},
@@ -81,13 +126,30 @@ ParsedOptions parse_options(int argc, char** argv) {
                                    "\"");
             }
             break;
-        case opt_idle: {
-            unsigned seconds = 0;
-            auto [end, ec] = std::from_chars(arg.data(), arg.data() + arg.size(), seconds);
-            if (ec != std::errc{} || end != arg.data() + arg.size() || arg.empty()) {
-                return usage_error("--worker-idle-timeout needs a number of seconds");
+        case opt_idle:
+        case opt_job_timeout: {
+            auto seconds = parse_count(arg);
+            if (!seconds) {
+                return usage_error(option_name(long_options, c) + " needs a number of seconds");
             }
-            o.broker.workers.idle_timeout = std::chrono::seconds(seconds);
+            auto& target =
+                c == opt_idle ? o.broker.workers.idle_timeout : o.broker.workers.job_timeout;
+            target = std::chrono::seconds(*seconds);
+            break;
+        }
+        case opt_max_workers:
+        case opt_max_connections:
+        case opt_max_per_uid:
+        case opt_max_in_flight: {
+            auto n = parse_count(arg);
+            if (!n || *n == 0) {
+                return usage_error(option_name(long_options, c) + " needs a number above 0");
+            }
+            std::size_t& target = c == opt_max_workers       ? o.broker.workers.max_workers
+                                  : c == opt_max_connections ? o.broker.limits.connections
+                                  : c == opt_max_per_uid     ? o.broker.limits.connections_per_uid
+                                                             : o.broker.limits.requests_in_flight;
+            target = *n;
             break;
         }
         case opt_level:

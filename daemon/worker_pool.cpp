@@ -68,10 +68,11 @@ class Worker {
     void submit(std::vector<proto::SocketSpec> specs, JobDone done) {
         std::uint64_t id = next_job_++;
         std::size_t expected = proto::socket_count(specs);
-        pending_.emplace(id, Pending{expected, std::move(done)});
+        touch();
+        pending_.emplace(id, Pending{expected, std::move(done), last_used_ + job_usec()});
         ++requests_;
         outbox_.push_back(proto::encode_job(proto::WorkerJob{id, std::move(specs)}));
-        touch();
+        arm_job_timer();
         flush();
     }
 
@@ -99,6 +100,7 @@ class Worker {
     struct Pending {
         std::size_t expected_fds;
         JobDone done;
+        uint64_t deadline; // CLOCK_MONOTONIC, microseconds
     };
 
     static int on_io(sd_event_source*, int, uint32_t revents, void* userdata) {
@@ -189,6 +191,56 @@ class Worker {
     }
 
     void touch() { last_used_ = now(); }
+
+  public:
+    [[nodiscard]] uint64_t last_used() const { return last_used_; }
+    [[nodiscard]] bool ready_and_idle() const { return state_ == State::ready && pending_.empty(); }
+
+  private:
+    // Every job has a deadline. One timer serves them all: armed for the
+    // oldest job, and when it fires, either that job is late (the worker is
+    // killed) or it re-arms for whichever job is oldest then. A busy worker
+    // thus costs about one timer update per timeout, not one per job.
+    [[nodiscard]] uint64_t job_usec() const {
+        return static_cast<uint64_t>(std::chrono::microseconds(pool_.config_.job_timeout).count());
+    }
+
+    void arm_job_timer() {
+        if (job_timer_armed_ || pending_.empty() || job_usec() == 0) {
+            return;
+        }
+        uint64_t when = pending_.begin()->second.deadline;
+        job_timer_armed_ = true;
+        if (job_timer_) {
+            sd_event_source_set_time(job_timer_.get(), when);
+            sd_event_source_set_enabled(job_timer_.get(), SD_EVENT_ONESHOT);
+            return;
+        }
+        sd_event_source* s = nullptr;
+        if (sd_event_add_time(pool_.loop_, &s, CLOCK_MONOTONIC, when, 0, &Worker::on_job_timer,
+                              this) >= 0) {
+            job_timer_.reset(s);
+        } else {
+            job_timer_armed_ = false;
+        }
+    }
+
+    static int on_job_timer(sd_event_source*, uint64_t now, void* userdata) {
+        auto* self = static_cast<Worker*>(userdata);
+        self->job_timer_armed_ = false;
+        if (self->pending_.empty()) {
+            return 0;
+        }
+        if (now >= self->pending_.begin()->second.deadline) {
+            auto seconds = self->pool_.config_.job_timeout.count();
+            spdlog::warn("worker {} did not answer within {} s; killing it", self->pid_, seconds);
+            self->kill_now();
+            self->fail("worker did not answer within " + std::to_string(seconds) + " s");
+            return 0;
+        }
+        self->arm_job_timer();
+        return 0;
+    }
 
     void flush() {
         while (!outbox_.empty() && channel_) {
@@ -294,6 +346,7 @@ class Worker {
         io_.reset();
         channel_.reset();
         idle_timer_.reset();
+        job_timer_.reset();
         outbox_.clear();
         auto pending = std::move(pending_);
         pending_.clear();
@@ -315,6 +368,8 @@ class Worker {
     EventSource io_;
     EventSource child_;
     EventSource idle_timer_;
+    EventSource job_timer_;
+    bool job_timer_armed_ = false;
     State state_ = State::starting;
     bool retired_ = false; // asked to exit, so an exit is expected
     std::set<std::string> names_;
@@ -356,6 +411,14 @@ void WorkerPool::submit(ResolvedNetns netns, std::vector<proto::SocketSpec> spec
     if (auto it = live_.find(netns.identity); it != live_.end()) {
         worker = it->second.get();
     } else {
+        if (!make_room()) {
+            done(
+                make_error(ErrorCode::limit,
+                           "all " + std::to_string(config_.max_workers) +
+                               " workers are busy; no worker can be started for another namespace"),
+                {});
+            return;
+        }
         try {
             worker = spawn(netns);
         } catch (const std::exception& e) {
@@ -417,6 +480,23 @@ Worker* WorkerPool::spawn(ResolvedNetns& netns) {
     spdlog::info("worker {} started for namespace {}{}", pid, describe_identity(netns.identity),
                  netns.name ? " (" + *netns.name + ")" : std::string{});
     return raw;
+}
+
+bool WorkerPool::make_room() {
+    if (live_.size() < config_.max_workers) {
+        return true;
+    }
+    Worker* oldest = nullptr;
+    for (auto& [identity, worker] : live_) {
+        if (worker->ready_and_idle() && (!oldest || worker->last_used() < oldest->last_used())) {
+            oldest = worker.get();
+        }
+    }
+    if (oldest == nullptr) {
+        return false;
+    }
+    oldest->drain("making room for another namespace");
+    return true;
 }
 
 void WorkerPool::worker_draining(Worker* worker) {

@@ -26,6 +26,8 @@ enum class WorkerMode { fork, exec };
 struct WorkerPoolConfig {
     WorkerMode mode = WorkerMode::fork;
     std::chrono::seconds idle_timeout{60}; // 0: workers stay until their namespace goes
+    std::chrono::seconds job_timeout{10};  // a worker that takes longer is killed
+    std::size_t max_workers = 512;         // beyond it the least recently used idle one goes
     std::string log_level = "info";        // for exec'd workers
     std::string netns_dir = default_netns_dir;
 };
@@ -71,6 +73,8 @@ class WorkerPool {
     void worker_reaped(Worker* worker);
 
     Worker* spawn(ResolvedNetns& netns);
+    // Makes room for one more worker; false when every worker is busy.
+    bool make_room();
     void check_stopped();
 
     sd_event* loop_;

@@ -57,16 +57,28 @@ Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
 
     int flags = MSG_CMSG_CLOEXEC | (dont_wait ? MSG_DONTWAIT : 0);
     ssize_t n;
-    do {
+    bool reset = false;
+    for (;;) {
         n = ::recvmsg(fd, &msg, flags);
-    } while (n < 0 && errno == EINTR);
+        if (n < 0 && errno == EINTR) {
+            continue;
+        }
+        // A peer that closed with our messages unread makes the kernel report
+        // ECONNRESET once; what it sent before closing is still queued behind.
+        if (n < 0 && errno == ECONNRESET && !reset) {
+            reset = true;
+            flags |= MSG_DONTWAIT;
+            continue;
+        }
+        break;
+    }
     if (n < 0) {
-        if (errno == EAGAIN || errno == EWOULDBLOCK) {
-            result.status = ReceiveStatus::would_block;
+        if (reset || errno == ECONNRESET) {
+            result.status = ReceiveStatus::closed;
             return result;
         }
-        if (errno == ECONNRESET) {
-            result.status = ReceiveStatus::closed;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) {
+            result.status = ReceiveStatus::would_block;
             return result;
         }
         throw_errno("recvmsg");

@@ -600,3 +600,77 @@ TEST_CASE("SIGTERM with a request stuck at a worker answers it, then exits 0") {
     CHECK(pending.error().code == ErrorCode::worker_failed);
     CHECK(wait_for([&] { return !process_alive(worker); }));
 }
+
+TEST_CASE("limits: connections per uid, requests in flight, workers, and slow workers") {
+    SUBCASE("a uid over its connection limit is refused with a limit error") {
+        Daemon d({"--max-connections-per-uid", "2"});
+        auto a = connect(d);
+        // Once the daemon has seen the start-up probe go, a holds the only connection.
+        REQUIRE(wait_for([&] { return a.stats()->clients == 1; }));
+        auto b = connect(d);
+        REQUIRE(a.ping());
+        REQUIRE(b.ping());
+        auto third = Client::connect(d.socket_path());
+        REQUIRE(third);
+        auto refused = third->ping();
+        REQUIRE_FALSE(refused);
+        CHECK(refused.error().code == ErrorCode::limit);
+        CHECK(refused.error().message == "uid 0 has 2 connections, the most it may have");
+        CHECK(a.ping());
+    }
+    SUBCASE("requests in flight on one connection") {
+        TestNetns ns("inflight");
+        Daemon d({"--max-requests-in-flight", "1"});
+        auto c = connect(d);
+        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+        pid_t worker = worker_of(c, ns.inode());
+        ::kill(worker, SIGSTOP);
+        Result<Socket> first = make_error(ErrorCode::internal, "not run");
+        std::thread holder(
+            [&] { first = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)); });
+        // The stopped worker holds the first request.
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        auto second = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        REQUIRE_FALSE(second);
+        CHECK(second.error().code == ErrorCode::limit);
+        ::kill(worker, SIGCONT);
+        holder.join();
+        CHECK(first);
+    }
+    SUBCASE("the least recently used idle worker makes room; busy ones do not") {
+        TestNetns a("lru-a");
+        TestNetns b("lru-b");
+        Daemon d({"--max-workers", "1"});
+        auto c = connect(d);
+        REQUIRE(c.socket(Netns::name(a.name()), spec(AF_INET, SOCK_DGRAM)));
+        pid_t first = worker_of(c, a.inode());
+        REQUIRE(c.socket(Netns::name(b.name()), spec(AF_INET, SOCK_DGRAM)));
+        CHECK(wait_for([&] { return !process_alive(first); }));
+        pid_t busy = worker_of(c, b.inode());
+        ::kill(busy, SIGSTOP);
+        std::thread holder(
+            [&] { (void)c.socket(Netns::name(b.name()), spec(AF_INET, SOCK_DGRAM)); });
+        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        auto refused = c.socket(Netns::name(a.name()), spec(AF_INET, SOCK_DGRAM));
+        REQUIRE_FALSE(refused);
+        CHECK(refused.error().code == ErrorCode::limit);
+        ::kill(busy, SIGCONT);
+        holder.join();
+    }
+    SUBCASE("a worker that does not answer in time is killed; the next request is served") {
+        TestNetns ns("slow");
+        Daemon d({"--worker-timeout", "1"});
+        auto c = connect(d);
+        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+        pid_t worker = worker_of(c, ns.inode());
+        ::kill(worker, SIGSTOP);
+        auto late = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        REQUIRE_FALSE(late);
+        CHECK(late.error().code == ErrorCode::worker_failed);
+        CHECK(late.error().message == "worker did not answer within 1 s");
+        CHECK(wait_for([&] { return !process_alive(worker); }));
+        auto next = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        REQUIRE_MESSAGE(next, next.error().describe());
+        CHECK(socket_netns_inode(next->fd()) == ns.inode());
+    }
+}

@@ -112,3 +112,15 @@ TEST_CASE("MSG_CTRUNC is reported as fds_truncated") {
     CHECK(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 0);
 }
+
+TEST_CASE("what a peer said before closing on unread messages is still received") {
+    // Closing with unread data makes the kernel report ECONNRESET first.
+    Pair p;
+    REQUIRE(send_message(p.a.get(), "unread by b") == SendStatus::sent);
+    REQUIRE(send_message(p.b.get(), "last words") == SendStatus::sent);
+    p.b.reset();
+    auto r = receive_message(p.a.get());
+    REQUIRE(r.status == ReceiveStatus::message);
+    CHECK(r.message.data == "last words");
+    CHECK(receive_message(p.a.get()).status == ReceiveStatus::closed);
+}
