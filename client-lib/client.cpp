@@ -19,6 +19,7 @@
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "nsbroker/netns_file.hpp"
 #include "nsbroker_config.h"
 
 namespace nsbroker {
@@ -291,13 +292,24 @@ Result<StatsReply> Client::stats() {
 
 Result<std::vector<Socket>> Client::sockets(const Netns& netns,
                                             const std::vector<SocketSpec>& specs) {
+    // A path is opened here, with the caller's own access, and sent as a
+    // descriptor, so that the daemon never has to trust a path; only when it
+    // cannot be opened here is the daemon asked to open it.
+    UniqueFd opened;
+    Netns target = netns;
+    if (netns.ref().kind == proto::NetnsRef::Kind::path && netns.borrowed_fd() < 0) {
+        if (auto file = proto::open_netns_file(netns.ref().text)) {
+            opened = std::move(file->fd);
+            target = Netns::fd(opened.get());
+        }
+    }
     proto::Request r = request_for(proto::Op::socket);
-    r.netns = netns.ref();
+    r.netns = target.ref();
     r.specs = specs;
     if (specs.empty() || proto::socket_count(specs) > proto::max_fds_per_message) {
         return make_error(ErrorCode::limit, "a request asks for 1 to 253 sockets");
     }
-    auto answer = impl_->call(std::move(r), netns.borrowed_fd());
+    auto answer = impl_->call(std::move(r), target.borrowed_fd());
     if (!answer) {
         return std::move(answer).error();
     }

@@ -20,6 +20,8 @@ namespace nsbroker::daemon {
 // One client connection. Owned by Broker::clients_; replies that arrive from
 // workers after the client left find it gone through a weak_ptr.
 struct Connection : std::enable_shared_from_this<Connection> {
+    [[nodiscard]] Caller caller() const { return {peer.uid, peer.gid, groups, peer.pid}; }
+
     struct Outgoing {
         std::string data;
         std::vector<UniqueFd> fds; // closed once the message is sent
@@ -28,6 +30,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
     Broker* broker = nullptr;
     UniqueFd fd;
     ucred peer{};
+    std::vector<gid_t> groups; // supplementary groups, SO_PEERGROUPS
     EventSource source;
     std::deque<Outgoing> outbox;
     std::size_t in_flight = 0;
@@ -53,7 +56,36 @@ std::vector<std::string> features(WorkerMode mode) {
 
 } // namespace
 
-Broker::Broker(BrokerConfig config) : config_(std::move(config)) {
+namespace {
+
+// The peer's supplementary groups as the kernel recorded them at connect().
+std::optional<std::vector<gid_t>> peer_groups(int fd) {
+    std::vector<gid_t> groups(64);
+    for (;;) {
+        auto length = static_cast<socklen_t>(groups.size() * sizeof(gid_t));
+        if (::getsockopt(fd, SOL_SOCKET, SO_PEERGROUPS, groups.data(), &length) == 0) {
+            groups.resize(length / sizeof(gid_t));
+            return groups;
+        }
+        if (errno != ERANGE || groups.size() >= 65536) {
+            return std::nullopt;
+        }
+        groups.resize(length / sizeof(gid_t) + 1);
+    }
+}
+
+Policy load_policy_or_throw(const std::string& path) {
+    auto policy = Policy::load(path);
+    if (!policy) {
+        throw std::runtime_error("policy " + policy.error().message);
+    }
+    return std::move(*policy);
+}
+
+} // namespace
+
+Broker::Broker(BrokerConfig config)
+    : config_(std::move(config)), policy_(load_policy_or_throw(config_.policy_path)) {
     sd_event* e = nullptr;
     check_sd(sd_event_new(&e), "sd_event_new");
     loop_.reset(e);
@@ -62,7 +94,7 @@ Broker::Broker(BrokerConfig config) : config_(std::move(config)) {
     // SIGCHLD is blocked for sd_event_add_child.
     sigset_t mask;
     sigemptyset(&mask);
-    for (int sig : {SIGTERM, SIGINT, SIGCHLD}) {
+    for (int sig : {SIGTERM, SIGINT, SIGHUP, SIGCHLD}) {
         sigaddset(&mask, sig);
     }
     ::sigprocmask(SIG_BLOCK, &mask, nullptr);
@@ -73,6 +105,12 @@ Broker::Broker(BrokerConfig config) : config_(std::move(config)) {
                  "sd_event_add_signal");
         signal_sources_.emplace_back(s);
     }
+
+    sd_event_source* hup = nullptr;
+    check_sd(sd_event_add_signal(loop_.get(), &hup, SIGHUP, &Broker::on_reload_signal, this),
+             "sd_event_add_signal");
+    signal_sources_.emplace_back(hup);
+    spdlog::info("policy: {} ({} rules)", policy_.origin(), policy_.rules().size());
 
     pool_ = std::make_unique<WorkerPool>(loop_.get(), config_.workers);
     netns_watch_ = std::make_unique<NetnsWatch>(
@@ -149,6 +187,12 @@ void Broker::accept_clients() {
             spdlog::warn("SO_PEERCRED: {}; connection refused", std::strerror(errno));
             continue;
         }
+        auto groups = peer_groups(fd.get());
+        if (!groups) {
+            spdlog::warn("SO_PEERGROUPS: {}; connection refused", std::strerror(errno));
+            continue;
+        }
+        c->groups = std::move(*groups);
         if (auto why = connection_refusal(c->peer.uid)) {
             spdlog::warn("connection from pid {} uid {} refused: {}", c->peer.pid, c->peer.uid,
                          *why);
@@ -331,13 +375,14 @@ void Broker::handle_message(const std::shared_ptr<Connection>& c, proto::Message
         reply(*c, request.id, make_error(ErrorCode::unavailable, "the daemon is shutting down"));
         return;
     }
-    if (c->peer.uid != 0 && request.op != proto::Op::hello) {
+    // Sockets are the policy's business; the daemon's inner state is root's.
+    bool inner_state = request.op == proto::Op::namespaces || request.op == proto::Op::stats;
+    if (c->peer.uid != 0 && inner_state) {
         spdlog::info("denied {} from pid {} uid {}: not root", to_string(request.op), c->peer.pid,
                      c->peer.uid);
         reply(*c, request.id,
               make_error(ErrorCode::permission_denied,
-                         "only root may use nsbrokerd (uid " + std::to_string(c->peer.uid) + ")",
-                         EPERM));
+                         std::string(to_string(request.op)) + " is for root only", EPERM));
         return;
     }
     switch (request.op) {
@@ -393,15 +438,19 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
         }
     };
 
-    // A namespace that already has a worker is found by one stat(2).
     const auto& ref = *request.netns;
-    std::optional<std::string> name;
-    if (ref.kind == proto::NetnsRef::Kind::name) {
-        name = ref.text;
-    }
-    auto known = peek_identity(ref, passed_fd.get(), config_.workers.netns_dir);
-    if (known && pool_->submit_to_running(*known, name, request.specs, done)) {
-        return;
+    const bool root = c->peer.uid == 0;
+    // Root's requests need no facts about the namespace, so one that already
+    // has a worker is found by one stat(2).
+    if (root) {
+        std::optional<std::string> name;
+        if (ref.kind == proto::NetnsRef::Kind::name) {
+            name = ref.text;
+        }
+        auto known = peek_identity(ref, passed_fd.get(), config_.workers.netns_dir);
+        if (known && pool_->submit_to_running(*known, name, request.specs, done)) {
+            return;
+        }
     }
 
     auto netns = resolve_netns(ref, std::move(passed_fd), config_.workers.netns_dir);
@@ -410,10 +459,43 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
         done(std::move(netns).error(), {});
         return;
     }
+    if (!root) {
+        std::size_t in_flight_limit = 0;
+        if (auto denied = authorize(*c, request, *netns, in_flight_limit)) {
+            done(std::move(*denied), {});
+            return;
+        }
+        if (c->in_flight > in_flight_limit) {
+            done(make_error(ErrorCode::limit, "the policy allows " +
+                                                  std::to_string(in_flight_limit) +
+                                                  " requests in flight"),
+                 {});
+            return;
+        }
+    }
     if (netns->name) {
         netns_watch_->ensure();
     }
     pool_->submit(std::move(*netns), std::move(request.specs), std::move(done));
+}
+
+std::optional<Error> Broker::authorize(const Connection& c, const proto::Request& request,
+                                       const ResolvedNetns& netns, std::size_t& in_flight_limit) {
+    NamespaceFacts facts;
+    facts.name = netns.name;
+    facts.passed = request.netns->kind == proto::NetnsRef::Kind::fd;
+    auto owner = netns_owner_uid(netns.fd.get());
+    facts.owned_by_caller = owner && *owner == c.peer.uid;
+    Decision decision = policy_.decide(c.caller(), facts, request.specs);
+    if (decision.allowed) {
+        in_flight_limit = decision.rule ? decision.rule->max_requests_in_flight
+                                        : config_.limits.requests_in_flight;
+        return std::nullopt;
+    }
+    spdlog::warn("denied socket request {} of uid {} pid {} in {} ({}:{}): {}", request.id,
+                 c.peer.uid, c.peer.pid, request.netns->describe(), netns.identity.dev,
+                 netns.identity.ino, decision.reason);
+    return make_error(ErrorCode::permission_denied, decision.reason, EPERM);
 }
 
 proto::NamespacesReply Broker::list_namespaces() const {
@@ -485,6 +567,22 @@ int Broker::on_stop_signal(sd_event_source*, const struct signalfd_siginfo* si, 
     spdlog::info("signal {}: stopping", sigabbrev_np(static_cast<int>(si->ssi_signo)));
     static_cast<Broker*>(userdata)->stop();
     return 0;
+}
+
+int Broker::on_reload_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata) {
+    static_cast<Broker*>(userdata)->reload_policy();
+    return 0;
+}
+
+void Broker::reload_policy() {
+    auto fresh = Policy::load(config_.policy_path);
+    if (!fresh) {
+        spdlog::error("SIGHUP: policy {} refused; the policy in force stays: {}",
+                      config_.policy_path, fresh.error().message);
+        return;
+    }
+    policy_ = std::move(*fresh);
+    spdlog::info("SIGHUP: policy {} ({} rules) in force", policy_.origin(), policy_.rules().size());
 }
 
 void Broker::stop() {

@@ -16,6 +16,7 @@
 #include "netns_watch.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/protocol.hpp"
+#include "policy.hpp"
 #include "worker_pool.hpp"
 
 namespace nsbroker::daemon {
@@ -31,6 +32,7 @@ struct Limits {
 
 struct BrokerConfig {
     std::string socket_path;
+    std::string policy_path = default_policy_path;
     WorkerPoolConfig workers;
     Limits limits;
 };
@@ -56,6 +58,8 @@ class Broker {
     static int on_accept(sd_event_source*, int, uint32_t, void* userdata);
     static int on_client(sd_event_source*, int, uint32_t revents, void* userdata);
     static int on_stop_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
+    static int on_reload_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
+    void reload_policy();
 
     void accept_clients();
     // Why a new connection from uid may not be served, or nothing.
@@ -64,6 +68,9 @@ class Broker {
     void handle_message(const std::shared_ptr<Connection>& c, proto::Message message);
     void handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
                        UniqueFd passed_fd);
+    // For callers other than root: the policy's decision on a resolved request.
+    std::optional<Error> authorize(const Connection& c, const proto::Request& request,
+                                   const ResolvedNetns& netns, std::size_t& in_flight_limit);
     void reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
                std::vector<UniqueFd> fds = {});
     void flush(Connection& c);
@@ -81,6 +88,7 @@ class Broker {
     EventSource accept_pause_;
     std::vector<EventSource> signal_sources_;
     std::unique_ptr<WorkerPool> pool_;
+    Policy policy_;
     std::unique_ptr<NetnsWatch> netns_watch_;
     std::map<Connection*, std::shared_ptr<Connection>> clients_;
     std::map<uid_t, std::size_t> connections_per_uid_;

@@ -30,57 +30,12 @@ Error open_error(const std::string& what, int err) {
 
 } // namespace
 
-Result<NetnsIdentity> verify_netns(int fd) {
-    struct statfs fs {};
-    if (::fstatfs(fd, &fs) < 0) {
-        return make_error(ErrorCode::kernel, std::string("fstatfs: ") + std::strerror(errno),
-                          errno);
-    }
-    if (fs.f_type != static_cast<decltype(fs.f_type)>(NSFS_MAGIC)) {
-        return make_error(ErrorCode::not_a_netns, "not a namespace file (not on nsfs)");
-    }
-    int type = ::ioctl(fd, NS_GET_NSTYPE);
-    if (type < 0) {
-        return make_error(ErrorCode::not_a_netns,
-                          std::string("NS_GET_NSTYPE: ") + std::strerror(errno), errno);
-    }
-    if (type != CLONE_NEWNET) {
-        return make_error(ErrorCode::not_a_netns, "a namespace, but not a network namespace");
-    }
-    struct stat st {};
-    if (::fstat(fd, &st) < 0) {
-        return make_error(ErrorCode::kernel, std::string("fstat: ") + std::strerror(errno), errno);
-    }
-    return NetnsIdentity{static_cast<std::uint64_t>(st.st_dev),
-                         static_cast<std::uint64_t>(st.st_ino)};
-}
-
 Result<ResolvedNetns> open_netns_path(const std::string& path) {
-    UniqueFd pathfd{::open(path.c_str(), O_PATH | O_CLOEXEC)};
-    if (!pathfd) {
-        return open_error(path, errno);
+    auto file = proto::open_netns_file(path);
+    if (!file) {
+        return std::move(file).error();
     }
-    struct statfs fs {};
-    if (::fstatfs(pathfd.get(), &fs) < 0) {
-        return open_error(path, errno);
-    }
-    if (fs.f_type != static_cast<decltype(fs.f_type)>(NSFS_MAGIC)) {
-        return make_error(ErrorCode::not_a_netns,
-                          path + " is not a network namespace (not on nsfs)");
-    }
-    // Reopen through the O_PATH descriptor, so that what is opened is what was checked.
-    std::string proc = "/proc/self/fd/" + std::to_string(pathfd.get());
-    UniqueFd fd{::open(proc.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY | O_NONBLOCK)};
-    if (!fd) {
-        return open_error(path, errno);
-    }
-    auto identity = verify_netns(fd.get());
-    if (!identity) {
-        Error e = std::move(identity).error();
-        e.message = path + ": " + e.message;
-        return e;
-    }
-    return ResolvedNetns{std::move(fd), *identity, std::nullopt};
+    return ResolvedNetns{std::move(file->fd), file->identity, std::nullopt};
 }
 
 Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
@@ -151,6 +106,20 @@ std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passe
     }
     return NetnsIdentity{static_cast<std::uint64_t>(st.st_dev),
                          static_cast<std::uint64_t>(st.st_ino)};
+}
+
+Result<uid_t> netns_owner_uid(int netns_fd) {
+    UniqueFd userns{::ioctl(netns_fd, NS_GET_USERNS)};
+    if (!userns) {
+        return make_error(ErrorCode::kernel, std::string("NS_GET_USERNS: ") + std::strerror(errno),
+                          errno);
+    }
+    uid_t owner = 0;
+    if (::ioctl(userns.get(), NS_GET_OWNER_UID, &owner) < 0) {
+        return make_error(ErrorCode::kernel,
+                          std::string("NS_GET_OWNER_UID: ") + std::strerror(errno), errno);
+    }
+    return owner;
 }
 
 Result<NetnsIdentity> current_netns() {

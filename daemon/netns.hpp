@@ -10,6 +10,7 @@
 #include <string>
 
 #include "nsbroker/error.hpp"
+#include "nsbroker/netns_file.hpp"
 #include "nsbroker/protocol.hpp"
 #include "nsbroker/unique_fd.hpp"
 
@@ -17,20 +18,14 @@ namespace nsbroker::daemon {
 
 inline constexpr const char* default_netns_dir = "/run/netns";
 
-struct NetnsIdentity {
-    std::uint64_t dev = 0;
-    std::uint64_t ino = 0;
-    auto operator<=>(const NetnsIdentity&) const = default;
-};
+using proto::NetnsIdentity;
+using proto::verify_netns;
 
 struct ResolvedNetns {
     UniqueFd fd; // O_RDONLY, close-on-exec, usable with setns(2)
     NetnsIdentity identity;
     std::optional<std::string> name; // when reached through /run/netns
 };
-
-// Checks that fd is a network namespace and returns its identity.
-Result<NetnsIdentity> verify_netns(int fd);
 
 // Opens path without following it into a device or FIFO first: it is opened
 // O_PATH, checked to be on nsfs, and only then reopened for reading.
@@ -46,6 +41,9 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
 // running worker, whose namespace cannot be freed and so keeps its identity.
 std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passed_fd,
                                            const std::string& netns_dir = default_netns_dir);
+
+// The uid that owns the user namespace owning this network namespace.
+Result<uid_t> netns_owner_uid(int netns_fd);
 
 // The identity of the network namespace the calling thread is in.
 Result<NetnsIdentity> current_netns();

@@ -18,6 +18,10 @@ constexpr const char* usage_text = R"(Usage: nsbrokerd [OPTIONS]
 Hands out sockets that live in other network namespaces.
 
   --socket PATH               listen on PATH (default %s)
+  --policy PATH               who may have which sockets (default
+                              /etc/nsbroker/policy.json; without it root may
+                              do everything, others get ordinary sockets in
+                              namespaces they own or pass by descriptor)
   --worker-mode fork|exec     start workers by fork (default) or fork+exec
   --worker-idle-timeout SEC   a worker with nothing to do exits after SEC
                               seconds; 0 keeps it (default 60)
@@ -36,6 +40,7 @@ Hands out sockets that live in other network namespaces.
 
 enum : int {
     opt_socket = 256,
+    opt_policy,
     opt_mode,
     opt_idle,
     opt_job_timeout,
@@ -87,6 +92,7 @@ ParsedOptions usage_error(const std::string& message) {
 ParsedOptions parse_options(int argc, char** argv) {
     static const option long_options[] = {
         {"socket", required_argument, nullptr, opt_socket},
+        {"policy", required_argument, nullptr, opt_policy},
         {"worker-mode", required_argument, nullptr, opt_mode},
         {"worker-idle-timeout", required_argument, nullptr, opt_idle},
         {"worker-timeout", required_argument, nullptr, opt_job_timeout},
@@ -115,6 +121,12 @@ ParsedOptions parse_options(int argc, char** argv) {
                 return usage_error("--socket needs a path");
             }
             o.broker.socket_path = std::string(arg);
+            break;
+        case opt_policy:
+            if (arg.empty()) {
+                return usage_error("--policy needs a path");
+            }
+            o.broker.policy_path = std::string(arg);
             break;
         case opt_mode:
             if (arg == "fork") {

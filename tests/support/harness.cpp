@@ -128,9 +128,11 @@ bool can_connect(const std::string& path) {
 } // namespace
 
 Daemon::Daemon(std::vector<std::string> extra_args)
-    : socket_(dir_.path() + "/nsbroker.sock"), log_path_(dir_.path() + "/nsbrokerd.log") {
+    : socket_(dir_.path() + "/nsbroker.sock"), policy_(dir_.path() + "/policy.json"),
+      log_path_(dir_.path() + "/nsbrokerd.log") {
     std::string binary = built("NSBROKERD");
-    std::vector<std::string> args = {binary, "--socket", socket_, "--log-level", "debug"};
+    std::vector<std::string> args = {binary,  "--socket",    socket_, "--policy",
+                                     policy_, "--log-level", "debug"};
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::vector<char*> argv;
     for (auto& a : args) {
@@ -184,6 +186,15 @@ int Daemon::fd_count() const {
         ++n;
     }
     return n;
+}
+
+void Daemon::write_policy(const std::string& json) const {
+    {
+        std::ofstream out(policy_ + ".new");
+        out << json;
+    }
+    std::filesystem::rename(policy_ + ".new", policy_);
+    ::kill(pid_, SIGHUP);
 }
 
 std::string Daemon::fd_list() const {

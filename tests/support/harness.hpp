@@ -62,6 +62,10 @@ class Daemon {
     Daemon& operator=(const Daemon&) = delete;
 
     [[nodiscard]] const std::string& socket_path() const { return socket_; }
+    // The daemon's own policy file: absent at start, so the built-in default
+    // applies. write_policy replaces it and sends SIGHUP.
+    [[nodiscard]] const std::string& policy_path() const { return policy_; }
+    void write_policy(const std::string& json) const;
     [[nodiscard]] pid_t pid() const { return pid_; }
     [[nodiscard]] bool running() const;
     // Open descriptors of the daemon process itself.
@@ -76,6 +80,7 @@ class Daemon {
   private:
     TempDir dir_;
     std::string socket_;
+    std::string policy_;
     std::string log_path_;
     pid_t pid_ = -1;
 };

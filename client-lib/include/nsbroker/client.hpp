@@ -38,8 +38,10 @@ std::string default_socket_path();
 class Netns {
   public:
     static Netns name(std::string name); // /run/netns/NAME
-    static Netns path(std::string path); // any nsfs file, opened by the daemon
-    static Netns pid(pid_t pid);         // /proc/PID/ns/net
+    // Any nsfs file. The library opens it with the caller's access and sends
+    // the descriptor; only a path it cannot open is left to the daemon.
+    static Netns path(std::string path);
+    static Netns pid(pid_t pid); // /proc/PID/ns/net
     // A namespace fd the caller holds (borrowed; it must stay open for the call).
     static Netns fd(int fd);
     // The command line's spelling: "NAME", a path (anything with a '/'), or "pid:N".

@@ -1,0 +1,420 @@
+// Policy files and the decision for one request.
+#include "policy.hpp"
+
+#include <fnmatch.h>
+#include <grp.h>
+#include <linux/netlink.h>
+#include <netinet/in.h>
+#include <pwd.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "nsbroker/address.hpp"
+#include "nsbroker/codec.hpp"
+
+namespace nsbroker::daemon {
+
+using nlohmann::json;
+
+namespace {
+
+constexpr std::pair<Privilege, std::string_view> privilege_names[] = {
+    {Privilege::raw, "raw"},
+    {Privilege::packet, "packet"},
+    {Privilege::low_ports, "low_ports"},
+    {Privilege::bindtodevice, "bindtodevice"},
+    {Privilege::mark, "mark"},
+    {Privilege::transparent, "transparent"},
+};
+
+std::string_view describe_privilege(Privilege p) {
+    switch (p) {
+    case Privilege::raw:
+        return "raw sockets";
+    case Privilege::packet:
+        return "packet sockets";
+    case Privilege::low_ports:
+        return "binding a port below the namespace's ip_unprivileged_port_start";
+    case Privilege::bindtodevice:
+        return "bindtodevice";
+    case Privilege::mark:
+        return "mark";
+    case Privilege::transparent:
+        return "transparent and freebind";
+    }
+    return "?";
+}
+
+// Thrown while parsing; becomes the Error of Policy::parse.
+struct Invalid {
+    std::string message;
+};
+
+[[noreturn]] void invalid(const std::string& where, const std::string& what) {
+    throw Invalid{where + ": " + what};
+}
+
+void only_keys(const json& object, const std::string& where,
+               std::initializer_list<std::string_view> keys) {
+    if (!object.is_object()) {
+        invalid(where, "expected an object");
+    }
+    for (const auto& [key, value] : object.items()) {
+        if (std::find(keys.begin(), keys.end(), key) == keys.end()) {
+            invalid(where, "unknown field \"" + key + "\"");
+        }
+    }
+}
+
+const json& list_at(const json& object, const char* key, const std::string& where) {
+    const json& list = object.at(key);
+    if (!list.is_array()) {
+        invalid(where + "." + key, "expected a list");
+    }
+    return list;
+}
+
+bool flag(const json& object, const char* key, const std::string& where) {
+    if (!object.contains(key)) {
+        return false;
+    }
+    if (!object.at(key).is_boolean()) {
+        invalid(where + "." + key, "expected true or false");
+    }
+    return object.at(key).get<bool>();
+}
+
+std::size_t limit(const json& object, const char* key, const std::string& where,
+                  std::size_t fallback, std::size_t most) {
+    if (!object.contains(key)) {
+        return fallback;
+    }
+    const json& v = object.at(key);
+    if (!v.is_number_unsigned() || v.get<std::uint64_t>() == 0 || v.get<std::uint64_t>() > most) {
+        invalid(where + "." + key, "expected a number from 1 to " + std::to_string(most));
+    }
+    return static_cast<std::size_t>(v.get<std::uint64_t>());
+}
+
+uid_t user_id(const json& v, const std::string& where) {
+    if (v.is_number_unsigned()) {
+        return static_cast<uid_t>(v.get<std::uint64_t>());
+    }
+    if (!v.is_string()) {
+        invalid(where, "expected a user name or uid");
+    }
+    std::string name = v.get<std::string>();
+    if (passwd* pw = ::getpwnam(name.c_str())) {
+        return pw->pw_uid;
+    }
+    invalid(where, "no user named \"" + name + "\"");
+}
+
+gid_t group_id(const json& v, const std::string& where) {
+    if (v.is_number_unsigned()) {
+        return static_cast<gid_t>(v.get<std::uint64_t>());
+    }
+    if (!v.is_string()) {
+        invalid(where, "expected a group name or gid");
+    }
+    std::string name = v.get<std::string>();
+    if (group* gr = ::getgrnam(name.c_str())) {
+        return gr->gr_gid;
+    }
+    invalid(where, "no group named \"" + name + "\"");
+}
+
+template <typename Lookup>
+std::set<int> named_set(const json& rule, const char* key, const std::string& where,
+                        Lookup lookup) {
+    std::set<int> out;
+    if (!rule.contains(key)) {
+        return out;
+    }
+    const json& list = list_at(rule, key, where);
+    for (std::size_t i = 0; i < list.size(); ++i) {
+        std::string at = where + "." + key + "[" + std::to_string(i) + "]";
+        if (!list[i].is_string()) {
+            invalid(at, "expected a name");
+        }
+        auto value = lookup(list[i].get<std::string>());
+        if (!value) {
+            invalid(at, "unknown name \"" + list[i].get<std::string>() + "\"");
+        }
+        out.insert(*value);
+    }
+    return out;
+}
+
+Rule parse_rule(const json& j, const std::string& where) {
+    only_keys(j, where,
+              {"name", "users", "groups", "namespaces", "families", "types", "netlink_protocols",
+               "grant", "limits"});
+    Rule r;
+    r.name = where;
+    if (j.contains("name")) {
+        if (!j.at("name").is_string()) {
+            invalid(where + ".name", "expected a string");
+        }
+        r.name = j.at("name").get<std::string>();
+    }
+    if (j.contains("users")) {
+        const json& users = list_at(j, "users", where);
+        for (std::size_t i = 0; i < users.size(); ++i) {
+            if (users[i] == "*") {
+                r.everyone = true;
+            } else {
+                r.users.insert(user_id(users[i], where + ".users[" + std::to_string(i) + "]"));
+            }
+        }
+    }
+    if (j.contains("groups")) {
+        const json& groups = list_at(j, "groups", where);
+        for (std::size_t i = 0; i < groups.size(); ++i) {
+            r.groups.insert(group_id(groups[i], where + ".groups[" + std::to_string(i) + "]"));
+        }
+    }
+    if (!r.everyone && r.users.empty() && r.groups.empty()) {
+        invalid(where, "a rule names \"users\" or \"groups\" (\"*\" is everyone)");
+    }
+    if (!j.contains("namespaces")) {
+        invalid(where, "a rule grants \"namespaces\"");
+    }
+    const json& ns = j.at("namespaces");
+    std::string ns_where = where + ".namespaces";
+    only_keys(ns, ns_where, {"names", "owned", "passed", "any"});
+    if (ns.contains("names")) {
+        const json& names = list_at(ns, "names", ns_where);
+        for (std::size_t i = 0; i < names.size(); ++i) {
+            if (!names[i].is_string() || names[i].get<std::string>().empty()) {
+                invalid(ns_where + ".names[" + std::to_string(i) + "]", "expected a name or glob");
+            }
+            r.namespace_globs.push_back(names[i].get<std::string>());
+        }
+    }
+    r.owned = flag(ns, "owned", ns_where);
+    r.passed = flag(ns, "passed", ns_where);
+    r.any = flag(ns, "any", ns_where);
+    r.families = named_set(j, "families", where, proto::family_from_name);
+    r.types = named_set(j, "types", where, proto::type_from_name);
+    r.netlink_protocols = named_set(j, "netlink_protocols", where, [](std::string_view n) {
+        return proto::protocol_from_name(AF_NETLINK, n);
+    });
+    if (j.contains("grant")) {
+        const json& grants = list_at(j, "grant", where);
+        for (std::size_t i = 0; i < grants.size(); ++i) {
+            std::string at = where + ".grant[" + std::to_string(i) + "]";
+            auto found = std::find_if(std::begin(privilege_names), std::end(privilege_names),
+                                      [&](const auto& p) { return grants[i] == p.second; });
+            if (found == std::end(privilege_names)) {
+                invalid(at,
+                        "expected one of raw, packet, low_ports, bindtodevice, mark, transparent");
+            }
+            r.privileges.insert(found->first);
+        }
+    }
+    if (j.contains("limits")) {
+        const json& limits = j.at("limits");
+        only_keys(limits, where + ".limits", {"sockets_per_request", "requests_in_flight"});
+        r.max_sockets_per_request = limit(limits, "sockets_per_request", where + ".limits",
+                                          proto::max_fds_per_message, proto::max_fds_per_message);
+        r.max_requests_in_flight =
+            limit(limits, "requests_in_flight", where + ".limits", 64, 1u << 20);
+    }
+    return r;
+}
+
+bool applies(const Rule& rule, const Caller& caller) {
+    if (rule.everyone || rule.users.count(caller.uid) || rule.groups.count(caller.gid)) {
+        return true;
+    }
+    return std::any_of(caller.groups.begin(), caller.groups.end(),
+                       [&](gid_t g) { return rule.groups.count(g) > 0; });
+}
+
+std::optional<std::uint16_t> bound_port(const proto::SocketSpec& s) {
+    if (!s.bind || (s.family != AF_INET && s.family != AF_INET6)) {
+        return std::nullopt;
+    }
+    auto address = proto::parse_address(s.family, *s.bind);
+    if (!address) {
+        return std::nullopt;
+    }
+    const auto* sa = address->get();
+    return ntohs(sa->sa_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(sa)->sin_port
+                                          : reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port);
+}
+
+// The privileges a spec needs, and whether its kind is ordinary at all.
+std::set<Privilege> needed(const proto::SocketSpec& s, const NamespaceFacts& ns) {
+    std::set<Privilege> need;
+    if ((s.family == AF_INET || s.family == AF_INET6) && s.type == SOCK_RAW) {
+        need.insert(Privilege::raw);
+    }
+    if (s.family == AF_PACKET) {
+        need.insert(Privilege::packet);
+    }
+    if (auto port = bound_port(s); port && *port != 0 && *port < ns.unprivileged_port_start) {
+        need.insert(Privilege::low_ports);
+    }
+    if (s.options.bindtodevice) {
+        need.insert(Privilege::bindtodevice);
+    }
+    if (s.options.mark) {
+        need.insert(Privilege::mark);
+    }
+    if (s.options.transparent.value_or(false) || s.options.freebind.value_or(false)) {
+        need.insert(Privilege::transparent);
+    }
+    return need;
+}
+
+bool family_allowed(const Rule& r, int family) {
+    if (!r.families.empty()) {
+        return r.families.count(family) > 0;
+    }
+    return family == AF_INET || family == AF_INET6 || family == AF_UNIX || family == AF_NETLINK ||
+           (family == AF_PACKET && r.privileges.count(Privilege::packet));
+}
+
+bool type_allowed(const Rule& r, const proto::SocketSpec& s) {
+    if (!r.types.empty()) {
+        return r.types.count(s.type) > 0;
+    }
+    // Raw is how netlink and packet sockets are made; on inet it is the raw privilege.
+    return s.type == SOCK_STREAM || s.type == SOCK_DGRAM || s.type == SOCK_SEQPACKET ||
+           (s.type == SOCK_RAW && (s.family == AF_NETLINK || s.family == AF_PACKET ||
+                                   r.privileges.count(Privilege::raw)));
+}
+
+std::string describe_namespace(const NamespaceFacts& ns) {
+    if (ns.name) {
+        return "namespace \"" + *ns.name + "\"";
+    }
+    return ns.passed ? "the namespace passed by descriptor" : "the namespace";
+}
+
+// Why rule does not grant the request, or nothing when it does.
+std::optional<std::string> refusal(const Rule& r, const NamespaceFacts& ns,
+                                   const std::vector<proto::SocketSpec>& specs) {
+    bool by_name =
+        ns.name && std::any_of(r.namespace_globs.begin(), r.namespace_globs.end(),
+                               [&](const std::string& glob) {
+                                   return ::fnmatch(glob.c_str(), ns.name->c_str(), 0) == 0;
+                               });
+    if (!(r.any || by_name || (r.owned && ns.owned_by_caller) || (r.passed && ns.passed))) {
+        return describe_namespace(ns) + " is not granted";
+    }
+    if (auto n = proto::socket_count(specs); n > r.max_sockets_per_request) {
+        return "asks for " + std::to_string(n) + " sockets, at most " +
+               std::to_string(r.max_sockets_per_request) + " a request";
+    }
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        const auto& s = specs[i];
+        std::string at = "sockets[" + std::to_string(i) + "]: ";
+        if (!family_allowed(r, s.family)) {
+            return at + "family " + proto::family_name(s.family) + " is not granted";
+        }
+        for (Privilege p : needed(s, ns)) {
+            if (!r.privileges.count(p)) {
+                return at + std::string(describe_privilege(p)) + " not granted";
+            }
+        }
+        if (!type_allowed(r, s)) {
+            return at + "type " + proto::type_name(s.type) + " is not granted";
+        }
+        if (s.family == AF_NETLINK && !r.netlink_protocols.empty() &&
+            !r.netlink_protocols.count(s.protocol)) {
+            return at + "netlink protocol " + std::to_string(s.protocol) + " is not granted";
+        }
+    }
+    return std::nullopt;
+}
+
+} // namespace
+
+Policy Policy::builtin_default() {
+    Policy p;
+    p.origin_ = "built-in default";
+    Rule everyone;
+    everyone.name = "default";
+    everyone.everyone = true;
+    everyone.owned = true;
+    everyone.passed = true;
+    p.rules_.push_back(std::move(everyone));
+    return p;
+}
+
+Result<Policy> Policy::parse(std::string_view text) {
+    json j = json::parse(text.begin(), text.end(), nullptr, false);
+    if (j.is_discarded()) {
+        return make_error(ErrorCode::invalid_request, "not valid JSON");
+    }
+    try {
+        only_keys(j, "policy", {"rules"});
+        if (!j.contains("rules")) {
+            invalid("policy", "missing \"rules\"");
+        }
+        Policy p;
+        p.origin_ = "inline";
+        const json& rules = list_at(j, "rules", "policy");
+        for (std::size_t i = 0; i < rules.size(); ++i) {
+            p.rules_.push_back(parse_rule(rules[i], "rules[" + std::to_string(i) + "]"));
+        }
+        return p;
+    } catch (const Invalid& e) {
+        return make_error(ErrorCode::invalid_request, e.message);
+    }
+}
+
+Result<Policy> Policy::load(const std::string& path) {
+    std::ifstream in(path);
+    if (!in) {
+        if (errno == ENOENT) {
+            return builtin_default();
+        }
+        return make_error(ErrorCode::kernel, path + ": " + std::strerror(errno), errno);
+    }
+    std::stringstream text;
+    text << in.rdbuf();
+    auto p = parse(text.str());
+    if (!p) {
+        return make_error(ErrorCode::invalid_request, path + ": " + p.error().message);
+    }
+    p->origin_ = path;
+    return p;
+}
+
+Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
+                        const std::vector<proto::SocketSpec>& specs) const {
+    if (caller.uid == 0) {
+        return {true, nullptr, {}};
+    }
+    std::string reasons;
+    bool any_rule = false;
+    for (const auto& rule : rules_) {
+        if (!applies(rule, caller)) {
+            continue;
+        }
+        any_rule = true;
+        auto why = refusal(rule, ns, specs);
+        if (!why) {
+            return {true, &rule, {}};
+        }
+        reasons += (reasons.empty() ? "" : "; ") + ("rule \"" + rule.name + "\": " + *why);
+    }
+    if (!any_rule) {
+        return {false, nullptr,
+                "no rule of the policy (" + origin_ + ") applies to uid " +
+                    std::to_string(caller.uid)};
+    }
+    return {false, nullptr, reasons};
+}
+
+} // namespace nsbroker::daemon

@@ -1,0 +1,193 @@
+// Authorization as real unprivileged users see it: uid 65534 (nobody), in
+// namespaces root made and in namespaces it made itself.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include <functional>
+#include <thread>
+
+#include "nsbroker/client.hpp"
+#include "support/harness.hpp"
+
+using namespace nsbroker;
+using namespace nsbroker::test;
+
+namespace {
+
+constexpr uid_t nobody = 65534;
+
+SocketSpec spec(int family, int type, int protocol = 0) {
+    SocketSpec s;
+    s.family = family;
+    s.type = type;
+    s.protocol = protocol;
+    return s;
+}
+
+// Runs body as uid/gid 65534 with no supplementary groups, optionally in a
+// user and network namespace of its own; returns what body returned, or a
+// number above 100 when the child could not become that user.
+int as_nobody(bool own_netns, const std::function<int()>& body) {
+    pid_t child = ::fork();
+    if (child == 0) {
+        if (::setgroups(0, nullptr) < 0 || ::setresgid(nobody, nobody, nobody) < 0 ||
+            ::setresuid(nobody, nobody, nobody) < 0) {
+            ::_exit(101);
+        }
+        if (own_netns && ::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
+            ::_exit(102);
+        }
+        ::_exit(body());
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 200;
+}
+
+// 0 when the result is the error expected, with its message containing what.
+int expect_error(const Result<Socket>& r, ErrorCode code, const std::string& what = {}) {
+    if (r) {
+        std::fprintf(stderr, "expected an error, got a socket\n");
+        return 1;
+    }
+    if (r.error().code != code || r.error().message.find(what) == std::string::npos) {
+        std::fprintf(stderr, "unexpected error: %s\n", r.error().describe().c_str());
+        return 2;
+    }
+    return 0;
+}
+
+std::string own_ns_policy(const std::string& grants) {
+    return R"({"rules": [{"name": "nobody's own", "users": [65534],
+                         "namespaces": {"owned": true, "passed": true},
+                         "grant": [)" +
+           grants + "]}]}";
+}
+
+} // namespace
+
+TEST_CASE("an unprivileged user is refused a socket in a namespace root made") {
+    TestNetns ns("root-owned");
+    Daemon d;
+    std::string name = ns.name();
+    CHECK(as_nobody(false, [&] {
+              auto c = Client::connect(d.socket_path());
+              if (!c || !c->ping()) {
+                  return 10;
+              }
+              auto stats = c->stats();
+              if (stats || stats.error().code != ErrorCode::permission_denied) {
+                  return 11;
+              }
+              return expect_error(c->socket(Netns::name(name), spec(AF_INET, SOCK_DGRAM)),
+                                  ErrorCode::permission_denied,
+                                  "rule \"default\": namespace \"" + name + "\" is not granted");
+          }) == 0);
+    CHECK(d.log().find("denied socket request") != std::string::npos);
+}
+
+TEST_CASE("an unprivileged user is served in a namespace it made, passed by fd or by path") {
+    Daemon d;
+    CHECK(as_nobody(true, [&] {
+              auto c = Client::connect(d.socket_path());
+              if (!c) {
+                  return 10;
+              }
+              UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+              auto by_fd = c->socket(Netns::fd(own.get()), spec(AF_INET, SOCK_DGRAM));
+              if (!by_fd) {
+                  std::fprintf(stderr, "%s\n", by_fd.error().describe().c_str());
+                  return 11;
+              }
+              struct stat mine {};
+              ::fstat(own.get(), &mine);
+              if (socket_netns_inode(by_fd->fd()) != mine.st_ino) {
+                  return 12;
+              }
+              // The library opens the path itself: the daemon never sees it.
+              auto by_path =
+                  c->socket(Netns::path("/proc/self/ns/net"), spec(AF_INET, SOCK_STREAM));
+              if (!by_path || socket_netns_inode(by_path->fd()) != mine.st_ino) {
+                  return 13;
+              }
+              return 0;
+          }) == 0);
+    // The same from the command line, made by setpriv and unshare.
+    int status = -1;
+    auto out =
+        run_output("setpriv --reuid 65534 --regid 65534 --clear-groups unshare -Urn " +
+                       built("NSBROKER_CLI") + " --broker " + d.socket_path() +
+                       " exec --netns /proc/self/ns/net --socket udp:127.0.0.1:0 -- true 2>&1",
+                   &status);
+    INFO(out);
+    CHECK(status == 0);
+}
+
+TEST_CASE("raw sockets and low ports need a grant; with one they are served") {
+    Daemon d;
+    auto attempt = [&](bool expect_granted) {
+        return as_nobody(true, [&] {
+            auto c = Client::connect(d.socket_path());
+            UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+            auto raw = c->socket(Netns::fd(own.get()), spec(AF_INET, SOCK_RAW, IPPROTO_ICMP));
+            SocketSpec http = spec(AF_INET, SOCK_STREAM);
+            http.bind = "127.0.0.1:80";
+            auto low = c->socket(Netns::fd(own.get()), http);
+            if (expect_granted) {
+                return raw && low ? 0 : 20;
+            }
+            return expect_error(raw, ErrorCode::permission_denied, "raw sockets not granted") +
+                   expect_error(low, ErrorCode::permission_denied,
+                                "binding a port below the namespace's ip_unprivileged_port_start");
+        });
+    };
+    CHECK(attempt(false) == 0);
+    d.write_policy(own_ns_policy(R"("raw", "low_ports")"));
+    REQUIRE(
+        wait_for([&] { return d.log().find("policy " + d.policy_path()) != std::string::npos; }));
+    CHECK(attempt(true) == 0);
+}
+
+TEST_CASE("a broken policy on SIGHUP is refused and the one in force stays") {
+    Daemon d;
+    d.write_policy(own_ns_policy(R"("raw")"));
+    REQUIRE(wait_for([&] { return d.log().find("(1 rules) in force") != std::string::npos; }));
+    d.write_policy(R"({"rules": [{"users": ["no-such-user-here"], "namespaces": {"any": true}}]})");
+    REQUIRE(wait_for([&] { return d.log().find("refused") != std::string::npos; }));
+    CHECK(d.log().find("rules[0].users[0]: no user named \"no-such-user-here\"") !=
+          std::string::npos);
+    CHECK(as_nobody(true, [&] {
+              auto c = Client::connect(d.socket_path());
+              UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+              return c->socket(Netns::fd(own.get()), spec(AF_INET, SOCK_RAW, IPPROTO_ICMP)) ? 0 : 1;
+          }) == 0);
+}
+
+TEST_CASE("another user's process, bad names and files that are not network namespaces") {
+    Daemon d;
+    pid_t root_process = ::getpid();
+    CHECK(as_nobody(false, [&] {
+              auto c = Client::connect(d.socket_path());
+              int failures = 0;
+              failures +=
+                  expect_error(c->socket(Netns::pid(root_process), spec(AF_INET, SOCK_DGRAM)),
+                               ErrorCode::permission_denied);
+              failures += expect_error(c->socket(Netns::name("../x"), spec(AF_INET, SOCK_DGRAM)),
+                                       ErrorCode::invalid_request);
+              for (const char* path : {"/etc/passwd", "/proc/self/ns/mnt", "/proc/self/ns/pid"}) {
+                  UniqueFd fd{::open(path, O_RDONLY | O_CLOEXEC)};
+                  failures +=
+                      expect_error(c->socket(Netns::fd(fd.get()), spec(AF_INET, SOCK_DGRAM)),
+                                   ErrorCode::not_a_netns);
+              }
+              return failures;
+          }) == 0);
+}

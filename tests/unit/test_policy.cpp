@@ -1,0 +1,113 @@
+// Policy files: precise refusals of bad ones, and the decision for a request.
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "policy.hpp"
+
+using namespace nsbroker;
+using namespace nsbroker::daemon;
+
+namespace {
+
+proto::SocketSpec spec(int family, int type, int protocol = 0) {
+    proto::SocketSpec s;
+    s.family = family;
+    s.type = type;
+    s.protocol = protocol;
+    return s;
+}
+
+Caller user(uid_t uid, std::vector<gid_t> groups = {}) {
+    return {uid, uid, std::move(groups), 42};
+}
+
+NamespaceFacts named(const std::string& name) {
+    NamespaceFacts f;
+    f.name = name;
+    return f;
+}
+
+} // namespace
+
+TEST_CASE("bad policy files are refused with the place and the reason") {
+    struct Case {
+        const char* text;
+        const char* message;
+    };
+    const Case cases[] = {
+        {"{", "not valid JSON"},
+        {R"({"rulez": []})", "policy: unknown field \"rulez\""},
+        {R"({"rules": [{"namespaces": {"any": true}}]})",
+         "rules[0]: a rule names \"users\" or \"groups\" (\"*\" is everyone)"},
+        {R"({"rules": [{"users": ["*"]}]})", "rules[0]: a rule grants \"namespaces\""},
+        {R"({"rules": [{"users": ["*"], "namespaces": {"some": true}}]})",
+         "rules[0].namespaces: unknown field \"some\""},
+        {R"({"rules": [{"users": ["nobody-such-user"], "namespaces": {"any": true}}]})",
+         "rules[0].users[0]: no user named \"nobody-such-user\""},
+        {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "grant": ["root"]}]})",
+         "rules[0].grant[0]: expected one of raw, packet, low_ports, bindtodevice, mark, "
+         "transparent"},
+        {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "families": ["ax25"]}]})",
+         "rules[0].families[0]: unknown name \"ax25\""},
+        {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "limits": {"sockets_per_request": 300}}]})",
+         "rules[0].limits.sockets_per_request: expected a number from 1 to 253"},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.text);
+        auto p = Policy::parse(c.text);
+        REQUIRE_FALSE(p);
+        CHECK(p.error().message == c.message);
+    }
+}
+
+TEST_CASE("the default policy: own and passed namespaces, ordinary sockets, root everything") {
+    auto p = Policy::builtin_default();
+    NamespaceFacts owned;
+    owned.owned_by_caller = true;
+    NamespaceFacts passed;
+    passed.passed = true;
+    CHECK(p.decide(user(1000), owned, {spec(AF_INET, SOCK_STREAM)}).allowed);
+    CHECK(p.decide(user(1000), passed, {spec(AF_NETLINK, SOCK_RAW)}).allowed);
+    CHECK_FALSE(p.decide(user(1000), named("blue"), {spec(AF_INET, SOCK_STREAM)}).allowed);
+    CHECK(p.decide(user(0), named("blue"), {spec(AF_PACKET, SOCK_RAW)}).allowed);
+    auto raw = p.decide(user(1000), owned, {spec(AF_INET, SOCK_RAW, IPPROTO_ICMP)});
+    CHECK_FALSE(raw.allowed);
+    CHECK(raw.reason == "rule \"default\": sockets[0]: raw sockets not granted");
+    auto low = spec(AF_INET6, SOCK_STREAM);
+    low.bind = "[::]:443";
+    CHECK_FALSE(p.decide(user(1000), owned, {low}).allowed);
+    low.bind = "[::]:0";
+    CHECK(p.decide(user(1000), owned, {low}).allowed);
+    auto marked = spec(AF_INET, SOCK_DGRAM);
+    marked.options.mark = 1;
+    CHECK(p.decide(user(1000), owned, {marked}).reason ==
+          "rule \"default\": sockets[0]: mark not granted");
+}
+
+TEST_CASE("rules by user and group, name globs, kinds and limits") {
+    auto p = Policy::parse(R"({"rules": [
+        {"name": "agents", "groups": [4242], "namespaces": {"names": ["qrouter-*"]},
+         "families": ["inet", "netlink"], "netlink_protocols": ["route"], "grant": ["raw"],
+         "limits": {"sockets_per_request": 4}},
+        {"name": "uid 1001", "users": [1001], "namespaces": {"any": true}}
+    ]})");
+    REQUIRE_MESSAGE(p, p.error().message);
+    auto agent = user(1000, {4242});
+    CHECK(p->decide(agent, named("qrouter-1"), {spec(AF_INET, SOCK_RAW, IPPROTO_ICMP)}).allowed);
+    CHECK(p->decide(agent, named("qrouter-1"), {spec(AF_NETLINK, SOCK_RAW, 0)}).allowed);
+    CHECK(p->decide(agent, named("qdhcp-1"), {spec(AF_INET, SOCK_DGRAM)}).reason ==
+          "rule \"agents\": namespace \"qdhcp-1\" is not granted");
+    CHECK(p->decide(agent, named("qrouter-1"), {spec(AF_NETLINK, SOCK_RAW, 9)}).reason ==
+          "rule \"agents\": sockets[0]: netlink protocol 9 is not granted");
+    CHECK(p->decide(agent, named("qrouter-1"), {spec(AF_INET6, SOCK_DGRAM)}).reason ==
+          "rule \"agents\": sockets[0]: family inet6 is not granted");
+    auto five = spec(AF_INET, SOCK_DGRAM);
+    five.count = 5;
+    CHECK(p->decide(agent, named("qrouter-1"), {five}).reason ==
+          "rule \"agents\": asks for 5 sockets, at most 4 a request");
+    CHECK(p->decide(user(1001), named("anything"), {spec(AF_INET6, SOCK_STREAM)}).allowed);
+    auto stranger = p->decide(user(2000), named("qrouter-1"), {spec(AF_INET, SOCK_DGRAM)});
+    CHECK_FALSE(stranger.allowed);
+    CHECK(stranger.reason == "no rule of the policy (inline) applies to uid 2000");
+}
