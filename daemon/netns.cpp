@@ -9,7 +9,9 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/vfs.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -38,6 +40,37 @@ Result<ResolvedNetns> open_netns_path(const std::string& path) {
     return ResolvedNetns{std::move(file->fd), file->identity, std::nullopt};
 }
 
+namespace {
+
+Error no_process(pid_t pid) {
+    return make_error(ErrorCode::not_found, "no process " + std::to_string(pid), ESRCH);
+}
+
+// /proc/PID/ns/net, made safe against pid reuse: a pidfd taken first pins
+// the process the caller meant. If that process is still alive once the
+// namespace file is open, the pid cannot have been reused in between, so the
+// file is that process's.
+Result<ResolvedNetns> open_netns_of_pid(pid_t pid) {
+    UniqueFd pidfd{static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))};
+    if (!pidfd) {
+        if (errno == ESRCH) {
+            return no_process(pid);
+        }
+        return make_error(ErrorCode::kernel, std::string("pidfd_open: ") + std::strerror(errno),
+                          errno);
+    }
+    auto r = open_netns_path("/proc/" + std::to_string(pid) + "/ns/net");
+    if (!r) {
+        return r.error().code == ErrorCode::not_found ? no_process(pid) : std::move(r).error();
+    }
+    if (::syscall(SYS_pidfd_send_signal, pidfd.get(), 0, nullptr, 0) < 0) {
+        return no_process(pid);
+    }
+    return r;
+}
+
+} // namespace
+
 Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
                                     const std::string& netns_dir) {
     using Kind = proto::NetnsRef::Kind;
@@ -59,14 +92,8 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
     }
     case Kind::path:
         return open_netns_path(ref.text);
-    case Kind::pid: {
-        auto r = open_netns_path("/proc/" + std::to_string(ref.pid) + "/ns/net");
-        if (!r && r.error().code == ErrorCode::not_found) {
-            return make_error(ErrorCode::not_found, "no process " + std::to_string(ref.pid),
-                              ENOENT);
-        }
-        return r;
-    }
+    case Kind::pid:
+        return open_netns_of_pid(ref.pid);
     case Kind::fd: {
         if (!passed_fd) {
             return make_error(ErrorCode::invalid_request,
