@@ -18,19 +18,7 @@
 
 namespace nsbroker::daemon {
 
-namespace {
-
-Error open_error(const std::string& what, int err) {
-    if (err == ENOENT || err == ENOTDIR) {
-        return make_error(ErrorCode::not_found, what + " does not exist", err);
-    }
-    if (err == EACCES || err == EPERM) {
-        return make_error(ErrorCode::permission_denied, what + ": " + std::strerror(err), err);
-    }
-    return make_error(ErrorCode::kernel, what + ": " + std::strerror(err), err);
-}
-
-} // namespace
+namespace {} // namespace
 
 Result<ResolvedNetns> open_netns_path(const std::string& path) {
     auto file = proto::open_netns_file(path);
@@ -150,11 +138,11 @@ Result<uid_t> netns_owner_uid(int netns_fd) {
 }
 
 Result<NetnsIdentity> current_netns() {
-    UniqueFd fd{::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)};
-    if (!fd) {
-        return open_error("/proc/thread-self/ns/net", errno);
+    auto file = proto::open_netns_file("/proc/thread-self/ns/net");
+    if (!file) {
+        return std::move(file).error();
     }
-    return verify_netns(fd.get());
+    return file->identity;
 }
 
 } // namespace nsbroker::daemon
