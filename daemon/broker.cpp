@@ -433,13 +433,20 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
         --client->in_flight;
         if (result) {
             reply(*client, id, std::move(result).value(), std::move(fds));
-        } else {
-            reply(*client, id, std::move(result).error());
+            return;
         }
+        if (result.error().code == ErrorCode::permission_denied) {
+            // The worker's part of the policy: ports below the namespace's
+            // ip_unprivileged_port_start.
+            spdlog::warn("denied socket request {} of uid {} pid {} in its worker: {}", id,
+                         client->peer.uid, client->peer.pid, result.error().message);
+        }
+        reply(*client, id, std::move(result).error());
     };
 
     const auto& ref = *request.netns;
     const bool root = c->peer.uid == 0;
+    proto::WorkerJob job{0, std::move(request.specs), std::nullopt};
     // Root's requests need no facts about the namespace, so one that already
     // has a worker is found by one stat(2).
     if (root) {
@@ -448,7 +455,7 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
             name = ref.text;
         }
         auto known = peek_identity(ref, passed_fd.get(), config_.workers.netns_dir);
-        if (known && pool_->submit_to_running(*known, name, request.specs, done)) {
+        if (known && pool_->submit_to_running(*known, name, job, done)) {
             return;
         }
     }
@@ -460,37 +467,42 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
         return;
     }
     if (!root) {
-        std::size_t in_flight_limit = 0;
-        if (auto denied = authorize(*c, request, *netns, in_flight_limit)) {
-            done(std::move(*denied), {});
+        auto decision = authorize(*c, request, job.specs, *netns);
+        if (!decision) {
+            done(std::move(decision).error(), {});
             return;
         }
-        if (c->in_flight > in_flight_limit) {
-            done(make_error(ErrorCode::limit, "the policy allows " +
-                                                  std::to_string(in_flight_limit) +
-                                                  " requests in flight"),
-                 {});
-            return;
+        if (const Rule* rule = decision->rule) {
+            if (c->in_flight > rule->max_requests_in_flight) {
+                done(make_error(ErrorCode::limit,
+                                "rule \"" + rule->name + "\" allows " +
+                                    std::to_string(rule->max_requests_in_flight) +
+                                    " requests in flight"),
+                     {});
+                return;
+            }
+            if (!decision->low_ports) {
+                job.low_ports_refused_by = rule->name;
+            }
         }
     }
     if (netns->name) {
         netns_watch_->ensure();
     }
-    pool_->submit(std::move(*netns), std::move(request.specs), std::move(done));
+    pool_->submit(std::move(*netns), std::move(job), std::move(done));
 }
 
-std::optional<Error> Broker::authorize(const Connection& c, const proto::Request& request,
-                                       const ResolvedNetns& netns, std::size_t& in_flight_limit) {
+Result<Decision> Broker::authorize(const Connection& c, const proto::Request& request,
+                                   const std::vector<proto::SocketSpec>& specs,
+                                   const ResolvedNetns& netns) {
     NamespaceFacts facts;
     facts.name = netns.name;
     facts.passed = request.netns->kind == proto::NetnsRef::Kind::fd;
     auto owner = netns_owner_uid(netns.fd.get());
     facts.owned_by_caller = owner && *owner == c.peer.uid;
-    Decision decision = policy_.decide(c.caller(), facts, request.specs);
+    Decision decision = policy_.decide(c.caller(), facts, specs);
     if (decision.allowed) {
-        in_flight_limit = decision.rule ? decision.rule->max_requests_in_flight
-                                        : config_.limits.requests_in_flight;
-        return std::nullopt;
+        return decision;
     }
     spdlog::warn("denied socket request {} of uid {} pid {} in {} ({}:{}): {}", request.id,
                  c.peer.uid, c.peer.pid, request.netns->describe(), netns.identity.dev,

@@ -69,8 +69,10 @@ class Broker {
     void handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
                        UniqueFd passed_fd);
     // For callers other than root: the policy's decision on a resolved request.
-    std::optional<Error> authorize(const Connection& c, const proto::Request& request,
-                                   const ResolvedNetns& netns, std::size_t& in_flight_limit);
+    // A refusal is logged and comes back as a permission_denied Error.
+    Result<Decision> authorize(const Connection& c, const proto::Request& request,
+                               const std::vector<proto::SocketSpec>& specs,
+                               const ResolvedNetns& netns);
     void reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
                std::vector<UniqueFd> fds = {});
     void flush(Connection& c);

@@ -40,7 +40,7 @@ std::string_view describe_privilege(Privilege p) {
     case Privilege::packet:
         return "packet sockets";
     case Privilege::low_ports:
-        return "binding a port below the namespace's ip_unprivileged_port_start";
+        return "low_ports";
     case Privilege::bindtodevice:
         return "bindtodevice";
     case Privilege::mark:
@@ -238,30 +238,15 @@ bool applies(const Rule& rule, const Caller& caller) {
                        [&](gid_t g) { return rule.groups.count(g) > 0; });
 }
 
-std::optional<std::uint16_t> bound_port(const proto::SocketSpec& s) {
-    if (!s.bind || (s.family != AF_INET && s.family != AF_INET6)) {
-        return std::nullopt;
-    }
-    auto address = proto::parse_address(s.family, *s.bind);
-    if (!address) {
-        return std::nullopt;
-    }
-    const auto* sa = address->get();
-    return ntohs(sa->sa_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(sa)->sin_port
-                                          : reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port);
-}
-
-// The privileges a spec needs, and whether its kind is ordinary at all.
-std::set<Privilege> needed(const proto::SocketSpec& s, const NamespaceFacts& ns) {
+// The privileges a spec needs that the daemon can judge. low_ports depends on
+// a sysctl of the namespace that only its worker can read: see Decision.
+std::set<Privilege> needed(const proto::SocketSpec& s) {
     std::set<Privilege> need;
     if ((s.family == AF_INET || s.family == AF_INET6) && s.type == SOCK_RAW) {
         need.insert(Privilege::raw);
     }
     if (s.family == AF_PACKET) {
         need.insert(Privilege::packet);
-    }
-    if (auto port = bound_port(s); port && *port != 0 && *port < ns.unprivileged_port_start) {
-        need.insert(Privilege::low_ports);
     }
     if (s.options.bindtodevice) {
         need.insert(Privilege::bindtodevice);
@@ -321,7 +306,7 @@ std::optional<std::string> refusal(const Rule& r, const NamespaceFacts& ns,
         if (!family_allowed(r, s.family)) {
             return at + "family " + proto::family_name(s.family) + " is not granted";
         }
-        for (Privilege p : needed(s, ns)) {
+        for (Privilege p : needed(s)) {
             if (!r.privileges.count(p)) {
                 return at + std::string(describe_privilege(p)) + " not granted";
             }
@@ -394,8 +379,15 @@ Result<Policy> Policy::load(const std::string& path) {
 Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
                         const std::vector<proto::SocketSpec>& specs) const {
     if (caller.uid == 0) {
-        return {true, nullptr, {}};
+        return {true, nullptr, {}, true};
     }
+    // A request that binds a port is better served by a rule that grants
+    // low_ports too, should the port turn out to be privileged.
+    const bool binds_port = std::any_of(specs.begin(), specs.end(), [](const auto& s) {
+        auto port = s.bind ? proto::inet_port(s.family, *s.bind) : std::nullopt;
+        return port && *port != 0;
+    });
+    const Rule* granting = nullptr;
     std::string reasons;
     bool any_rule = false;
     for (const auto& rule : rules_) {
@@ -403,11 +395,20 @@ Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
             continue;
         }
         any_rule = true;
-        auto why = refusal(rule, ns, specs);
-        if (!why) {
-            return {true, &rule, {}};
+        if (auto why = refusal(rule, ns, specs)) {
+            reasons += (reasons.empty() ? "" : "; ") + ("rule \"" + rule.name + "\": " + *why);
+            continue;
         }
-        reasons += (reasons.empty() ? "" : "; ") + ("rule \"" + rule.name + "\": " + *why);
+        const bool low_ports = rule.privileges.count(Privilege::low_ports) > 0;
+        if (low_ports || !binds_port) {
+            return {true, &rule, {}, low_ports};
+        }
+        if (!granting) {
+            granting = &rule;
+        }
+    }
+    if (granting) {
+        return {true, granting, {}, false};
     }
     if (!any_rule) {
         return {false, nullptr,

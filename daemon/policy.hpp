@@ -57,13 +57,16 @@ struct NamespaceFacts {
     std::optional<std::string> name; // when named under /run/netns
     bool passed = false;
     bool owned_by_caller = false;
-    int unprivileged_port_start = 1024;
 };
 
 struct Decision {
     bool allowed = false;
     const Rule* rule = nullptr; // the rule that allowed it
     std::string reason;         // why not, naming the rule that refused
+    // Whether binding below the namespace's net.ipv4.ip_unprivileged_port_start
+    // is granted. Only a process in the namespace can read that sysctl, so the
+    // worker enforces this part of the decision.
+    bool low_ports = false;
 };
 
 class Policy {

@@ -65,13 +65,13 @@ class Worker {
         return info;
     }
 
-    void submit(std::vector<proto::SocketSpec> specs, JobDone done) {
-        std::uint64_t id = next_job_++;
-        std::size_t expected = proto::socket_count(specs);
+    void submit(proto::WorkerJob job, JobDone done) {
+        job.id = next_job_++;
+        std::size_t expected = proto::socket_count(job.specs);
         touch();
-        pending_.emplace(id, Pending{expected, std::move(done), last_used_ + job_usec()});
+        pending_.emplace(job.id, Pending{expected, std::move(done), last_used_ + job_usec()});
         ++requests_;
-        outbox_.push_back(proto::encode_job(proto::WorkerJob{id, std::move(specs)}));
+        outbox_.push_back(proto::encode_job(job));
         arm_job_timer();
         flush();
     }
@@ -390,7 +390,7 @@ WorkerPool::~WorkerPool() = default;
 
 bool WorkerPool::submit_to_running(const NetnsIdentity& identity,
                                    const std::optional<std::string>& name,
-                                   std::vector<proto::SocketSpec>& specs, JobDone& done) {
+                                   proto::WorkerJob& job, JobDone& done) {
     auto it = live_.find(identity);
     if (stopping_ || it == live_.end()) {
         return false;
@@ -398,11 +398,11 @@ bool WorkerPool::submit_to_running(const NetnsIdentity& identity,
     if (name) {
         it->second->names().insert(*name);
     }
-    it->second->submit(std::move(specs), std::move(done));
+    it->second->submit(std::move(job), std::move(done));
     return true;
 }
 
-void WorkerPool::submit(ResolvedNetns netns, std::vector<proto::SocketSpec> specs, JobDone done) {
+void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, JobDone done) {
     if (stopping_) {
         done(make_error(ErrorCode::unavailable, "the daemon is shutting down"), {});
         return;
@@ -432,7 +432,7 @@ void WorkerPool::submit(ResolvedNetns netns, std::vector<proto::SocketSpec> spec
     if (netns.name) {
         worker->names().insert(*netns.name);
     }
-    worker->submit(std::move(specs), std::move(done));
+    worker->submit(std::move(job), std::move(done));
 }
 
 Worker* WorkerPool::spawn(ResolvedNetns& netns) {

@@ -45,14 +45,14 @@ class WorkerPool {
     WorkerPool(const WorkerPool&) = delete;
     WorkerPool& operator=(const WorkerPool&) = delete;
 
-    // Sends the job to the worker of netns (starting one if there is none).
-    // netns.fd is handed to a new worker, or closed.
-    void submit(ResolvedNetns netns, std::vector<proto::SocketSpec> specs, JobDone done);
+    // Sends the job to the worker of netns (starting one if there is none);
+    // the pool numbers it. netns.fd is handed to a new worker, or closed.
+    void submit(ResolvedNetns netns, proto::WorkerJob job, JobDone done);
 
     // Sends the job to the running worker of identity and returns true; when
-    // there is none, returns false and leaves specs and done untouched.
+    // there is none, returns false and leaves job and done untouched.
     bool submit_to_running(const NetnsIdentity& identity, const std::optional<std::string>& name,
-                           std::vector<proto::SocketSpec>& specs, JobDone& done);
+                           proto::WorkerJob& job, JobDone& done);
 
     // A /run/netns entry went away: workers that no longer have a name retire.
     void name_deleted(const std::string& name);

@@ -4,6 +4,10 @@
 // Startup reply: a Reply to id 0, an empty SocketReply when the worker is in
 // its namespace, or an Error saying why it is not. Then, for each WorkerJob, one
 // Reply with the same id and the sockets' fds.
+//
+// The worker enforces the one part of the policy the daemon cannot judge:
+// whether a port is below the namespace's net.ipv4.ip_unprivileged_port_start,
+// a sysctl only a process inside the namespace can read.
 #include "worker_process.hpp"
 
 #include <fcntl.h>
@@ -14,10 +18,12 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <charconv>
 #include <cstring>
 #include <spdlog/spdlog.h>
 
 #include "netns.hpp"
+#include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "socket_factory.hpp"
@@ -48,9 +54,61 @@ void send_reply(int channel, const proto::Reply& reply, const std::vector<Unique
     proto::send_message(channel, proto::encode_reply(reply), raw);
 }
 
+// The namespace's first unprivileged port, read afresh for each check from a
+// file opened once inside the namespace (the filter forbids opening files).
+class PortFloor {
+  public:
+    Result<void> open() {
+        fd_.reset(::open("/proc/sys/net/ipv4/ip_unprivileged_port_start", O_RDONLY | O_CLOEXEC));
+        if (!fd_) {
+            return make_error(ErrorCode::kernel,
+                              std::string("ip_unprivileged_port_start: ") + std::strerror(errno),
+                              errno);
+        }
+        return {};
+    }
+
+    [[nodiscard]] int read() const {
+        char text[16];
+        ssize_t n = ::pread(fd_.get(), text, sizeof text, 0);
+        int value = 0;
+        if (n <= 0 || std::from_chars(text, text + n, value).ec != std::errc{}) {
+            return 1024; // the kernel's default, should the file fail us
+        }
+        return value;
+    }
+
+  private:
+    UniqueFd fd_;
+};
+
+// Refuses a bind below the namespace's first unprivileged port when the
+// caller's rule does not grant low_ports.
+Result<void> check_low_ports(const proto::WorkerJob& job, const PortFloor& floor) {
+    if (!job.low_ports_refused_by) {
+        return {};
+    }
+    for (std::size_t i = 0; i < job.specs.size(); ++i) {
+        const auto& s = job.specs[i];
+        auto port = s.bind ? proto::inet_port(s.family, *s.bind) : std::nullopt;
+        if (!port || *port == 0) {
+            continue;
+        }
+        if (int start = floor.read(); *port < start) {
+            return make_error(ErrorCode::permission_denied,
+                              "rule \"" + *job.low_ports_refused_by + "\": sockets[" +
+                                  std::to_string(i) + "]: port " + std::to_string(*port) +
+                                  " is below the namespace's ip_unprivileged_port_start (" +
+                                  std::to_string(start) + ") and low_ports is not granted",
+                              EACCES);
+        }
+    }
+    return {};
+}
+
 // Joins the namespace on fd 4, checks the kernel agrees where we are, and
 // gives up every privilege the rest of the worker's life does not need.
-Result<void> enter_namespace() {
+Result<void> enter_namespace(PortFloor& floor) {
     UniqueFd netns{worker_netns_fd};
     auto target = verify_netns(netns.get());
     if (!target) {
@@ -65,6 +123,10 @@ Result<void> enter_namespace() {
     }
     if (*now != *target) {
         return make_error(ErrorCode::internal, "after setns the worker is not in its namespace");
+    }
+    netns.reset(); // so that the sysctl takes its place as fd 4
+    if (auto opened = floor.open(); !opened) {
+        return opened;
     }
     return confine_worker();
 }
@@ -88,7 +150,8 @@ int run_worker() {
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     const int channel = worker_channel_fd;
     try {
-        if (auto entered = enter_namespace(); !entered) {
+        PortFloor floor;
+        if (auto entered = enter_namespace(floor); !entered) {
             send_reply(channel, proto::Reply{0, entered.error()});
             return 1;
         }
@@ -108,6 +171,10 @@ int run_worker() {
             if (!job) {
                 spdlog::error("worker {}: bad job: {}", ::getpid(), job.error().describe());
                 return 1;
+            }
+            if (auto allowed = check_low_ports(*job, floor); !allowed) {
+                send_reply(channel, proto::Reply{job->id, allowed.error()});
+                continue;
             }
             auto made = make_sockets(job->specs);
             if (!made) {

@@ -50,7 +50,8 @@ Result<void> drop_capabilities() {
 }
 
 // The system calls a worker makes: its channel, making and configuring
-// sockets, naming interfaces, memory, logging, and exit.
+// sockets, naming interfaces, reading the sysctl it opened before, memory,
+// logging, and exit.
 Result<void> install_filter() {
     std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ERRNO(EPERM)),
                                                             seccomp_release);
@@ -75,7 +76,7 @@ Result<void> install_filter() {
         SCMP_SYS(rt_sigreturn),  SCMP_SYS(rt_sigprocmask),
         SCMP_SYS(sched_yield),   SCMP_SYS(restart_syscall),
         SCMP_SYS(exit),          SCMP_SYS(exit_group),
-        SCMP_SYS(getrandom),
+        SCMP_SYS(getrandom),     SCMP_SYS(pread64),
     };
     for (int call : allowed) {
         if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, call, 0); r < 0) {

@@ -170,6 +170,19 @@ Result<void> check_address(int family, std::string_view text) {
     return {};
 }
 
+std::optional<std::uint16_t> inet_port(int family, std::string_view text) {
+    if (family != AF_INET && family != AF_INET6) {
+        return std::nullopt;
+    }
+    auto address = parse_address(family, text);
+    if (!address) {
+        return std::nullopt;
+    }
+    const auto* sa = address->get();
+    return ntohs(sa->sa_family == AF_INET ? reinterpret_cast<const sockaddr_in*>(sa)->sin_port
+                                          : reinterpret_cast<const sockaddr_in6*>(sa)->sin6_port);
+}
+
 std::string format_address(const sockaddr* address, socklen_t length) {
     if (length < static_cast<socklen_t>(sizeof(sa_family_t))) {
         return {};

@@ -1125,6 +1125,9 @@ std::optional<std::uint64_t> reply_id(std::string_view bytes) {
 
 std::string encode_job(const WorkerJob& job) {
     json j = {{"id", job.id}, {"sockets", encode_specs(job.specs)}};
+    if (job.low_ports_refused_by) {
+        j["low_ports_refused_by"] = *job.low_ports_refused_by;
+    }
     return j.dump();
 }
 
@@ -1132,10 +1135,11 @@ Result<WorkerJob> decode_job(std::string_view bytes) {
     try {
         json j = parse_object(bytes);
         Fields f(j, "");
-        f.allow_only({"id", "sockets"}, ErrorCode::invalid_request);
+        f.allow_only({"id", "sockets", "low_ports_refused_by"}, ErrorCode::invalid_request);
         WorkerJob job;
         job.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
         job.specs = decode_specs(f);
+        job.low_ports_refused_by = f.opt_string("low_ports_refused_by");
         return job;
     } catch (const DecodeFailure& e) {
         return e.error;

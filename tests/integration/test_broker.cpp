@@ -543,7 +543,10 @@ TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does
         REQUIRE(worker > 0);
         auto fds =
             run_output("ls /proc/" + std::to_string(worker) + "/fd | sort -n | tr '\\n' ' '");
-        CHECK(fds == "0 1 2 3 ");
+        CHECK(fds == "0 1 2 3 4 ");
+        // 0-2 as the daemon has them, 3 its channel, 4 the one file it reads.
+        CHECK(run_output("readlink /proc/" + std::to_string(worker) + "/fd/4") ==
+              "/proc/sys/net/ipv4/ip_unprivileged_port_start\n");
         // Confined: filtered, no new privileges, three capabilities, empty bounding set.
         auto status =
             run_output("grep -E '^(Seccomp|NoNewPrivs|CapEff|CapPrm|CapBnd|CapAmb):' /proc/" +

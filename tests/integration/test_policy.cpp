@@ -11,6 +11,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <cstring>
 #include <functional>
 #include <thread>
 
@@ -146,14 +147,53 @@ TEST_CASE("raw sockets and low ports need a grant; with one they are served") {
             }
             return expect_error(raw, ErrorCode::permission_denied, "raw sockets not granted") +
                    expect_error(low, ErrorCode::permission_denied,
-                                "binding a port below the namespace's ip_unprivileged_port_start");
+                                "port 80 is below the namespace's ip_unprivileged_port_start "
+                                "(1024) and low_ports is not granted");
         });
     };
     CHECK(attempt(false) == 0);
+    CHECK(d.log().find("in its worker: rule \"default\": sockets[0]: port 80") !=
+          std::string::npos);
     d.write_policy(own_ns_policy(R"("raw", "low_ports")"));
     REQUIRE(
         wait_for([&] { return d.log().find("policy " + d.policy_path()) != std::string::npos; }));
     CHECK(attempt(true) == 0);
+}
+
+// 0 when writing value to the calling process's namespace's sysctl worked.
+int set_port_start(const char* value) {
+    UniqueFd f{::open("/proc/sys/net/ipv4/ip_unprivileged_port_start", O_WRONLY | O_CLOEXEC)};
+    auto n = static_cast<ssize_t>(std::strlen(value));
+    return f && ::write(f.get(), value, n) == n ? 0 : 30;
+}
+
+TEST_CASE("which ports are low is the namespace's ip_unprivileged_port_start, read live") {
+    Daemon d;
+    CHECK(as_nobody(true, [&] {
+              auto c = Client::connect(d.socket_path());
+              UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+              SocketSpec server = spec(AF_INET, SOCK_STREAM);
+              // In a namespace whose owner made every port unprivileged, port
+              // 80 needs no grant.
+              server.bind = "127.0.0.1:80";
+              if (int r = set_port_start("0")) {
+                  return r;
+              }
+              auto http = c->socket(Netns::fd(own.get()), server);
+              if (!http) {
+                  std::fprintf(stderr, "%s\n", http.error().describe().c_str());
+                  return 31;
+              }
+              // The same worker sees the sysctl change: 1500 is now privileged.
+              if (int r = set_port_start("2000")) {
+                  return r;
+              }
+              server.bind = "127.0.0.1:1500";
+              return expect_error(c->socket(Netns::fd(own.get()), server),
+                                  ErrorCode::permission_denied,
+                                  "port 1500 is below the namespace's "
+                                  "ip_unprivileged_port_start (2000)");
+          }) == 0);
 }
 
 TEST_CASE("a broken policy on SIGHUP is refused and the one in force stays") {

@@ -74,11 +74,14 @@ TEST_CASE("the default policy: own and passed namespaces, ordinary sockets, root
     auto raw = p.decide(user(1000), owned, {spec(AF_INET, SOCK_RAW, IPPROTO_ICMP)});
     CHECK_FALSE(raw.allowed);
     CHECK(raw.reason == "rule \"default\": sockets[0]: raw sockets not granted");
+    // Whether port 443 is privileged is the namespace's to say: the request
+    // is allowed, and the worker is told the caller may not bind low ports.
     auto low = spec(AF_INET6, SOCK_STREAM);
     low.bind = "[::]:443";
-    CHECK_FALSE(p.decide(user(1000), owned, {low}).allowed);
-    low.bind = "[::]:0";
-    CHECK(p.decide(user(1000), owned, {low}).allowed);
+    auto https = p.decide(user(1000), owned, {low});
+    CHECK(https.allowed);
+    CHECK_FALSE(https.low_ports);
+    CHECK(p.decide(user(0), named("blue"), {low}).low_ports);
     auto marked = spec(AF_INET, SOCK_DGRAM);
     marked.options.mark = 1;
     CHECK(p.decide(user(1000), owned, {marked}).reason ==
@@ -110,4 +113,20 @@ TEST_CASE("rules by user and group, name globs, kinds and limits") {
     auto stranger = p->decide(user(2000), named("qrouter-1"), {spec(AF_INET, SOCK_DGRAM)});
     CHECK_FALSE(stranger.allowed);
     CHECK(stranger.reason == "no rule of the policy (inline) applies to uid 2000");
+}
+
+TEST_CASE("a request that binds a port prefers a rule that grants low ports") {
+    auto p = Policy::parse(R"({"rules": [
+        {"name": "plain", "users": [1000], "namespaces": {"any": true}},
+        {"name": "servers", "users": [1000], "namespaces": {"any": true}, "grant": ["low_ports"]}
+    ]})");
+    REQUIRE_MESSAGE(p, p.error().message);
+    auto unbound = p->decide(user(1000), named("web"), {spec(AF_INET, SOCK_STREAM)});
+    CHECK(unbound.rule->name == "plain");
+    auto http = spec(AF_INET, SOCK_STREAM);
+    http.bind = "0.0.0.0:80";
+    auto bound = p->decide(user(1000), named("web"), {http});
+    REQUIRE(bound.allowed);
+    CHECK(bound.rule->name == "servers");
+    CHECK(bound.low_ports);
 }

@@ -8,6 +8,8 @@
 
 #include <sys/socket.h>
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <string_view>
 
@@ -30,6 +32,10 @@ Result<SocketAddress> parse_address(int family, std::string_view text);
 
 // Checks an address without building it; AF_PACKET checks the interface name.
 Result<void> check_address(int family, std::string_view text);
+
+// The port of an inet or inet6 address; nothing for other families or for
+// text that does not parse.
+std::optional<std::uint16_t> inet_port(int family, std::string_view text);
 
 // The protocol's spelling of a kernel address ("" for an unbound socket).
 std::string format_address(const sockaddr* address, socklen_t length);

@@ -141,6 +141,11 @@ struct Reply {
 struct WorkerJob {
     std::uint64_t id = 0;
     std::vector<SocketSpec> specs;
+    // Set when the caller may not bind below the namespace's
+    // net.ipv4.ip_unprivileged_port_start: the name of the policy rule that
+    // serves the request without the low_ports grant. Only the worker can read
+    // that sysctl, so the worker enforces it.
+    std::optional<std::string> low_ports_refused_by;
 };
 
 } // namespace nsbroker::proto
