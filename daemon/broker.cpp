@@ -15,6 +15,11 @@
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
 
+// From asm-generic/socket.h of Linux 6.5, which Debian 12's headers predate.
+#ifndef SO_PEERPIDFD
+#define SO_PEERPIDFD 77
+#endif
+
 namespace nsbroker::daemon {
 
 // One client connection. Owned by Broker::clients_; replies that arrive from
@@ -31,6 +36,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
     UniqueFd fd;
     ucred peer{};
     std::vector<gid_t> groups; // supplementary groups, SO_PEERGROUPS
+    UniqueFd pidfd;            // SO_PEERPIDFD, where the kernel has it
     EventSource source;
     std::deque<Outgoing> outbox;
     std::size_t in_flight = 0;
@@ -72,6 +78,20 @@ std::optional<std::vector<gid_t>> peer_groups(int fd) {
         }
         groups.resize(length / sizeof(gid_t) + 1);
     }
+}
+
+// A pidfd of the peer, pinned when it connected; an empty one on kernels
+// before 6.5, which do not have it; nothing on any other error.
+std::optional<UniqueFd> peer_pidfd(int fd) {
+    int pidfd = -1;
+    socklen_t length = sizeof pidfd;
+    if (::getsockopt(fd, SOL_SOCKET, SO_PEERPIDFD, &pidfd, &length) == 0) {
+        return UniqueFd{pidfd};
+    }
+    if (errno == ENOPROTOOPT) {
+        return UniqueFd{};
+    }
+    return std::nullopt;
 }
 
 Policy load_policy_or_throw(const std::string& path) {
@@ -193,6 +213,12 @@ void Broker::accept_clients() {
             continue;
         }
         c->groups = std::move(*groups);
+        auto pidfd = peer_pidfd(fd.get());
+        if (!pidfd) {
+            spdlog::warn("SO_PEERPIDFD: {}; connection refused", std::strerror(errno));
+            continue;
+        }
+        c->pidfd = std::move(*pidfd);
         if (auto why = connection_refusal(c->peer.uid)) {
             spdlog::warn("connection from pid {} uid {} refused: {}", c->peer.pid, c->peer.uid,
                          *why);
@@ -460,7 +486,8 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
         }
     }
 
-    auto netns = resolve_netns(ref, std::move(passed_fd), config_.workers.netns_dir);
+    auto netns = resolve_netns(ref, std::move(passed_fd), config_.workers.netns_dir,
+                               {c->peer.pid, c->pidfd.get()});
     if (!netns) {
         spdlog::debug("pid {}: {}: {}", c->peer.pid, ref.describe(), netns.error().message);
         done(std::move(netns).error(), {});
@@ -474,16 +501,13 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
         }
         if (const Rule* rule = decision->rule) {
             if (c->in_flight > rule->max_requests_in_flight) {
-                done(make_error(ErrorCode::limit,
-                                "rule \"" + rule->name + "\" allows " +
-                                    std::to_string(rule->max_requests_in_flight) +
-                                    " requests in flight"),
+                done(make_error(ErrorCode::limit, "rule \"" + rule->name + "\" allows " +
+                                                      std::to_string(rule->max_requests_in_flight) +
+                                                      " requests in flight"),
                      {});
                 return;
             }
-            if (!decision->low_ports) {
-                job.low_ports_refused_by = rule->name;
-            }
+            job.restricted = job_capabilities(*rule);
         }
     }
     if (netns->name) {

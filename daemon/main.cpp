@@ -2,11 +2,29 @@
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
+#include <sys/resource.h>
 #include <unistd.h>
 
 #include "broker.hpp"
 #include "options.hpp"
 #include "worker_process.hpp"
+
+namespace {
+
+// Every client holds a socket and a pidfd in the daemon, and every worker a
+// channel: the usual soft limit of 1024 descriptors is too few for the
+// default limits. The daemon only uses epoll, so it may take the hard limit.
+void raise_descriptor_limit() {
+    rlimit limit{};
+    if (::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur < limit.rlim_max) {
+        limit.rlim_cur = limit.rlim_max;
+        if (::setrlimit(RLIMIT_NOFILE, &limit) < 0) {
+            spdlog::warn("could not raise the descriptor limit to {}", limit.rlim_max);
+        }
+    }
+}
+
+} // namespace
 
 int main(int argc, char** argv) {
     using namespace nsbroker::daemon;
@@ -27,6 +45,7 @@ int main(int argc, char** argv) {
         // exit handlers (a leak checker, say) would want.
         ::_exit(run_worker());
     }
+    raise_descriptor_limit();
     try {
         Broker broker(std::move(options.broker));
         return broker.run();

@@ -16,9 +16,12 @@
 #include <cerrno>
 #include <cstring>
 
-namespace nsbroker::daemon {
+// From linux/pidfd.h of Linux 6.11, which Debian 12's headers predate.
+#ifndef PIDFD_GET_NET_NAMESPACE
+#define PIDFD_GET_NET_NAMESPACE _IO(0xFF, 4)
+#endif
 
-namespace {} // namespace
+namespace nsbroker::daemon {
 
 Result<ResolvedNetns> open_netns_path(const std::string& path) {
     auto file = proto::open_netns_file(path);
@@ -34,10 +37,37 @@ Error no_process(pid_t pid) {
     return make_error(ErrorCode::not_found, "no process " + std::to_string(pid), ESRCH);
 }
 
-// /proc/PID/ns/net, made safe against pid reuse: a pidfd taken first pins
-// the process the caller meant. If that process is still alive once the
-// namespace file is open, the pid cannot have been reused in between, so the
-// file is that process's.
+// The namespace of the process pidfd refers to. Since Linux 6.11 the pidfd
+// gives it directly. Before, /proc/PID/ns/net is opened, and if the process
+// is still alive afterwards the pid cannot have been reused in between, so
+// the file is that process's.
+Result<ResolvedNetns> open_netns_of_pidfd(int pidfd, pid_t pid) {
+    UniqueFd direct{::ioctl(pidfd, PIDFD_GET_NET_NAMESPACE, 0)};
+    if (direct) {
+        auto identity = verify_netns(direct.get());
+        if (!identity) {
+            return std::move(identity).error();
+        }
+        return ResolvedNetns{std::move(direct), *identity, std::nullopt};
+    }
+    if (errno == ESRCH) {
+        return no_process(pid);
+    }
+    if (errno != ENOTTY && errno != EINVAL) {
+        return make_error(ErrorCode::kernel,
+                          std::string("PIDFD_GET_NET_NAMESPACE: ") + std::strerror(errno), errno);
+    }
+    auto r = open_netns_path("/proc/" + std::to_string(pid) + "/ns/net");
+    if (!r) {
+        return r.error().code == ErrorCode::not_found ? no_process(pid) : std::move(r).error();
+    }
+    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) < 0) {
+        return no_process(pid);
+    }
+    return r;
+}
+
+// A pidfd taken first pins the process the caller meant.
 Result<ResolvedNetns> open_netns_of_pid(pid_t pid) {
     UniqueFd pidfd{static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))};
     if (!pidfd) {
@@ -47,20 +77,13 @@ Result<ResolvedNetns> open_netns_of_pid(pid_t pid) {
         return make_error(ErrorCode::kernel, std::string("pidfd_open: ") + std::strerror(errno),
                           errno);
     }
-    auto r = open_netns_path("/proc/" + std::to_string(pid) + "/ns/net");
-    if (!r) {
-        return r.error().code == ErrorCode::not_found ? no_process(pid) : std::move(r).error();
-    }
-    if (::syscall(SYS_pidfd_send_signal, pidfd.get(), 0, nullptr, 0) < 0) {
-        return no_process(pid);
-    }
-    return r;
+    return open_netns_of_pidfd(pidfd.get(), pid);
 }
 
 } // namespace
 
 Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
-                                    const std::string& netns_dir) {
+                                    const std::string& netns_dir, const CallerProcess& caller) {
     using Kind = proto::NetnsRef::Kind;
     switch (ref.kind) {
     case Kind::name: {
@@ -81,6 +104,9 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
     case Kind::path:
         return open_netns_path(ref.text);
     case Kind::pid:
+        if (caller.pidfd >= 0 && ref.pid == caller.pid) {
+            return open_netns_of_pidfd(caller.pidfd, caller.pid);
+        }
         return open_netns_of_pid(ref.pid);
     case Kind::fd: {
         if (!passed_fd) {

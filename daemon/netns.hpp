@@ -31,10 +31,19 @@ struct ResolvedNetns {
 // O_PATH, checked to be on nsfs, and only then reopened for reading.
 Result<ResolvedNetns> open_netns_path(const std::string& path);
 
+// The process that sent a request: its pid, and a pidfd of it when the
+// kernel gives one with the connection (SO_PEERPIDFD), else -1.
+struct CallerProcess {
+    pid_t pid = 0;
+    int pidfd = -1;
+};
+
 // Resolves any reference. passed_fd is the descriptor sent with the request
-// (used only for NetnsRef::Kind::fd; ownership moves into the result).
+// (used only for NetnsRef::Kind::fd; ownership moves into the result). A pid
+// reference to the caller itself goes through the caller's own pidfd.
 Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
-                                    const std::string& netns_dir = default_netns_dir);
+                                    const std::string& netns_dir = default_netns_dir,
+                                    const CallerProcess& caller = {});
 
 // The identity a reference names, found by stat(2) alone, or nothing. It
 // proves nothing about the file by itself; it is only good for finding a

@@ -31,6 +31,7 @@ constexpr std::pair<Privilege, std::string_view> privilege_names[] = {
     {Privilege::bindtodevice, "bindtodevice"},
     {Privilege::mark, "mark"},
     {Privilege::transparent, "transparent"},
+    {Privilege::net_admin, "net_admin"},
 };
 
 std::string_view describe_privilege(Privilege p) {
@@ -47,6 +48,8 @@ std::string_view describe_privilege(Privilege p) {
         return "mark";
     case Privilege::transparent:
         return "transparent and freebind";
+    case Privilege::net_admin:
+        return "net_admin";
     }
     return "?";
 }
@@ -214,7 +217,8 @@ Rule parse_rule(const json& j, const std::string& where) {
                                       [&](const auto& p) { return grants[i] == p.second; });
             if (found == std::end(privilege_names)) {
                 invalid(at,
-                        "expected one of raw, packet, low_ports, bindtodevice, mark, transparent");
+                        "expected one of raw, packet, low_ports, bindtodevice, mark, transparent, "
+                        "net_admin");
             }
             r.privileges.insert(found->first);
         }
@@ -379,7 +383,7 @@ Result<Policy> Policy::load(const std::string& path) {
 Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
                         const std::vector<proto::SocketSpec>& specs) const {
     if (caller.uid == 0) {
-        return {true, nullptr, {}, true};
+        return {true, nullptr, {}};
     }
     // A request that binds a port is better served by a rule that grants
     // low_ports too, should the port turn out to be privileged.
@@ -399,16 +403,15 @@ Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
             reasons += (reasons.empty() ? "" : "; ") + ("rule \"" + rule.name + "\": " + *why);
             continue;
         }
-        const bool low_ports = rule.privileges.count(Privilege::low_ports) > 0;
-        if (low_ports || !binds_port) {
-            return {true, &rule, {}, low_ports};
+        if (!binds_port || rule.privileges.count(Privilege::low_ports)) {
+            return {true, &rule, {}};
         }
         if (!granting) {
             granting = &rule;
         }
     }
     if (granting) {
-        return {true, granting, {}, false};
+        return {true, granting, {}};
     }
     if (!any_rule) {
         return {false, nullptr,
@@ -416,6 +419,18 @@ Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
                     std::to_string(caller.uid)};
     }
     return {false, nullptr, reasons};
+}
+
+proto::JobCapabilities job_capabilities(const Rule& rule) {
+    auto grants = [&rule](auto... kinds) {
+        return (rule.privileges.count(kinds) || ...);
+    };
+    proto::JobCapabilities caps;
+    caps.rule = rule.name;
+    caps.net_raw = grants(Privilege::raw, Privilege::packet, Privilege::bindtodevice);
+    caps.net_bind_service = grants(Privilege::low_ports);
+    caps.net_admin = grants(Privilege::mark, Privilege::transparent, Privilege::net_admin);
+    return caps;
 }
 
 } // namespace nsbroker::daemon

@@ -23,7 +23,9 @@ namespace nsbroker::daemon {
 inline constexpr const char* default_policy_path = "/etc/nsbroker/policy.json";
 
 // Socket kinds that need a grant of their own.
-enum class Privilege { raw, packet, low_ports, bindtodevice, mark, transparent };
+// net_admin: sockets are made with CAP_NET_ADMIN, so that netlink requests
+// that change the namespace through them are accepted.
+enum class Privilege { raw, packet, low_ports, bindtodevice, mark, transparent, net_admin };
 
 struct Rule {
     std::string name;
@@ -63,11 +65,13 @@ struct Decision {
     bool allowed = false;
     const Rule* rule = nullptr; // the rule that allowed it
     std::string reason;         // why not, naming the rule that refused
-    // Whether binding below the namespace's net.ipv4.ip_unprivileged_port_start
-    // is granted. Only a process in the namespace can read that sysctl, so the
-    // worker enforces this part of the decision.
-    bool low_ports = false;
 };
+
+// The worker capabilities a rule's grants can use; the worker holds only
+// these while it makes the request's sockets. Binding below the namespace's
+// net.ipv4.ip_unprivileged_port_start is judged there too: only a process in
+// the namespace can read that sysctl.
+proto::JobCapabilities job_capabilities(const Rule& rule);
 
 class Policy {
   public:

@@ -389,8 +389,8 @@ WorkerPool::WorkerPool(sd_event* loop, WorkerPoolConfig config)
 WorkerPool::~WorkerPool() = default;
 
 bool WorkerPool::submit_to_running(const NetnsIdentity& identity,
-                                   const std::optional<std::string>& name,
-                                   proto::WorkerJob& job, JobDone& done) {
+                                   const std::optional<std::string>& name, proto::WorkerJob& job,
+                                   JobDone& done) {
     auto it = live_.find(identity);
     if (stopping_ || it == live_.end()) {
         return false;

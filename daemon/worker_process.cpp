@@ -83,9 +83,10 @@ class PortFloor {
 };
 
 // Refuses a bind below the namespace's first unprivileged port when the
-// caller's rule does not grant low_ports.
+// caller's rule does not grant low_ports. Without CAP_NET_BIND_SERVICE the
+// kernel would refuse it too; this says why.
 Result<void> check_low_ports(const proto::WorkerJob& job, const PortFloor& floor) {
-    if (!job.low_ports_refused_by) {
+    if (!job.restricted || job.restricted->net_bind_service) {
         return {};
     }
     for (std::size_t i = 0; i < job.specs.size(); ++i) {
@@ -96,7 +97,7 @@ Result<void> check_low_ports(const proto::WorkerJob& job, const PortFloor& floor
         }
         if (int start = floor.read(); *port < start) {
             return make_error(ErrorCode::permission_denied,
-                              "rule \"" + *job.low_ports_refused_by + "\": sockets[" +
+                              "rule \"" + job.restricted->rule + "\": sockets[" +
                                   std::to_string(i) + "]: port " + std::to_string(*port) +
                                   " is below the namespace's ip_unprivileged_port_start (" +
                                   std::to_string(start) + ") and low_ports is not granted",
@@ -105,6 +106,29 @@ Result<void> check_low_ports(const proto::WorkerJob& job, const PortFloor& floor
     }
     return {};
 }
+
+// Holds the capabilities a job may use, changing them only when they differ
+// from the last job's.
+class Capabilities {
+  public:
+    Result<void> use_for(const proto::WorkerJob& job) {
+        WorkerCapabilities wanted;
+        if (const auto& r = job.restricted) {
+            wanted = {r->net_raw, r->net_bind_service, r->net_admin};
+        }
+        if (wanted == held_) {
+            return {};
+        }
+        if (auto set = set_effective_capabilities(wanted); !set) {
+            return set;
+        }
+        held_ = wanted;
+        return {};
+    }
+
+  private:
+    WorkerCapabilities held_; // confine_worker leaves all three effective
+};
 
 // Joins the namespace on fd 4, checks the kernel agrees where we are, and
 // gives up every privilege the rest of the worker's life does not need.
@@ -151,6 +175,7 @@ int run_worker() {
     const int channel = worker_channel_fd;
     try {
         PortFloor floor;
+        Capabilities capabilities;
         if (auto entered = enter_namespace(floor); !entered) {
             send_reply(channel, proto::Reply{0, entered.error()});
             return 1;
@@ -174,6 +199,10 @@ int run_worker() {
             }
             if (auto allowed = check_low_ports(*job, floor); !allowed) {
                 send_reply(channel, proto::Reply{job->id, allowed.error()});
+                continue;
+            }
+            if (auto held = capabilities.use_for(*job); !held) {
+                send_reply(channel, proto::Reply{job->id, held.error()});
                 continue;
             }
             auto made = make_sockets(job->specs);

@@ -10,10 +10,13 @@
 // closes files, exec, setns and namespace creation.
 #include "worker_sandbox.hpp"
 
+#include <linux/capability.h>
 #include <linux/sockios.h>
 #include <seccomp.h>
 #include <sys/capability.h>
 #include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
@@ -50,8 +53,9 @@ Result<void> drop_capabilities() {
 }
 
 // The system calls a worker makes: its channel, making and configuring
-// sockets, naming interfaces, reading the sysctl it opened before, memory,
-// logging, and exit.
+// sockets, naming interfaces, reading the sysctl it opened before, lowering
+// and raising its effective capabilities (never beyond the permitted three),
+// memory, logging, and exit.
 Result<void> install_filter() {
     std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ERRNO(EPERM)),
                                                             seccomp_release);
@@ -77,6 +81,7 @@ Result<void> install_filter() {
         SCMP_SYS(sched_yield),   SCMP_SYS(restart_syscall),
         SCMP_SYS(exit),          SCMP_SYS(exit_group),
         SCMP_SYS(getrandom),     SCMP_SYS(pread64),
+        SCMP_SYS(capset),
     };
     for (int call : allowed) {
         if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, call, 0); r < 0) {
@@ -119,6 +124,22 @@ Result<void> confine_worker() {
         return failed("PR_SET_DUMPABLE", errno);
     }
     return install_filter();
+}
+
+Result<void> set_effective_capabilities(const WorkerCapabilities& caps) {
+    auto bit = [](int cap) {
+        return 1U << cap;
+    };
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
+    data[0].permitted = bit(CAP_NET_RAW) | bit(CAP_NET_BIND_SERVICE) | bit(CAP_NET_ADMIN);
+    data[0].effective = (caps.net_raw ? bit(CAP_NET_RAW) : 0) |
+                        (caps.net_bind_service ? bit(CAP_NET_BIND_SERVICE) : 0) |
+                        (caps.net_admin ? bit(CAP_NET_ADMIN) : 0);
+    if (::syscall(SYS_capset, &header, data) < 0) {
+        return failed("capset", errno);
+    }
+    return {};
 }
 
 } // namespace nsbroker::daemon

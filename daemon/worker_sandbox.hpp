@@ -12,4 +12,16 @@ namespace nsbroker::daemon {
 // namespace check, before serving jobs; there is no way back.
 Result<void> confine_worker();
 
+// The three capabilities a confined worker keeps in its permitted set.
+struct WorkerCapabilities {
+    bool net_raw = true;
+    bool net_bind_service = true;
+    bool net_admin = true;
+    bool operator==(const WorkerCapabilities&) const = default;
+};
+
+// Makes exactly these effective; the rest stay permitted, to be raised again
+// for a later job.
+Result<void> set_effective_capabilities(const WorkerCapabilities& caps);
+
 } // namespace nsbroker::daemon

@@ -1123,10 +1123,43 @@ std::optional<std::uint64_t> reply_id(std::string_view bytes) {
     }
 }
 
+JobCapabilities decode_job_capabilities(const json& j, const Path& where) {
+    Fields f(j, where);
+    f.allow_only({"rule", "capabilities"}, ErrorCode::invalid_request);
+    JobCapabilities caps;
+    caps.rule = f.string("rule");
+    const json& held = f.require("capabilities");
+    if (!held.is_array()) {
+        fail(ErrorCode::invalid_request, f.path("capabilities"),
+             "expected an array, got " + type_of(held));
+    }
+    for (const json& name : held) {
+        if (name == "net_raw") {
+            caps.net_raw = true;
+        } else if (name == "net_bind_service") {
+            caps.net_bind_service = true;
+        } else if (name == "net_admin") {
+            caps.net_admin = true;
+        } else {
+            fail(ErrorCode::invalid_request, f.path("capabilities"),
+                 "expected net_raw, net_bind_service or net_admin");
+        }
+    }
+    return caps;
+}
+
 std::string encode_job(const WorkerJob& job) {
     json j = {{"id", job.id}, {"sockets", encode_specs(job.specs)}};
-    if (job.low_ports_refused_by) {
-        j["low_ports_refused_by"] = *job.low_ports_refused_by;
+    if (const auto& r = job.restricted) {
+        json caps = json::array();
+        for (auto [held, name] :
+             {std::pair{r->net_raw, "net_raw"}, std::pair{r->net_bind_service, "net_bind_service"},
+              std::pair{r->net_admin, "net_admin"}}) {
+            if (held) {
+                caps.push_back(name);
+            }
+        }
+        j["restricted"] = {{"rule", r->rule}, {"capabilities", std::move(caps)}};
     }
     return j.dump();
 }
@@ -1135,11 +1168,13 @@ Result<WorkerJob> decode_job(std::string_view bytes) {
     try {
         json j = parse_object(bytes);
         Fields f(j, "");
-        f.allow_only({"id", "sockets", "low_ports_refused_by"}, ErrorCode::invalid_request);
+        f.allow_only({"id", "sockets", "restricted"}, ErrorCode::invalid_request);
         WorkerJob job;
         job.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
         job.specs = decode_specs(f);
-        job.low_ports_refused_by = f.opt_string("low_ports_refused_by");
+        if (const json* r = f.find("restricted")) {
+            job.restricted = decode_job_capabilities(*r, f.path("restricted"));
+        }
         return job;
     } catch (const DecodeFailure& e) {
         return e.error;

@@ -188,13 +188,28 @@ int Daemon::fd_count() const {
     return n;
 }
 
-void Daemon::write_policy(const std::string& json) const {
+bool Daemon::write_policy(const std::string& json) const {
+    auto verdicts = [this] {
+        std::string text = log();
+        std::size_t n = 0;
+        for (auto at = text.find("SIGHUP: policy"); at != std::string::npos;
+             at = text.find("SIGHUP: policy", at + 1)) {
+            ++n;
+        }
+        return n;
+    };
+    const std::size_t before = verdicts();
     {
         std::ofstream out(policy_ + ".new");
         out << json;
     }
     std::filesystem::rename(policy_ + ".new", policy_);
     ::kill(pid_, SIGHUP);
+    if (!wait_for([&] { return verdicts() > before; })) {
+        return false;
+    }
+    std::string text = log();
+    return text.find("refused", text.rfind("SIGHUP: policy")) == std::string::npos;
 }
 
 std::string Daemon::fd_list() const {

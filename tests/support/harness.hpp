@@ -65,7 +65,9 @@ class Daemon {
     // The daemon's own policy file: absent at start, so the built-in default
     // applies. write_policy replaces it and sends SIGHUP.
     [[nodiscard]] const std::string& policy_path() const { return policy_; }
-    void write_policy(const std::string& json) const;
+    // Replaces the policy file, sends SIGHUP and waits for the daemon's
+    // verdict: true when the new policy is in force.
+    [[nodiscard]] bool write_policy(const std::string& json) const;
     [[nodiscard]] pid_t pid() const { return pid_; }
     [[nodiscard]] bool running() const;
     // Open descriptors of the daemon process itself.

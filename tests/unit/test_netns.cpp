@@ -1,7 +1,11 @@
 // Namespace references as the daemon resolves them: only network namespaces pass.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <sched.h>
+#include <signal.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "netns.hpp"
@@ -62,6 +66,42 @@ TEST_CASE("references by name, path and pid resolve to the same identity") {
     auto self = resolve_netns(proto::NetnsRef::by_pid(::getpid()), {});
     REQUIRE(self);
     CHECK(self->identity == *current_netns());
+}
+
+TEST_CASE("a pid reference to the caller goes through the caller's pidfd") {
+    // A child in a namespace of its own, then gone: its pid may be reused,
+    // its pidfd never names another process.
+    int ready[2];
+    REQUIRE(::pipe2(ready, O_CLOEXEC) == 0);
+    pid_t child = ::fork();
+    if (child == 0) {
+        ::unshare(CLONE_NEWNET);
+        char one = 1;
+        (void)::write(ready[1], &one, 1);
+        ::pause();
+        ::_exit(0);
+    }
+    ::close(ready[1]);
+    char one = 0;
+    REQUIRE(::read(ready[0], &one, 1) == 1);
+    ::close(ready[0]);
+    UniqueFd pidfd{static_cast<int>(::syscall(SYS_pidfd_open, child, 0))};
+    REQUIRE(pidfd);
+    auto expected = open_netns_path("/proc/" + std::to_string(child) + "/ns/net");
+    REQUIRE(expected);
+    CHECK(expected->identity != *current_netns());
+
+    auto r =
+        resolve_netns(proto::NetnsRef::by_pid(child), {}, default_netns_dir, {child, pidfd.get()});
+    REQUIRE(r);
+    CHECK(r->identity == expected->identity);
+
+    ::kill(child, SIGKILL);
+    ::waitpid(child, nullptr, 0);
+    auto gone =
+        resolve_netns(proto::NetnsRef::by_pid(child), {}, default_netns_dir, {child, pidfd.get()});
+    REQUIRE_FALSE(gone);
+    CHECK(gone.error().code == ErrorCode::not_found);
 }
 
 TEST_CASE("missing and malformed references") {

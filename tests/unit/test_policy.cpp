@@ -47,7 +47,7 @@ TEST_CASE("bad policy files are refused with the place and the reason") {
          "rules[0].users[0]: no user named \"nobody-such-user\""},
         {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "grant": ["root"]}]})",
          "rules[0].grant[0]: expected one of raw, packet, low_ports, bindtodevice, mark, "
-         "transparent"},
+         "transparent, net_admin"},
         {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "families": ["ax25"]}]})",
          "rules[0].families[0]: unknown name \"ax25\""},
         {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "limits": {"sockets_per_request": 300}}]})",
@@ -80,8 +80,7 @@ TEST_CASE("the default policy: own and passed namespaces, ordinary sockets, root
     low.bind = "[::]:443";
     auto https = p.decide(user(1000), owned, {low});
     CHECK(https.allowed);
-    CHECK_FALSE(https.low_ports);
-    CHECK(p.decide(user(0), named("blue"), {low}).low_ports);
+    CHECK_FALSE(job_capabilities(*https.rule).net_bind_service);
     auto marked = spec(AF_INET, SOCK_DGRAM);
     marked.options.mark = 1;
     CHECK(p.decide(user(1000), owned, {marked}).reason ==
@@ -115,6 +114,23 @@ TEST_CASE("rules by user and group, name globs, kinds and limits") {
     CHECK(stranger.reason == "no rule of the policy (inline) applies to uid 2000");
 }
 
+TEST_CASE("a rule's grants become the capabilities its sockets are made with") {
+    auto p = Policy::parse(R"({"rules": [
+        {"name": "none", "users": [1000], "namespaces": {"any": true}},
+        {"name": "pinger", "users": [1001], "namespaces": {"any": true}, "grant": ["raw"]},
+        {"name": "agent", "users": [1002], "namespaces": {"any": true},
+         "grant": ["net_admin", "low_ports"]}
+    ]})");
+    REQUIRE_MESSAGE(p, p.error().message);
+    auto caps = [&](std::size_t i) {
+        return job_capabilities(p->rules()[i]);
+    };
+    CHECK_FALSE((caps(0).net_raw || caps(0).net_bind_service || caps(0).net_admin));
+    CHECK(caps(0).rule == "none");
+    CHECK((caps(1).net_raw && !caps(1).net_bind_service && !caps(1).net_admin));
+    CHECK((!caps(2).net_raw && caps(2).net_bind_service && caps(2).net_admin));
+}
+
 TEST_CASE("a request that binds a port prefers a rule that grants low ports") {
     auto p = Policy::parse(R"({"rules": [
         {"name": "plain", "users": [1000], "namespaces": {"any": true}},
@@ -128,5 +144,5 @@ TEST_CASE("a request that binds a port prefers a rule that grants low ports") {
     auto bound = p->decide(user(1000), named("web"), {http});
     REQUIRE(bound.allowed);
     CHECK(bound.rule->name == "servers");
-    CHECK(bound.low_ports);
+    CHECK(job_capabilities(*bound.rule).net_bind_service);
 }

@@ -138,14 +138,23 @@ struct Reply {
 
 // nsbrokerd -> worker: make these sockets; the worker answers with a Reply
 // carrying a SocketReply or an Error, and the fds.
+// The capabilities a worker holds while it makes a job's sockets. They
+// matter past socket(2): a netlink socket made with CAP_NET_ADMIN lets
+// whoever holds it change the namespace, because netlink checks the
+// credentials of the socket's creator.
+struct JobCapabilities {
+    std::string rule;              // the policy rule serving the request
+    bool net_raw = false;          // raw and packet sockets, bindtodevice
+    bool net_bind_service = false; // ports below ip_unprivileged_port_start
+    bool net_admin = false;        // mark, transparent, netlink that changes the namespace
+};
+
 struct WorkerJob {
     std::uint64_t id = 0;
     std::vector<SocketSpec> specs;
-    // Set when the caller may not bind below the namespace's
-    // net.ipv4.ip_unprivileged_port_start: the name of the policy rule that
-    // serves the request without the low_ports grant. Only the worker can read
-    // that sysctl, so the worker enforces it.
-    std::optional<std::string> low_ports_refused_by;
+    // Absent for root, whose jobs are made with all of the worker's
+    // capabilities; otherwise what the caller's rule grants.
+    std::optional<JobCapabilities> restricted;
 };
 
 } // namespace nsbroker::proto
