@@ -4,6 +4,7 @@
 #include <dirent.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <systemd/sd-daemon.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -11,7 +12,9 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
+#include "dbus_service.hpp"
 #include "listener.hpp"
+#include "logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
 
@@ -47,6 +50,12 @@ namespace {
 
 // Pause before accepting again after the process ran out of descriptors.
 constexpr std::uint64_t accept_pause_usec = 200'000;
+// How often systemd's STATUS= line is brought up to date.
+constexpr std::uint64_t status_interval_usec = 5'000'000;
+
+uint64_t idle_usec(std::chrono::seconds s) {
+    return static_cast<uint64_t>(std::chrono::microseconds(s).count());
+}
 
 std::vector<std::string> features(WorkerMode mode) {
     return {"socket",
@@ -138,23 +147,48 @@ Broker::Broker(BrokerConfig config)
         [this](const std::string& name) { pool_->name_deleted(name); });
     netns_watch_->ensure();
 
-    listener_ = listen_at(config_.socket_path);
+    if (auto activated = activated_socket()) {
+        listener_ = std::move(activated->fd);
+        config_.socket_path = std::move(activated->path);
+        activated_ = true;
+    } else {
+        listener_ = listen_at(config_.socket_path);
+    }
     sd_event_source* s = nullptr;
     check_sd(sd_event_add_io(loop_.get(), &s, listener_.get(), EPOLLIN, &Broker::on_accept, this),
              "sd_event_add_io(listener)");
     listener_source_.reset(s);
+
+    if (config_.dbus) {
+        dbus_ = std::make_unique<DbusService>(loop_.get(), *this);
+    }
+    // With WatchdogSec= set, the loop sends WATCHDOG=1 itself, at half the
+    // interval, for as long as it turns.
+    check_sd(sd_event_set_watchdog(loop_.get(), 1), "sd_event_set_watchdog");
+    check_sd(sd_event_add_time_relative(loop_.get(), &s, CLOCK_MONOTONIC, status_interval_usec, 0,
+                                        &Broker::on_status_timer, this),
+             "sd_event_add_time(status)");
+    status_timer_.reset(s);
+    sd_event_source_set_enabled(status_timer_.get(), SD_EVENT_ON);
+    if (config_.exit_idle_time.count() > 0) {
+        note_activity();
+        schedule_idle_check(last_activity_ + idle_usec(config_.exit_idle_time));
+    }
 }
 
 Broker::~Broker() {
+    dbus_.reset();
     clients_.clear();
     pool_.reset();
 }
 
 int Broker::run() {
-    spdlog::info("nsbrokerd {} listening on {} (worker mode {}, idle timeout {}s)",
-                 NSBROKER_VERSION, config_.socket_path,
+    spdlog::info("nsbrokerd {} listening on {}{} (worker mode {}, idle timeout {}s)",
+                 NSBROKER_VERSION, config_.socket_path, activated_ ? " (from systemd)" : "",
                  config_.workers.mode == WorkerMode::fork ? "fork" : "exec",
                  config_.workers.idle_timeout.count());
+    sd_notify(0, "READY=1");
+    notify_status();
     int r = sd_event_loop(loop_.get());
     if (r < 0) {
         spdlog::error("event loop failed: {}", std::strerror(-r));
@@ -162,6 +196,64 @@ int Broker::run() {
     }
     spdlog::info("nsbrokerd stopped");
     return r;
+}
+
+void Broker::note_activity() {
+    sd_event_now(loop_.get(), CLOCK_MONOTONIC, &last_activity_);
+}
+
+void Broker::count_error(ErrorCode code) {
+    ++errors_[std::string(to_string(code))];
+}
+
+bool Broker::idle() const {
+    return clients_.empty() && pool_->jobs_in_flight() == 0 && (!dbus_ || dbus_->idle());
+}
+
+// Like a worker's idle timer: armed once, and when it fires, armed again from
+// the last activity, so that busy times cost no timer updates.
+int Broker::on_idle_check(sd_event_source*, uint64_t now, void* userdata) {
+    auto* self = static_cast<Broker*>(userdata);
+    const uint64_t idle_time = idle_usec(self->config_.exit_idle_time);
+    if (!self->idle()) {
+        self->schedule_idle_check(now + idle_time);
+    } else if (now < self->last_activity_ + idle_time) {
+        self->schedule_idle_check(self->last_activity_ + idle_time);
+    } else {
+        spdlog::info("idle for {}s: exiting", self->config_.exit_idle_time.count());
+        self->stop("idle");
+    }
+    return 0;
+}
+
+void Broker::schedule_idle_check(uint64_t when) {
+    if (idle_timer_) {
+        sd_event_source_set_time(idle_timer_.get(), when);
+        sd_event_source_set_enabled(idle_timer_.get(), SD_EVENT_ONESHOT);
+        return;
+    }
+    sd_event_source* s = nullptr;
+    check_sd(
+        sd_event_add_time(loop_.get(), &s, CLOCK_MONOTONIC, when, 0, &Broker::on_idle_check, this),
+        "sd_event_add_time(idle)");
+    idle_timer_.reset(s);
+}
+
+int Broker::on_status_timer(sd_event_source* source, uint64_t now, void* userdata) {
+    static_cast<Broker*>(userdata)->notify_status();
+    sd_event_source_set_time(source, now + status_interval_usec);
+    sd_event_source_set_enabled(source, SD_EVENT_ON);
+    return 0;
+}
+
+void Broker::notify_status() {
+    std::string status = std::to_string(clients_.size()) + " clients, " +
+                         std::to_string(pool_->live()) + " workers, " + std::to_string(requests_) +
+                         " requests, " + std::to_string(sockets_) + " sockets";
+    if (status != last_status_) {
+        sd_notifyf(0, "STATUS=%s", status.c_str());
+        last_status_ = std::move(status);
+    }
 }
 
 bool Broker::run_once(std::uint64_t timeout_usec) {
@@ -224,7 +316,7 @@ void Broker::accept_clients() {
                          *why);
             auto refusal = proto::encode_reply({std::nullopt, make_error(ErrorCode::limit, *why)});
             (void)proto::send_message(fd.get(), refusal, {}, true);
-            ++errors_["limit"];
+            count_error(ErrorCode::limit);
             continue;
         }
         ++connections_per_uid_[c->peer.uid];
@@ -321,6 +413,7 @@ void Broker::close_client(Connection& c) {
         }
     }
     spdlog::debug("client disconnected: pid {} uid {}", c.peer.pid, c.peer.uid);
+    note_activity();
     c.source.reset();
     c.fd.reset();
     c.outbox.clear();
@@ -344,7 +437,7 @@ void Broker::update_events(Connection& c) {
 void Broker::reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
                    std::vector<UniqueFd> fds) {
     if (auto* error = std::get_if<Error>(&body)) {
-        ++errors_[std::string(to_string(error->code))];
+        count_error(error->code);
     }
     if (c.closed) {
         return;
@@ -447,31 +540,47 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
     auto id = request.id;
     JobDone done = [this, weak, id](Result<proto::SocketReply> result, std::vector<UniqueFd> fds) {
         auto client = weak.lock();
-        if (result) {
-            sockets_ += fds.size();
-        }
         if (!client) {
             if (!result) {
-                ++errors_[std::string(to_string(result.error().code))];
+                count_error(result.error().code);
             }
             return; // the client left; the fds close here
         }
         --client->in_flight;
         if (result) {
             reply(*client, id, std::move(result).value(), std::move(fds));
-            return;
+        } else {
+            reply(*client, id, std::move(result).error());
         }
-        if (result.error().code == ErrorCode::permission_denied) {
-            // The worker's part of the policy: ports below the namespace's
-            // ip_unprivileged_port_start.
-            spdlog::warn("denied socket request {} of uid {} pid {} in its worker: {}", id,
-                         client->peer.uid, client->peer.pid, result.error().message);
-        }
-        reply(*client, id, std::move(result).error());
     };
+    SocketRequest r{
+        c->caller(),          {c->peer.pid, c->pidfd.get()}, id,          std::move(*request.netns),
+        std::move(passed_fd), std::move(request.specs),      c->in_flight};
+    open_sockets(std::move(r), std::move(done));
+}
 
-    const auto& ref = *request.netns;
-    const bool root = c->peer.uid == 0;
+void Broker::open_sockets(SocketRequest request, JobDone done) {
+    note_activity();
+    const auto& ref = request.netns;
+    const bool root = request.caller.uid == 0;
+    // What the worker answers is counted, and a refusal by the worker logged.
+    auto from_worker = [this, uid = request.caller.uid, pid = request.caller.pid,
+                        id = request.id](JobDone inner) -> JobDone {
+        return [this, uid, pid, id, inner = std::move(inner)](Result<proto::SocketReply> result,
+                                                              std::vector<UniqueFd> fds) {
+            note_activity();
+            if (result) {
+                sockets_ += fds.size();
+            } else if (result.error().code == ErrorCode::permission_denied) {
+                // The worker's part of the policy: ports below the
+                // namespace's ip_unprivileged_port_start.
+                ScopedLogFields fields{{uid, pid, {}, "permission_denied"}};
+                spdlog::warn("denied socket request {} of uid {} pid {} in its worker: {}", id, uid,
+                             pid, result.error().message);
+            }
+            inner(std::move(result), std::move(fds));
+        };
+    };
     proto::WorkerJob job{0, std::move(request.specs), std::nullopt};
     // Root's requests need no facts about the namespace, so one that already
     // has a worker is found by one stat(2).
@@ -480,27 +589,30 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
         if (ref.kind == proto::NetnsRef::Kind::name) {
             name = ref.text;
         }
-        auto known = peek_identity(ref, passed_fd.get(), config_.workers.netns_dir);
-        if (known && pool_->submit_to_running(*known, name, job, done)) {
-            return;
+        auto known = peek_identity(ref, request.netns_fd.get(), config_.workers.netns_dir);
+        if (known) {
+            JobDone to_worker = from_worker(done);
+            if (pool_->submit_to_running(*known, name, job, to_worker)) {
+                return;
+            }
         }
     }
 
-    auto netns = resolve_netns(ref, std::move(passed_fd), config_.workers.netns_dir,
-                               {c->peer.pid, c->pidfd.get()});
+    auto netns =
+        resolve_netns(ref, std::move(request.netns_fd), config_.workers.netns_dir, request.process);
     if (!netns) {
-        spdlog::debug("pid {}: {}: {}", c->peer.pid, ref.describe(), netns.error().message);
+        spdlog::debug("pid {}: {}: {}", request.caller.pid, ref.describe(), netns.error().message);
         done(std::move(netns).error(), {});
         return;
     }
     if (!root) {
-        auto decision = authorize(*c, request, job.specs, *netns);
+        auto decision = authorize(request, job.specs, *netns);
         if (!decision) {
             done(std::move(decision).error(), {});
             return;
         }
         if (const Rule* rule = decision->rule) {
-            if (c->in_flight > rule->max_requests_in_flight) {
+            if (request.in_flight > rule->max_requests_in_flight) {
                 done(make_error(ErrorCode::limit, "rule \"" + rule->name + "\" allows " +
                                                       std::to_string(rule->max_requests_in_flight) +
                                                       " requests in flight"),
@@ -513,23 +625,25 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
     if (netns->name) {
         netns_watch_->ensure();
     }
-    pool_->submit(std::move(*netns), std::move(job), std::move(done));
+    pool_->submit(std::move(*netns), std::move(job), from_worker(std::move(done)));
 }
 
-Result<Decision> Broker::authorize(const Connection& c, const proto::Request& request,
+Result<Decision> Broker::authorize(const SocketRequest& request,
                                    const std::vector<proto::SocketSpec>& specs,
                                    const ResolvedNetns& netns) {
+    const Caller& caller = request.caller;
     NamespaceFacts facts;
     facts.name = netns.name;
-    facts.passed = request.netns->kind == proto::NetnsRef::Kind::fd;
+    facts.passed = request.netns.kind == proto::NetnsRef::Kind::fd;
     auto owner = netns_owner_uid(netns.fd.get());
-    facts.owned_by_caller = owner && *owner == c.peer.uid;
-    Decision decision = policy_.decide(c.caller(), facts, specs);
+    facts.owned_by_caller = owner && *owner == caller.uid;
+    Decision decision = policy_.decide(caller, facts, specs);
     if (decision.allowed) {
         return decision;
     }
+    ScopedLogFields fields{{caller.uid, caller.pid, request.netns.describe(), "permission_denied"}};
     spdlog::warn("denied socket request {} of uid {} pid {} in {} ({}:{}): {}", request.id,
-                 c.peer.uid, c.peer.pid, request.netns->describe(), netns.identity.dev,
+                 caller.uid, caller.pid, request.netns.describe(), netns.identity.dev,
                  netns.identity.ino, decision.reason);
     return make_error(ErrorCode::permission_denied, decision.reason, EPERM);
 }
@@ -601,7 +715,7 @@ proto::StatsReply Broker::stats() const {
 
 int Broker::on_stop_signal(sd_event_source*, const struct signalfd_siginfo* si, void* userdata) {
     spdlog::info("signal {}: stopping", sigabbrev_np(static_cast<int>(si->ssi_signo)));
-    static_cast<Broker*>(userdata)->stop();
+    static_cast<Broker*>(userdata)->stop("signal");
     return 0;
 }
 
@@ -611,26 +725,36 @@ int Broker::on_reload_signal(sd_event_source*, const struct signalfd_siginfo*, v
 }
 
 void Broker::reload_policy() {
+    sd_notify(0, "RELOADING=1");
     auto fresh = Policy::load(config_.policy_path);
     if (!fresh) {
         spdlog::error("SIGHUP: policy {} refused; the policy in force stays: {}",
                       config_.policy_path, fresh.error().message);
-        return;
+    } else {
+        policy_ = std::move(*fresh);
+        spdlog::info("SIGHUP: policy {} ({} rules) in force", policy_.origin(),
+                     policy_.rules().size());
     }
-    policy_ = std::move(*fresh);
-    spdlog::info("SIGHUP: policy {} ({} rules) in force", policy_.origin(), policy_.rules().size());
+    sd_notify(0, "READY=1");
 }
 
-void Broker::stop() {
+void Broker::stop(const char* why) {
     if (stopping_) {
         return;
     }
     stopping_ = true;
+    sd_notifyf(0, "STOPPING=1\nSTATUS=stopping (%s)", why);
     // No new connections; requests already with a worker are finished, since
-    // a retiring worker answers every job it was sent before it exits.
+    // a retiring worker answers every job it was sent before it exits. A
+    // socket from systemd stays where it is, to start the daemon again.
     listener_source_.reset();
     listener_.reset();
-    ::unlink(config_.socket_path.c_str());
+    if (!activated_) {
+        ::unlink(config_.socket_path.c_str());
+    }
+    if (dbus_) {
+        dbus_->release_name();
+    }
     pool_->stop([this] {
         std::vector<std::shared_ptr<Connection>> clients;
         for (auto& [raw, c] : clients_) {

@@ -35,9 +35,26 @@ struct BrokerConfig {
     std::string policy_path = default_policy_path;
     WorkerPoolConfig workers;
     Limits limits;
+    // Exit once nothing has happened for this long and no client is
+    // connected, no request is in flight; 0: never. For socket activation,
+    // where systemd starts the daemon again on the next connection.
+    std::chrono::seconds exit_idle_time{0};
+    bool dbus = true; // serve org.nsbroker.Broker1 on the system bus
+};
+
+// One request for sockets, from any front end.
+struct SocketRequest {
+    Caller caller;
+    CallerProcess process;
+    std::uint64_t id = 0; // for the log
+    proto::NetnsRef netns;
+    UniqueFd netns_fd; // sent with the request, for NetnsRef::Kind::fd
+    std::vector<proto::SocketSpec> specs;
+    std::size_t in_flight = 0; // the caller's requests in flight, this one included
 };
 
 struct Connection;
+class DbusService;
 
 class Broker {
   public:
@@ -53,6 +70,20 @@ class Broker {
     // caller that drives the broker itself (tests, fuzzing). False once the
     // loop has finished.
     bool run_once(std::uint64_t timeout_usec);
+
+    // ---- what front ends (the socket, D-Bus) share ----------------------
+    // Resolves the namespace, applies the policy and hands the job to the
+    // namespace's worker. done is called exactly once, perhaps before this
+    // returns.
+    void open_sockets(SocketRequest request, JobDone done);
+    [[nodiscard]] proto::NamespacesReply list_namespaces() const;
+    [[nodiscard]] proto::StatsReply stats() const;
+    [[nodiscard]] bool stopping() const { return stopping_; }
+    [[nodiscard]] const Limits& limits() const { return config_.limits; }
+    // Something happened: the idle exit is put off.
+    void note_activity();
+    // Counts a failed request by its error code.
+    void count_error(ErrorCode code);
 
   private:
     static int on_accept(sd_event_source*, int, uint32_t, void* userdata);
@@ -70,7 +101,7 @@ class Broker {
                        UniqueFd passed_fd);
     // For callers other than root: the policy's decision on a resolved request.
     // A refusal is logged and comes back as a permission_denied Error.
-    Result<Decision> authorize(const Connection& c, const proto::Request& request,
+    Result<Decision> authorize(const SocketRequest& request,
                                const std::vector<proto::SocketSpec>& specs,
                                const ResolvedNetns& netns);
     void reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
@@ -79,13 +110,18 @@ class Broker {
     void update_events(Connection& c);
     void close_client(Connection& c);
 
-    [[nodiscard]] proto::NamespacesReply list_namespaces() const;
-    [[nodiscard]] proto::StatsReply stats() const;
-    void stop();
+    void stop(const char* why);
+    [[nodiscard]] bool idle() const;
+    static int on_idle_check(sd_event_source*, uint64_t now, void* userdata);
+    void schedule_idle_check(uint64_t when);
+    static int on_status_timer(sd_event_source*, uint64_t now, void* userdata);
+    // Tells systemd (when it started the daemon) a one-line summary.
+    void notify_status();
 
     BrokerConfig config_;
     EventLoop loop_;
     UniqueFd listener_;
+    bool activated_ = false; // the listener is systemd's: never unlink its path
     EventSource listener_source_;
     EventSource accept_pause_;
     std::vector<EventSource> signal_sources_;
@@ -94,7 +130,12 @@ class Broker {
     std::unique_ptr<NetnsWatch> netns_watch_;
     std::map<Connection*, std::shared_ptr<Connection>> clients_;
     std::map<uid_t, std::size_t> connections_per_uid_;
+    std::unique_ptr<DbusService> dbus_;
     bool stopping_ = false;
+    uint64_t last_activity_ = 0; // CLOCK_MONOTONIC, microseconds
+    EventSource idle_timer_;
+    EventSource status_timer_;
+    std::string last_status_;
 
     std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
     std::uint64_t requests_ = 0;

@@ -1,13 +1,17 @@
 // Creating the daemon's listening socket.
 #include "listener.hpp"
 
+#include <fcntl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <systemd/sd-daemon.h>
 
 #include <cerrno>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <vector>
 
 #include "nsbroker/address.hpp"
 #include "nsbroker/error.hpp"
@@ -56,6 +60,49 @@ UniqueFd listen_at(const std::string& path) {
         throw_errno("listen " + path);
     }
     return fd;
+}
+
+std::optional<ActivatedSocket> activated_socket() {
+    char** names = nullptr;
+    int n = sd_listen_fds_with_names(1, &names);
+    std::vector<std::string> fd_names;
+    for (char** name = names; name && *name; ++name) {
+        fd_names.emplace_back(*name);
+        std::free(*name);
+    }
+    std::free(names);
+    if (n < 0) {
+        throw SystemError(-n, "LISTEN_FDS");
+    }
+    if (n == 0) {
+        return std::nullopt;
+    }
+    // Own every descriptor at once, so that none is left open on an error.
+    std::vector<UniqueFd> fds;
+    for (int i = 0; i < n; ++i) {
+        fds.emplace_back(SD_LISTEN_FDS_START + i);
+    }
+    if (n != 1) {
+        throw SystemError(EINVAL, "systemd passed " + std::to_string(n) +
+                                      " sockets; nsbrokerd serves exactly one");
+    }
+    const int fd = fds.front().get();
+    const std::string name = fd_names.empty() ? "unknown" : fd_names.front();
+    if (sd_is_socket_unix(fd, SOCK_SEQPACKET, 1, nullptr, 0) <= 0) {
+        throw SystemError(EINVAL, "the socket systemd passed (" + name +
+                                      ") is not a listening AF_UNIX SOCK_SEQPACKET socket");
+    }
+    int flags = ::fcntl(fd, F_GETFL);
+    if (flags < 0 || ::fcntl(fd, F_SETFL, flags | O_NONBLOCK) < 0) {
+        throw_errno("fcntl(O_NONBLOCK) on the passed socket");
+    }
+    sockaddr_storage address{};
+    socklen_t length = sizeof address;
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length) < 0) {
+        throw_errno("getsockname on the passed socket");
+    }
+    return ActivatedSocket{std::move(fds.front()),
+                           proto::format_address(reinterpret_cast<sockaddr*>(&address), length)};
 }
 
 } // namespace nsbroker::daemon

@@ -1,11 +1,11 @@
 // nsbrokerd: the entry point of the daemon, and of exec'd workers.
-#include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
 
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include "broker.hpp"
+#include "logging.hpp"
 #include "options.hpp"
 #include "worker_process.hpp"
 
@@ -34,11 +34,7 @@ int main(int argc, char** argv) {
     }
     Options& options = *parsed.options;
 
-    auto logger = spdlog::stderr_color_st("nsbrokerd");
-    logger->set_pattern(options.worker ? "%H:%M:%S.%e %^%l%$ [worker %P] %v"
-                                       : "%H:%M:%S.%e %^%l%$ %v");
-    spdlog::set_default_logger(logger);
-    spdlog::set_level(spdlog::level::from_str(options.log_level));
+    setup_logging(options.log_level, options.worker);
 
     if (options.worker) {
         // Straight out: a confined worker may not even open the files that

@@ -15,7 +15,8 @@ namespace {
 
 constexpr const char* usage_text = R"(Usage: nsbrokerd [OPTIONS]
 
-Hands out sockets that live in other network namespaces.
+Hands out sockets that live in other network namespaces. Started by systemd
+with a socket (LISTEN_FDS), it serves that one instead of --socket.
 
   --socket PATH               listen on PATH (default %s)
   --policy PATH               who may have which sockets (default
@@ -32,7 +33,12 @@ Hands out sockets that live in other network namespaces.
                               used idle worker exits (default 512)
   --max-connections N         client connections at once (default 1024)
   --max-connections-per-uid N connections one uid may hold (default 128)
-  --max-requests-in-flight N  unanswered requests on one connection (default 64)
+  --max-requests-in-flight N  unanswered requests on one connection, or D-Bus
+                              calls from one bus client (default 64)
+  --exit-idle-time SEC        exit after SEC seconds with no client connected
+                              and nothing in flight; for socket activation,
+                              which starts the daemon again (default: never)
+  --no-dbus                   do not serve org.nsbroker.Broker1 on the system bus
   --log-level LEVEL           trace, debug, info, warn, error (default info)
   --help                      show this help
   --version                   show the version
@@ -49,6 +55,8 @@ enum : int {
     opt_max_per_uid,
     opt_max_in_flight,
     opt_level,
+    opt_exit_idle,
+    opt_no_dbus,
     opt_help,
     opt_version,
     opt_worker,
@@ -101,6 +109,8 @@ ParsedOptions parse_options(int argc, char** argv) {
         {"max-connections-per-uid", required_argument, nullptr, opt_max_per_uid},
         {"max-requests-in-flight", required_argument, nullptr, opt_max_in_flight},
         {"log-level", required_argument, nullptr, opt_level},
+        {"exit-idle-time", required_argument, nullptr, opt_exit_idle},
+        {"no-dbus", no_argument, nullptr, opt_no_dbus},
         {"help", no_argument, nullptr, opt_help},
         {"version", no_argument, nullptr, opt_version},
         {"worker", no_argument, nullptr, opt_worker},
@@ -139,16 +149,21 @@ ParsedOptions parse_options(int argc, char** argv) {
             }
             break;
         case opt_idle:
-        case opt_job_timeout: {
+        case opt_job_timeout:
+        case opt_exit_idle: {
             auto seconds = parse_count(arg);
             if (!seconds) {
                 return usage_error(option_name(long_options, c) + " needs a number of seconds");
             }
-            auto& target =
-                c == opt_idle ? o.broker.workers.idle_timeout : o.broker.workers.job_timeout;
+            auto& target = c == opt_idle          ? o.broker.workers.idle_timeout
+                           : c == opt_job_timeout ? o.broker.workers.job_timeout
+                                                  : o.broker.exit_idle_time;
             target = std::chrono::seconds(*seconds);
             break;
         }
+        case opt_no_dbus:
+            o.broker.dbus = false;
+            break;
         case opt_max_workers:
         case opt_max_connections:
         case opt_max_per_uid:

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
+#include "logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "worker_process.hpp"
@@ -443,7 +444,8 @@ Worker* WorkerPool::spawn(ResolvedNetns& netns) {
     UniqueFd ours{pair[0]};
     UniqueFd theirs{pair[1]};
     // Built before fork: the child only calls async-signal-safe functions
-    // until it execs or becomes the worker.
+    // until it execs or becomes the worker (the daemon has one thread, so
+    // the worker may then use the allocator).
     std::string log_level = config_.log_level;
     const char* argv[] = {"nsbrokerd", "--worker", "--log-level", log_level.c_str(), nullptr};
 
@@ -459,6 +461,7 @@ Worker* WorkerPool::spawn(ResolvedNetns& netns) {
             ::execv("/proc/self/exe", const_cast<char* const*>(argv));
             ::_exit(127);
         }
+        setup_logging(log_level, true);
         ::_exit(run_worker());
     }
     theirs.reset();

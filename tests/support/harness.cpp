@@ -14,6 +14,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cstdio>
 #include <cstdlib>
@@ -127,12 +128,18 @@ bool can_connect(const std::string& path) {
 
 } // namespace
 
-Daemon::Daemon(std::vector<std::string> extra_args)
+Daemon::Daemon(std::vector<std::string> extra_args, std::vector<std::string> env)
     : socket_(dir_.path() + "/nsbroker.sock"), policy_(dir_.path() + "/policy.json"),
       log_path_(dir_.path() + "/nsbrokerd.log") {
     std::string binary = built("NSBROKERD");
     std::vector<std::string> args = {binary,  "--socket",    socket_, "--policy",
                                      policy_, "--log-level", "debug"};
+    const bool bus = std::any_of(env.begin(), env.end(), [](const std::string& e) {
+        return e.starts_with("DBUS_SYSTEM_BUS_ADDRESS=");
+    });
+    if (!bus) {
+        args.emplace_back("--no-dbus");
+    }
     args.insert(args.end(), extra_args.begin(), extra_args.end());
     std::vector<char*> argv;
     for (auto& a : args) {
@@ -151,6 +158,9 @@ Daemon::Daemon(std::vector<std::string> extra_args)
         sigset_t none;
         sigemptyset(&none);
         ::sigprocmask(SIG_SETMASK, &none, nullptr);
+        for (auto& e : env) {
+            ::putenv(e.data());
+        }
         ::execv(argv[0], argv.data());
         ::_exit(127);
     }

@@ -54,9 +54,11 @@ class TempDir {
 };
 
 // The built nsbrokerd ($NSBROKERD), on a socket in a private directory.
+// env adds "NAME=VALUE" entries to its environment; it serves D-Bus only when
+// they name a bus (DBUS_SYSTEM_BUS_ADDRESS), never the machine's own.
 class Daemon {
   public:
-    explicit Daemon(std::vector<std::string> extra_args = {});
+    explicit Daemon(std::vector<std::string> extra_args = {}, std::vector<std::string> env = {});
     ~Daemon();
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;

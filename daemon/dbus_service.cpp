@@ -1,0 +1,499 @@
+// org.nsbroker.Broker1: D-Bus arguments in, the broker's requests out.
+//
+// A call's arguments are turned into the socket protocol's JSON and decoded
+// by the one codec, so that D-Bus callers get exactly the checks, and the
+// error codes and messages, that socket callers get.
+#include "dbus_service.hpp"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstring>
+#include <nlohmann/json.hpp>
+#include <spdlog/spdlog.h>
+
+#include "broker.hpp"
+#include "nsbroker/codec.hpp"
+#include "nsbroker_config.h"
+
+namespace nsbroker::daemon {
+
+namespace {
+
+using nlohmann::json;
+
+// org.nsbroker.Broker1.Error.<Code>: the protocol's codes in D-Bus spelling,
+// with the errno sd-bus clients get from sd_bus_error_get_errno().
+struct DbusErrorName {
+    ErrorCode code;
+    const char* name;
+    int errno_value;
+};
+constexpr DbusErrorName error_names[] = {
+    {ErrorCode::invalid_request, "org.nsbroker.Broker1.Error.InvalidRequest", EINVAL},
+    {ErrorCode::unsupported, "org.nsbroker.Broker1.Error.Unsupported", EOPNOTSUPP},
+    {ErrorCode::not_found, "org.nsbroker.Broker1.Error.NotFound", ENOENT},
+    {ErrorCode::not_a_netns, "org.nsbroker.Broker1.Error.NotANetns", EINVAL},
+    {ErrorCode::permission_denied, "org.nsbroker.Broker1.Error.PermissionDenied", EPERM},
+    {ErrorCode::limit, "org.nsbroker.Broker1.Error.Limit", EAGAIN},
+    {ErrorCode::worker_failed, "org.nsbroker.Broker1.Error.WorkerFailed", EIO},
+    {ErrorCode::kernel, "org.nsbroker.Broker1.Error.Kernel", EIO},
+    {ErrorCode::unavailable, "org.nsbroker.Broker1.Error.Unavailable", ESHUTDOWN},
+    {ErrorCode::internal, "org.nsbroker.Broker1.Error.Internal", EIO},
+    {ErrorCode::io, "org.nsbroker.Broker1.Error.Io", EIO},
+};
+
+const sd_bus_error_map error_map[] = {
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.InvalidRequest", EINVAL),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Unsupported", EOPNOTSUPP),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.NotFound", ENOENT),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.NotANetns", EINVAL),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.PermissionDenied", EPERM),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Limit", EAGAIN),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.WorkerFailed", EIO),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Kernel", EIO),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Unavailable", ESHUTDOWN),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Internal", EIO),
+    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Io", EIO),
+    SD_BUS_ERROR_MAP_END,
+};
+
+const char* error_name(ErrorCode code) {
+    for (const auto& e : error_names) {
+        if (e.code == code) {
+            return e.name;
+        }
+    }
+    return "org.nsbroker.Broker1.Error.Internal";
+}
+
+int reply_error(sd_bus_message* m, const Error& e) {
+    return sd_bus_reply_method_errorf(m, error_name(e.code), "%s", e.message.c_str());
+}
+
+struct MessageRelease {
+    void operator()(sd_bus_message* m) const noexcept { sd_bus_message_unref(m); }
+};
+using MessageRef = std::unique_ptr<sd_bus_message, MessageRelease>;
+
+struct CredsRelease {
+    void operator()(sd_bus_creds* c) const noexcept { sd_bus_creds_unref(c); }
+};
+
+// Thrown while reading a call's arguments; becomes its error reply.
+struct BadCall {
+    Error error;
+};
+
+[[noreturn]] void bad_call(const std::string& message) {
+    throw BadCall{make_error(ErrorCode::invalid_request, message)};
+}
+
+void check(int r, const char* what) {
+    if (r < 0) {
+        bad_call(std::string(what) + ": " + std::strerror(-r));
+    }
+}
+
+// The caller as the bus daemon knows it: its connection's credentials,
+// never anything sd-bus would have to read from /proc.
+Result<Caller> sender_identity(sd_bus_message* m) {
+    sd_bus_creds* raw = nullptr;
+    int r = sd_bus_query_sender_creds(m,
+                                      SD_BUS_CREDS_EUID | SD_BUS_CREDS_EGID | SD_BUS_CREDS_PID |
+                                          SD_BUS_CREDS_SUPPLEMENTARY_GIDS,
+                                      &raw);
+    std::unique_ptr<sd_bus_creds, CredsRelease> creds(raw);
+    Caller caller;
+    if (r < 0 || sd_bus_creds_get_euid(creds.get(), &caller.uid) < 0 ||
+        (sd_bus_creds_get_augmented_mask(creds.get()) & SD_BUS_CREDS_EUID) != 0) {
+        return make_error(ErrorCode::permission_denied,
+                          "the bus did not say who the caller is; nothing is served without that",
+                          EPERM);
+    }
+    const uint64_t trusted = ~sd_bus_creds_get_augmented_mask(creds.get());
+    if ((trusted & SD_BUS_CREDS_EGID) == 0 || sd_bus_creds_get_egid(creds.get(), &caller.gid) < 0) {
+        caller.gid = static_cast<gid_t>(-1); // matches no group rule
+    }
+    const gid_t* groups = nullptr;
+    if ((trusted & SD_BUS_CREDS_SUPPLEMENTARY_GIDS) != 0) {
+        int n = sd_bus_creds_get_supplementary_gids(creds.get(), &groups);
+        if (n > 0) {
+            caller.groups.assign(groups, groups + n);
+        }
+    }
+    if ((trusted & SD_BUS_CREDS_PID) == 0 || sd_bus_creds_get_pid(creds.get(), &caller.pid) < 0) {
+        caller.pid = 0;
+    }
+    return caller;
+}
+
+// "qrouter-1", "/proc/42/ns/net" or "pid:42", as the protocol's netns object.
+json netns_json(std::string_view text) {
+    if (text.starts_with("pid:")) {
+        std::string digits(text.substr(4));
+        if (digits.empty() || digits.size() > 7 ||
+            !std::all_of(digits.begin(), digits.end(),
+                         [](char c) { return c >= '0' && c <= '9'; })) {
+            bad_call("netns \"" + std::string(text) + "\": pid:N needs a process id");
+        }
+        return {{"pid", std::stoi(digits)}};
+    }
+    if (text.starts_with("/")) {
+        return {{"path", text}};
+    }
+    return {{"name", text}};
+}
+
+// One a{sv} value as JSON: strings, booleans and integers are what socket
+// options take.
+json variant_json(sd_bus_message* m, const std::string& key) {
+    char type = 0;
+    const char* contents = nullptr;
+    check(sd_bus_message_peek_type(m, &type, &contents), "options");
+    if (type != 'v' || contents == nullptr || std::strlen(contents) != 1) {
+        bad_call("options." + key + ": expected a string, boolean or integer");
+    }
+    check(sd_bus_message_enter_container(m, 'v', contents), "options");
+    json value;
+    switch (contents[0]) {
+    case 's': {
+        const char* s = nullptr;
+        check(sd_bus_message_read_basic(m, 's', &s), "options");
+        value = s;
+        break;
+    }
+    case 'b': {
+        int b = 0;
+        check(sd_bus_message_read_basic(m, 'b', &b), "options");
+        value = b != 0;
+        break;
+    }
+    case 'i':
+    case 'n': {
+        int32_t i = 0;
+        int16_t n = 0;
+        check(sd_bus_message_read_basic(m, contents[0],
+                                        contents[0] == 'i' ? static_cast<void*>(&i)
+                                                           : static_cast<void*>(&n)),
+              "options");
+        value = contents[0] == 'i' ? i : n;
+        break;
+    }
+    case 'u':
+    case 'q':
+    case 'y': {
+        uint32_t u = 0;
+        uint16_t q = 0;
+        uint8_t y = 0;
+        void* target = contents[0] == 'u'   ? static_cast<void*>(&u)
+                       : contents[0] == 'q' ? static_cast<void*>(&q)
+                                            : static_cast<void*>(&y);
+        check(sd_bus_message_read_basic(m, contents[0], target), "options");
+        value = contents[0] == 'u' ? u : contents[0] == 'q' ? q : y;
+        break;
+    }
+    case 'x':
+    case 't': {
+        int64_t x = 0;
+        uint64_t t = 0;
+        check(sd_bus_message_read_basic(m, contents[0],
+                                        contents[0] == 'x' ? static_cast<void*>(&x)
+                                                           : static_cast<void*>(&t)),
+              "options");
+        value = contents[0] == 'x' ? json(x) : json(t);
+        break;
+    }
+    default:
+        bad_call("options." + key + ": D-Bus type '" + contents +
+                 "' is not accepted; expected a string, boolean or integer");
+    }
+    check(sd_bus_message_exit_container(m), "options");
+    return value;
+}
+
+// The socket spec of a call: family, type, protocol and the a{sv} options.
+// bind, connect, listen and nonblock are fields of the spec; everything else
+// is a socket option.
+json spec_json(sd_bus_message* m, int family, int type, int protocol) {
+    json spec = {{"family", family}, {"type", type}, {"protocol", protocol}};
+    json options = json::object();
+    check(sd_bus_message_enter_container(m, 'a', "{sv}"), "options");
+    for (;;) {
+        int r = sd_bus_message_enter_container(m, 'e', "sv");
+        check(r, "options");
+        if (r == 0) {
+            break;
+        }
+        const char* key = nullptr;
+        check(sd_bus_message_read_basic(m, 's', &key), "options");
+        std::string name = key;
+        json value = variant_json(m, name);
+        check(sd_bus_message_exit_container(m), "options");
+        if (name == "bind" || name == "connect" || name == "listen") {
+            spec[name] = std::move(value);
+        } else if (name == "nonblock") {
+            if (!value.is_boolean()) {
+                bad_call("options.nonblock: expected a boolean");
+            }
+            if (value.get<bool>()) {
+                spec["flags"] = {"nonblock"};
+            }
+        } else {
+            options[name] = std::move(value);
+        }
+    }
+    check(sd_bus_message_exit_container(m), "options");
+    if (!options.empty()) {
+        spec["options"] = std::move(options);
+    }
+    return spec;
+}
+
+// The codec speaks of the request's "socket" field; a D-Bus caller knows the
+// same things as arguments and options.
+Error as_call_error(Error e) {
+    constexpr std::string_view prefix = "socket.";
+    if (e.message.starts_with(prefix)) {
+        e.message.erase(0, prefix.size());
+    }
+    return e;
+}
+
+const sd_bus_vtable broker_vtable[] = {
+    SD_BUS_VTABLE_START(0),
+    SD_BUS_METHOD_WITH_NAMES("OpenSocket", "siiia{sv}",
+                             SD_BUS_PARAM(netns) SD_BUS_PARAM(family) SD_BUS_PARAM(type)
+                                 SD_BUS_PARAM(protocol) SD_BUS_PARAM(options),
+                             "h", SD_BUS_PARAM(socket), &DbusService::open_socket,
+                             SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("OpenSockets", "siiia{sv}u",
+                             SD_BUS_PARAM(netns) SD_BUS_PARAM(family) SD_BUS_PARAM(type)
+                                 SD_BUS_PARAM(protocol) SD_BUS_PARAM(options) SD_BUS_PARAM(count),
+                             "ah", SD_BUS_PARAM(sockets), &DbusService::open_sockets,
+                             SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD_WITH_NAMES("ListNamespaces", "", "", "a(asttsutt)", SD_BUS_PARAM(namespaces),
+                             &DbusService::list_namespaces, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_METHOD("Ping", "", "", &DbusService::ping, SD_BUS_VTABLE_UNPRIVILEGED),
+    SD_BUS_PROPERTY("Version", "s", &DbusService::property, 0, SD_BUS_VTABLE_PROPERTY_CONST),
+    SD_BUS_PROPERTY("Workers", "u", &DbusService::property, 0, 0),
+    SD_BUS_PROPERTY("Clients", "u", &DbusService::property, 0, 0),
+    SD_BUS_VTABLE_END,
+};
+
+} // namespace
+
+DbusService::DbusService(sd_event* loop, Broker& broker) : broker_(broker) {
+    sd_bus_error_add_map(error_map);
+    sd_bus* raw = nullptr;
+    int r = sd_bus_open_system_with_description(&raw, "nsbrokerd");
+    std::unique_ptr<sd_bus, BusRelease> bus(raw);
+    if (r < 0) {
+        spdlog::warn("D-Bus: the system bus is not reachable ({}); serving the socket only",
+                     std::strerror(-r));
+        return;
+    }
+    sd_bus_slot* slot = nullptr;
+    if ((r = sd_bus_add_object_vtable(bus.get(), &slot, dbus_path, dbus_interface, broker_vtable,
+                                      this)) < 0 ||
+        (r = sd_bus_attach_event(bus.get(), loop, SD_EVENT_PRIORITY_NORMAL)) < 0) {
+        sd_bus_slot_unref(slot);
+        spdlog::error("D-Bus: cannot serve {}: {}", dbus_path, std::strerror(-r));
+        return;
+    }
+    object_.reset(slot);
+    r = sd_bus_request_name(bus.get(), dbus_name, 0);
+    if (r < 0) {
+        spdlog::error("D-Bus: cannot own {}: {}; serving the socket only", dbus_name,
+                      std::strerror(-r));
+        object_.reset();
+        return;
+    }
+    owns_name_ = true;
+    bus_ = std::move(bus);
+    spdlog::info("D-Bus: {} at {}", dbus_name, dbus_path);
+}
+
+DbusService::~DbusService() {
+    object_.reset();
+}
+
+void DbusService::release_name() {
+    if (bus_ && owns_name_) {
+        sd_bus_release_name(bus_.get(), dbus_name);
+        owns_name_ = false;
+    }
+}
+
+int DbusService::open_socket(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    return static_cast<DbusService*>(userdata)->handle_open(m, false);
+}
+
+int DbusService::open_sockets(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    return static_cast<DbusService*>(userdata)->handle_open(m, true);
+}
+
+int DbusService::handle_open(sd_bus_message* m, bool many) {
+    if (broker_.stopping()) {
+        return reply_error(m, make_error(ErrorCode::unavailable, "the daemon is shutting down"));
+    }
+    auto caller = sender_identity(m);
+    if (!caller) {
+        return reply_error(m, caller.error());
+    }
+    std::string sender = sd_bus_message_get_sender(m) ? sd_bus_message_get_sender(m) : "";
+    SocketRequest request;
+    try {
+        const char* netns = nullptr;
+        int family = 0;
+        int type = 0;
+        int protocol = 0;
+        check(sd_bus_message_read(m, "siii", &netns, &family, &type, &protocol), "arguments");
+        json spec = spec_json(m, family, type, protocol);
+        if (many) {
+            uint32_t count = 0;
+            check(sd_bus_message_read(m, "u", &count), "count");
+            spec["count"] = count;
+        }
+        uint64_t cookie = 0;
+        sd_bus_message_get_cookie(m, &cookie);
+        json j = {{"id", cookie}, {"op", "socket"}, {"netns", netns_json(netns)}, {"socket", spec}};
+        auto decoded = proto::decode_request(j.dump());
+        if (auto* bad = std::get_if<proto::RequestError>(&decoded)) {
+            broker_.count_error(bad->error.code);
+            return reply_error(m, as_call_error(std::move(bad->error)));
+        }
+        auto& parsed = std::get<proto::Request>(decoded);
+        request.id = cookie;
+        request.netns = std::move(*parsed.netns);
+        request.specs = std::move(parsed.specs);
+    } catch (const BadCall& e) {
+        broker_.count_error(e.error.code);
+        return reply_error(m, e.error);
+    }
+    std::size_t& in_flight = in_flight_by_sender_[sender];
+    if (in_flight >= broker_.limits().requests_in_flight) {
+        broker_.count_error(ErrorCode::limit);
+        return reply_error(m, make_error(ErrorCode::limit, std::to_string(in_flight) +
+                                                               " calls in flight from " + sender +
+                                                               ", the most it may have"));
+    }
+    ++in_flight;
+    ++calls_in_flight_;
+    request.caller = std::move(*caller);
+    request.process = {request.caller.pid, -1};
+    request.in_flight = in_flight;
+    // Shared, since the callback must be copyable.
+    std::shared_ptr<sd_bus_message> call(sd_bus_message_ref(m), sd_bus_message_unref);
+    std::weak_ptr<int> alive = alive_;
+    broker_.open_sockets(
+        std::move(request), [this, alive, call, sender, many](Result<proto::SocketReply> result,
+                                                              std::vector<UniqueFd> fds) {
+            if (alive.expired()) {
+                return; // the daemon is going; the fds close here
+            }
+            --calls_in_flight_;
+            if (auto it = in_flight_by_sender_.find(sender);
+                it != in_flight_by_sender_.end() && --it->second == 0) {
+                in_flight_by_sender_.erase(it);
+            }
+            if (!result) {
+                broker_.count_error(result.error().code);
+                reply_error(call.get(), as_call_error(std::move(result).error()));
+                return;
+            }
+            sd_bus_message* raw = nullptr;
+            int r = sd_bus_message_new_method_return(call.get(), &raw);
+            MessageRef reply(raw);
+            if (r >= 0 && many) {
+                r = sd_bus_message_open_container(reply.get(), 'a', "h");
+                for (std::size_t i = 0; r >= 0 && i < fds.size(); ++i) {
+                    int fd = fds[i].get();
+                    r = sd_bus_message_append_basic(reply.get(), 'h', &fd); // dups fd
+                }
+                if (r >= 0) {
+                    r = sd_bus_message_close_container(reply.get());
+                }
+            } else if (r >= 0) {
+                int fd = fds.empty() ? -1 : fds.front().get();
+                r = sd_bus_message_append_basic(reply.get(), 'h', &fd);
+            }
+            if (r >= 0) {
+                r = sd_bus_send(nullptr, reply.get(), nullptr);
+            }
+            if (r < 0) {
+                spdlog::warn("D-Bus: reply to {}: {}", sender, std::strerror(-r));
+            }
+        });
+    return 1;
+}
+
+int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    auto* self = static_cast<DbusService*>(userdata);
+    auto caller = sender_identity(m);
+    if (!caller) {
+        return reply_error(m, caller.error());
+    }
+    if (caller->uid != 0) {
+        return reply_error(
+            m, make_error(ErrorCode::permission_denied, "namespaces is for root only", EPERM));
+    }
+    auto list = self->broker_.list_namespaces();
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_message_new_method_return(m, &raw);
+    MessageRef reply(raw);
+    if (r >= 0) {
+        r = sd_bus_message_open_container(reply.get(), 'a', "(asttsutt)");
+    }
+    for (const auto& ns : list.namespaces) {
+        if (r < 0) {
+            break;
+        }
+        r = sd_bus_message_open_container(reply.get(), 'r', "asttsutt");
+        if (r >= 0) {
+            r = sd_bus_message_open_container(reply.get(), 'a', "s");
+        }
+        for (const auto& name : ns.names) {
+            if (r >= 0) {
+                r = sd_bus_message_append_basic(reply.get(), 's', name.c_str());
+            }
+        }
+        if (r >= 0) {
+            r = sd_bus_message_close_container(reply.get());
+        }
+        if (r >= 0) {
+            r = sd_bus_message_append(reply.get(), "ttsutt", ns.dev, ns.ino, ns.state.c_str(),
+                                      static_cast<uint32_t>(ns.worker_pid), ns.requests,
+                                      ns.sockets);
+        }
+        if (r >= 0) {
+            r = sd_bus_message_close_container(reply.get());
+        }
+    }
+    if (r >= 0) {
+        r = sd_bus_message_close_container(reply.get());
+    }
+    if (r < 0) {
+        return reply_error(m, make_error(ErrorCode::internal,
+                                         std::string("building the reply: ") + std::strerror(-r)));
+    }
+    return sd_bus_send(nullptr, reply.get(), nullptr);
+}
+
+int DbusService::ping(sd_bus_message* m, void*, sd_bus_error*) {
+    return sd_bus_reply_method_return(m, "");
+}
+
+int DbusService::property(sd_bus*, const char*, const char*, const char* name,
+                          sd_bus_message* reply, void* userdata, sd_bus_error*) {
+    auto* self = static_cast<DbusService*>(userdata);
+    if (std::strcmp(name, "Version") == 0) {
+        return sd_bus_message_append(reply, "s", NSBROKER_VERSION);
+    }
+    auto stats = self->broker_.stats();
+    auto count = std::strcmp(name, "Workers") == 0 ? stats.workers_live : stats.clients;
+    return sd_bus_message_append(reply, "u", static_cast<uint32_t>(count));
+}
+
+} // namespace nsbroker::daemon

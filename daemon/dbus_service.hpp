@@ -1,0 +1,67 @@
+// org.nsbroker.Broker1 on the system bus: the broker's methods with D-Bus
+// types, served from the daemon's event loop. Callers are identified by the
+// credentials the bus attached (never read from /proc) and go through the
+// same policy as socket callers. The interface is described by
+// proto/org.nsbroker.Broker1.xml.
+#pragma once
+
+#include <systemd/sd-bus.h>
+#include <systemd/sd-event.h>
+
+#include <cstddef>
+#include <map>
+#include <memory>
+#include <string>
+
+namespace nsbroker::daemon {
+
+class Broker;
+
+inline constexpr const char* dbus_name = "org.nsbroker.Broker1";
+inline constexpr const char* dbus_path = "/org/nsbroker/Broker1";
+inline constexpr const char* dbus_interface = "org.nsbroker.Broker1";
+
+class DbusService {
+  public:
+    // Connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS, when set) and takes
+    // the name. Without a bus the daemon goes on serving its socket, and says so.
+    DbusService(sd_event* loop, Broker& broker);
+    ~DbusService();
+    DbusService(const DbusService&) = delete;
+    DbusService& operator=(const DbusService&) = delete;
+
+    // No call is waiting for a worker.
+    [[nodiscard]] bool idle() const { return calls_in_flight_ == 0; }
+    // Gives the name up, so that calls from now on start a new daemon
+    // (D-Bus activation) instead of reaching one that is leaving.
+    void release_name();
+
+    // Called back by sd-bus.
+    static int open_socket(sd_bus_message* m, void* userdata, sd_bus_error* error);
+    static int open_sockets(sd_bus_message* m, void* userdata, sd_bus_error* error);
+    static int list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error* error);
+    static int ping(sd_bus_message* m, void* userdata, sd_bus_error* error);
+    static int property(sd_bus*, const char*, const char*, const char* name, sd_bus_message* reply,
+                        void* userdata, sd_bus_error* error);
+
+  private:
+    int handle_open(sd_bus_message* m, bool many);
+
+    struct BusRelease {
+        void operator()(sd_bus* bus) const noexcept { sd_bus_flush_close_unref(bus); }
+    };
+    struct SlotRelease {
+        void operator()(sd_bus_slot* slot) const noexcept { sd_bus_slot_unref(slot); }
+    };
+
+    Broker& broker_;
+    std::unique_ptr<sd_bus, BusRelease> bus_;
+    std::unique_ptr<sd_bus_slot, SlotRelease> object_;
+    bool owns_name_ = false;
+    // Replies that arrive after the service is gone find this expired.
+    std::shared_ptr<int> alive_ = std::make_shared<int>(0);
+    std::size_t calls_in_flight_ = 0;
+    std::map<std::string, std::size_t> in_flight_by_sender_;
+};
+
+} // namespace nsbroker::daemon

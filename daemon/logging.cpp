@@ -1,0 +1,118 @@
+// spdlog sinks for the journal and for workers whose stderr is the journal.
+#include "logging.hpp"
+
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <systemd/sd-journal.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <mutex>
+#include <spdlog/sinks/base_sink.h>
+#include <spdlog/sinks/stdout_color_sinks.h>
+#include <spdlog/spdlog.h>
+#include <vector>
+
+namespace nsbroker::daemon {
+
+thread_local const LogFields* ScopedLogFields::current_ = nullptr;
+
+namespace {
+
+int syslog_priority(spdlog::level::level_enum level) {
+    switch (level) {
+    case spdlog::level::critical:
+        return 2; // LOG_CRIT
+    case spdlog::level::err:
+        return 3;
+    case spdlog::level::warn:
+        return 4;
+    case spdlog::level::info:
+        return 6;
+    default:
+        return 7; // LOG_DEBUG
+    }
+}
+
+// One journal entry a line, with the fields in scope.
+class JournalSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+  protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        std::vector<std::string> fields;
+        fields.reserve(8);
+        fields.push_back("MESSAGE=" + std::string(msg.payload.data(), msg.payload.size()));
+        fields.push_back("PRIORITY=" + std::to_string(syslog_priority(msg.level)));
+        fields.emplace_back("SYSLOG_IDENTIFIER=nsbrokerd");
+        if (const LogFields* f = ScopedLogFields::current()) {
+            if (f->uid) {
+                fields.push_back("NSBROKER_UID=" + std::to_string(*f->uid));
+            }
+            if (f->pid) {
+                fields.push_back("NSBROKER_PID=" + std::to_string(*f->pid));
+            }
+            if (!f->netns.empty()) {
+                fields.push_back("NSBROKER_NETNS=" + f->netns);
+            }
+            if (!f->error.empty()) {
+                fields.push_back("NSBROKER_ERROR=" + f->error);
+            }
+        }
+        std::vector<iovec> iov;
+        iov.reserve(fields.size());
+        for (auto& field : fields) {
+            iov.push_back({field.data(), field.size()});
+        }
+        if (sd_journal_sendv(iov.data(), static_cast<int>(iov.size())) < 0) {
+            // The journal is gone; stderr still reaches someone.
+            std::fprintf(stderr, "<%d>%s\n", syslog_priority(msg.level),
+                         fields.front().c_str() + 8);
+        }
+    }
+    void flush_() override {}
+};
+
+// A worker's lines on a stderr that journald reads: "<N>" gives the priority.
+// (A worker closes every descriptor it did not bring, the journal's socket
+// among them, so it cannot use sd_journal.)
+class PrefixedStderrSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
+  protected:
+    void sink_it_(const spdlog::details::log_msg& msg) override {
+        std::fprintf(stderr, "<%d>worker %d: %.*s\n", syslog_priority(msg.level),
+                     static_cast<int>(::getpid()), static_cast<int>(msg.payload.size()),
+                     msg.payload.data());
+    }
+    void flush_() override { std::fflush(stderr); }
+};
+
+} // namespace
+
+bool stderr_is_journal() {
+    const char* stream = std::getenv("JOURNAL_STREAM");
+    if (stream == nullptr) {
+        return false;
+    }
+    unsigned long long dev = 0;
+    unsigned long long ino = 0;
+    struct stat st {};
+    return std::sscanf(stream, "%llu:%llu", &dev, &ino) == 2 && ::fstat(STDERR_FILENO, &st) == 0 &&
+           st.st_dev == dev && st.st_ino == ino;
+}
+
+void setup_logging(const std::string& level, bool worker) {
+    std::shared_ptr<spdlog::logger> logger;
+    if (!stderr_is_journal()) {
+        logger = std::make_shared<spdlog::logger>(
+            "nsbrokerd", std::make_shared<spdlog::sinks::stderr_color_sink_st>());
+        logger->set_pattern(worker ? "%H:%M:%S.%e %^%l%$ [worker %P] %v" : "%H:%M:%S.%e %^%l%$ %v");
+    } else if (worker) {
+        logger =
+            std::make_shared<spdlog::logger>("nsbrokerd", std::make_shared<PrefixedStderrSink>());
+    } else {
+        logger = std::make_shared<spdlog::logger>("nsbrokerd", std::make_shared<JournalSink>());
+    }
+    spdlog::set_default_logger(logger);
+    spdlog::set_level(spdlog::level::from_str(level));
+}
+
+} // namespace nsbroker::daemon
