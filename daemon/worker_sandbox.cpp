@@ -1,5 +1,6 @@
 // The worker's privilege drop, in the order it must happen:
-//   1. bounding set cleared (needs CAP_SETPCAP, so before capset);
+//   1. bounding set cleared (needs CAP_SETPCAP, so before capset; skipped
+//      when the daemon runs without it);
 //   2. ambient set cleared, capabilities reduced to CAP_NET_RAW,
 //      CAP_NET_BIND_SERVICE and CAP_NET_ADMIN (raw and packet sockets,
 //      low ports, bindtodevice/mark/transparent);
@@ -30,10 +31,21 @@ Error failed(const char* what, int err) {
     return make_error(ErrorCode::internal, std::string(what) + ": " + std::strerror(err), err);
 }
 
+bool has_effective(cap_value_t cap) {
+    std::unique_ptr<std::remove_pointer_t<cap_t>, int (*)(void*)> caps(cap_get_proc(), cap_free);
+    cap_flag_value_t value = CAP_CLEAR;
+    return caps && cap_get_flag(caps.get(), cap, CAP_EFFECTIVE, &value) == 0 && value == CAP_SET;
+}
+
 Result<void> drop_capabilities() {
-    for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
-        if (cap_drop_bound(cap) < 0 && errno != EINVAL) {
-            return failed("PR_CAPBSET_DROP", errno);
+    // Clearing the bounding set needs CAP_SETPCAP, which a hardened unit may
+    // not give. Without it the set stays as the unit left it; it only limits
+    // what execve(2) could grant, and the worker can no longer execve.
+    if (has_effective(CAP_SETPCAP)) {
+        for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+            if (cap_drop_bound(cap) < 0 && errno != EINVAL) {
+                return failed("PR_CAPBSET_DROP", errno);
+            }
         }
     }
     if (cap_reset_ambient() < 0 && errno != EINVAL) {

@@ -5,6 +5,7 @@ NSBROKER_PACKAGES=(
     meson ninja-build pkg-config g++ python3
     libsystemd-dev libspdlog-dev nlohmann-json3-dev doctest-dev libseccomp-dev libcap-dev
     iproute2 util-linux mount clang-format python3-jsonschema
+    systemd dbus-daemon python3-dbus
 )
 
 need_root() {

@@ -3,6 +3,7 @@
 // a NOTIFY_SOCKET the test binds, and structured lines on a journal socket.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -340,4 +341,56 @@ TEST_CASE("on a journal stream the daemon logs to the journal, with fields") {
     CHECK(journal.find("MESSAGE=nsbrokerd stopped") != std::string::npos);
     // Nothing of it on the terminal.
     CHECK(read_file(stderr_path).find("denied socket request") == std::string::npos);
+}
+
+TEST_CASE("nsbrokerd serves as its unit runs it: a user of its own and four capabilities") {
+    // What nsbrokerd.service gives it, made by setpriv: a uid that is not
+    // root, CAP_SYS_ADMIN and the three network capabilities ambient, the
+    // bounding set cut to them.
+    constexpr uid_t service_uid = 64000;
+    TempDir dir;
+    REQUIRE(::chown(dir.path().c_str(), service_uid, service_uid) == 0);
+    TestNetns ns("unit-user");
+    const std::string socket = dir.path() + "/nsbroker.sock";
+    const std::string log = dir.path() + "/nsbrokerd.log";
+    const std::string caps = "+sys_admin,+net_admin,+net_raw,+net_bind_service";
+    pid_t daemon = ::fork();
+    if (daemon == 0) {
+        int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        ::dup2(out, 1);
+        ::dup2(out, 2);
+        ::close_range(3, ~0U, 0);
+        std::string binary = built("NSBROKERD");
+        std::string inh = "--inh-caps=-all," + caps;
+        std::string ambient = "--ambient-caps=" + caps;
+        std::string bounding = "--bounding-set=-all," + caps;
+        std::string policy = dir.path() + "/policy.json";
+        ::execlp("setpriv", "setpriv", "--reuid=64000", "--regid=64000", "--clear-groups",
+                 inh.c_str(), ambient.c_str(), bounding.c_str(), binary.c_str(), "--no-dbus",
+                 "--socket", socket.c_str(), "--policy", policy.c_str(), nullptr);
+        ::_exit(127);
+    }
+    REQUIRE(wait_for([&] {
+        auto c = Client::connect(socket);
+        return c && c->ping();
+    }));
+    INFO(read_file(log));
+    auto c = Client::connect(socket);
+    REQUIRE(c);
+    SocketSpec http;
+    http.family = AF_INET;
+    http.type = SOCK_STREAM;
+    http.bind = "127.0.0.1:80";
+    http.listen = 16;
+    SocketSpec ping;
+    ping.family = AF_INET;
+    ping.type = SOCK_RAW;
+    ping.protocol = IPPROTO_ICMP;
+    auto made = c->sockets(Netns::name(ns.name()), {http, ping});
+    REQUIRE_MESSAGE(made, made.error().describe());
+    REQUIRE(made->size() == 2);
+    CHECK(socket_netns_inode((*made)[0].fd()) == ns.inode());
+    CHECK(socket_netns_inode((*made)[1].fd()) == ns.inode());
+    ::kill(daemon, SIGTERM);
+    CHECK(wait_exit(daemon) == 0);
 }
