@@ -23,46 +23,25 @@ namespace {
 
 using nlohmann::json;
 
-// org.nsbroker.Broker1.Error.<Code>: the protocol's codes in D-Bus spelling,
-// with the errno sd-bus clients get from sd_bus_error_get_errno().
-struct DbusErrorName {
-    ErrorCode code;
-    const char* name;
-    int errno_value;
-};
-constexpr DbusErrorName error_names[] = {
-    {ErrorCode::invalid_request, "org.nsbroker.Broker1.Error.InvalidRequest", EINVAL},
-    {ErrorCode::unsupported, "org.nsbroker.Broker1.Error.Unsupported", EOPNOTSUPP},
-    {ErrorCode::not_found, "org.nsbroker.Broker1.Error.NotFound", ENOENT},
-    {ErrorCode::not_a_netns, "org.nsbroker.Broker1.Error.NotANetns", EINVAL},
-    {ErrorCode::permission_denied, "org.nsbroker.Broker1.Error.PermissionDenied", EPERM},
-    {ErrorCode::limit, "org.nsbroker.Broker1.Error.Limit", EAGAIN},
-    {ErrorCode::worker_failed, "org.nsbroker.Broker1.Error.WorkerFailed", EIO},
-    {ErrorCode::kernel, "org.nsbroker.Broker1.Error.Kernel", EIO},
-    {ErrorCode::unavailable, "org.nsbroker.Broker1.Error.Unavailable", ESHUTDOWN},
-    {ErrorCode::internal, "org.nsbroker.Broker1.Error.Internal", EIO},
-    {ErrorCode::io, "org.nsbroker.Broker1.Error.Io", EIO},
-};
-
-const sd_bus_error_map error_map[] = {
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.InvalidRequest", EINVAL),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Unsupported", EOPNOTSUPP),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.NotFound", ENOENT),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.NotANetns", EINVAL),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.PermissionDenied", EPERM),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Limit", EAGAIN),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.WorkerFailed", EIO),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Kernel", EIO),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Unavailable", ESHUTDOWN),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Internal", EIO),
-    SD_BUS_ERROR_MAP("org.nsbroker.Broker1.Error.Io", EIO),
-    SD_BUS_ERROR_MAP_END,
+// org.nsbroker.Broker1.Error.<Code>: the protocol's codes in D-Bus spelling.
+constexpr std::pair<ErrorCode, const char*> error_names[] = {
+    {ErrorCode::invalid_request, "org.nsbroker.Broker1.Error.InvalidRequest"},
+    {ErrorCode::unsupported, "org.nsbroker.Broker1.Error.Unsupported"},
+    {ErrorCode::not_found, "org.nsbroker.Broker1.Error.NotFound"},
+    {ErrorCode::not_a_netns, "org.nsbroker.Broker1.Error.NotANetns"},
+    {ErrorCode::permission_denied, "org.nsbroker.Broker1.Error.PermissionDenied"},
+    {ErrorCode::limit, "org.nsbroker.Broker1.Error.Limit"},
+    {ErrorCode::worker_failed, "org.nsbroker.Broker1.Error.WorkerFailed"},
+    {ErrorCode::kernel, "org.nsbroker.Broker1.Error.Kernel"},
+    {ErrorCode::unavailable, "org.nsbroker.Broker1.Error.Unavailable"},
+    {ErrorCode::internal, "org.nsbroker.Broker1.Error.Internal"},
+    {ErrorCode::io, "org.nsbroker.Broker1.Error.Io"},
 };
 
 const char* error_name(ErrorCode code) {
-    for (const auto& e : error_names) {
-        if (e.code == code) {
-            return e.name;
+    for (const auto& [c, name] : error_names) {
+        if (c == code) {
+            return name;
         }
     }
     return "org.nsbroker.Broker1.Error.Internal";
@@ -285,7 +264,6 @@ const sd_bus_vtable broker_vtable[] = {
 } // namespace
 
 DbusService::DbusService(sd_event* loop, Broker& broker) : broker_(broker) {
-    sd_bus_error_add_map(error_map);
     sd_bus* raw = nullptr;
     int r = sd_bus_open_system_with_description(&raw, "nsbrokerd");
     std::unique_ptr<sd_bus, BusRelease> bus(raw);

@@ -64,6 +64,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     daemon::BrokerConfig config;
     config.socket_path = socket_path;
     config.workers.idle_timeout = std::chrono::seconds(1);
+    config.dbus = false;
     config.workers.netns_dir = dir; // names resolve here: none exist
     broker = std::make_unique<daemon::Broker>(std::move(config));
     return 0;

@@ -1,0 +1,352 @@
+// org.nsbroker.Broker1 on a private system bus: a dbus-daemon started by the
+// test with tests/dbus/system-bus.conf.in and nsbrokerd's own bus policy,
+// called by busctl, by an sd-bus client, by Debian's python3-dbus, and by an
+// unprivileged user.
+#include <doctest/doctest.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <netinet/in.h>
+#include <sched.h>
+#include <signal.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <systemd/sd-bus.h>
+#include <unistd.h>
+
+#include <fstream>
+#include <functional>
+#include <regex>
+#include <sstream>
+
+#include "nsbroker_config.h"
+#include "support/harness.hpp"
+
+using namespace nsbroker;
+using namespace nsbroker::test;
+
+namespace {
+
+constexpr const char* service = "org.nsbroker.Broker1";
+constexpr const char* object = "/org/nsbroker/Broker1";
+constexpr const char* interface = "org.nsbroker.Broker1";
+
+std::string read_file(const std::string& path) {
+    std::ifstream in(path);
+    std::stringstream text;
+    text << in.rdbuf();
+    return text.str();
+}
+
+// A dbus-daemon of the test's own, configured as a system bus.
+class PrivateBus {
+  public:
+    PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
+        std::string config = read_file(built("DBUS_BUS_CONFIG"));
+        config.replace(config.find("@SOCKET@"), 8, socket_);
+        config.replace(config.find("@POLICY@"), 8, built("DBUS_POLICY"));
+        const std::string config_path = dir_.path() + "/bus.conf";
+        std::ofstream(config_path) << config;
+        const std::string log = dir_.path() + "/dbus-daemon.log";
+        pid_ = ::fork();
+        if (pid_ == 0) {
+            int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+            ::dup2(out, 1);
+            ::dup2(out, 2);
+            ::close_range(3, ~0U, 0);
+            std::string option = "--config-file=" + config_path;
+            ::execlp("dbus-daemon", "dbus-daemon", "--nofork", "--nopidfile", option.c_str(),
+                     nullptr);
+            ::_exit(127);
+        }
+        if (!wait_for([this] { return ::access(socket_.c_str(), F_OK) == 0; })) {
+            throw std::runtime_error("dbus-daemon did not start: " + read_file(log));
+        }
+    }
+    ~PrivateBus() {
+        ::kill(pid_, SIGTERM);
+        ::waitpid(pid_, nullptr, 0);
+    }
+    PrivateBus(const PrivateBus&) = delete;
+    PrivateBus& operator=(const PrivateBus&) = delete;
+
+    [[nodiscard]] std::string address() const { return "unix:path=" + socket_; }
+    [[nodiscard]] std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + address(); }
+
+  private:
+    TempDir dir_;
+    std::string socket_;
+    pid_t pid_ = -1;
+};
+
+// nsbrokerd on the private bus, once it owns its name.
+struct BusDaemon {
+    explicit BusDaemon(const PrivateBus& bus) : daemon({}, {bus.env()}) {
+        if (!wait_for([this] {
+                return daemon.log().find("D-Bus: org.nsbroker.Broker1 at") != std::string::npos;
+            })) {
+            throw std::runtime_error("nsbrokerd did not take its bus name:\n" + daemon.log());
+        }
+    }
+    Daemon daemon;
+};
+
+struct BusRelease {
+    void operator()(sd_bus* bus) const noexcept { sd_bus_flush_close_unref(bus); }
+};
+using BusPtr = std::unique_ptr<sd_bus, BusRelease>;
+
+BusPtr connect_bus(const std::string& address) {
+    sd_bus* raw = nullptr;
+    if (sd_bus_new(&raw) < 0) {
+        return nullptr;
+    }
+    BusPtr bus(raw);
+    if (sd_bus_set_address(bus.get(), address.c_str()) < 0 ||
+        sd_bus_set_bus_client(bus.get(), 1) < 0 || sd_bus_start(bus.get()) < 0) {
+        return nullptr;
+    }
+    return bus;
+}
+
+// What a call gave: its descriptors (dup'd out of the reply), or its error.
+struct CallResult {
+    std::vector<UniqueFd> fds;
+    std::string error_name;
+    std::string error_message;
+};
+
+CallResult finish(int r, sd_bus_error& error, sd_bus_message* reply, bool many) {
+    CallResult out;
+    if (r < 0) {
+        out.error_name = error.name ? error.name : "";
+        out.error_message = error.message ? error.message : "";
+        sd_bus_error_free(&error);
+        return out;
+    }
+    if (many) {
+        sd_bus_message_enter_container(reply, 'a', "h");
+        int fd = -1;
+        while (sd_bus_message_read_basic(reply, 'h', &fd) > 0) {
+            out.fds.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 3));
+        }
+    } else {
+        int fd = -1;
+        if (sd_bus_message_read(reply, "h", &fd) > 0) {
+            out.fds.emplace_back(::fcntl(fd, F_DUPFD_CLOEXEC, 3));
+        }
+    }
+    sd_bus_message_unref(reply);
+    return out;
+}
+
+// OpenSocket(netns, AF_INET, SOCK_DGRAM, 0, {"bind": "127.0.0.1:0"}).
+CallResult open_udp(sd_bus* bus, const std::string& netns) {
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_call_method(bus, service, object, interface, "OpenSocket", &error, &reply,
+                               "siiia{sv}", netns.c_str(), AF_INET, SOCK_DGRAM, 0, 1, "bind", "s",
+                               "127.0.0.1:0");
+    return finish(r, error, reply, false);
+}
+
+int local_port(int fd) {
+    sockaddr_in address{};
+    socklen_t length = sizeof address;
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&address), &length);
+    return ntohs(address.sin_port);
+}
+
+std::string busctl(const PrivateBus& bus, const std::string& args, int* status = nullptr) {
+    return run_output(bus.env() + " busctl " + args + " 2>&1", status);
+}
+
+} // namespace
+
+TEST_CASE("busctl calls Ping and ListNamespaces, and reads the properties") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    TestNetns ns("busctl");
+    int status = -1;
+    busctl(bus, std::string("call ") + service + " " + object + " " + interface + " Ping", &status);
+    CHECK(status == 0);
+
+    // A namespace with a worker is listed with it.
+    auto c = connect_bus(bus.address());
+    REQUIRE(c);
+    REQUIRE(open_udp(c.get(), ns.name()).fds.size() == 1);
+    auto list = busctl(
+        bus, std::string("call ") + service + " " + object + " " + interface + " ListNamespaces",
+        &status);
+    INFO(list);
+    CHECK(status == 0);
+    CHECK(list.rfind("a(asttsutt) ", 0) == 0);
+    CHECK(list.find("\"" + ns.name() + "\" 4 " + std::to_string(ns.inode()) + " \"ready\"") !=
+          std::string::npos);
+
+    auto version = busctl(bus, std::string("get-property ") + service + " " + object + " " +
+                                   interface + " Version");
+    CHECK(version == std::string("s \"") + NSBROKER_VERSION + "\"\n");
+    auto workers = busctl(bus, std::string("get-property ") + service + " " + object + " " +
+                                   interface + " Workers");
+    CHECK(workers == "u 1\n");
+}
+
+TEST_CASE("an sd-bus client gets sockets in the namespace, and errors by name") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    TestNetns ns("sdbus");
+    auto c = connect_bus(bus.address());
+    REQUIRE(c);
+
+    auto one = open_udp(c.get(), ns.name());
+    INFO(one.error_name, ": ", one.error_message);
+    REQUIRE(one.fds.size() == 1);
+    CHECK(socket_netns_inode(one.fds[0].get()) == ns.inode());
+    CHECK(socket_option(one.fds[0].get(), SO_TYPE) == SOCK_DGRAM);
+    CHECK(local_port(one.fds[0].get()) != 0);
+
+    // Three listening TCP sockets sharing a port through SO_REUSEPORT.
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message* reply = nullptr;
+    int r = sd_bus_call_method(c.get(), service, object, interface, "OpenSockets", &error, &reply,
+                               "siiia{sv}u", ns.path().c_str(), AF_INET, SOCK_STREAM, 0, 3, "bind",
+                               "s", "127.0.0.1:8080", "listen", "i", 16, "reuseport", "b", 1, 3U);
+    auto three = finish(r, error, reply, true);
+    INFO(three.error_name, ": ", three.error_message);
+    REQUIRE(three.fds.size() == 3);
+    for (const auto& fd : three.fds) {
+        CHECK(socket_netns_inode(fd.get()) == ns.inode());
+        CHECK(local_port(fd.get()) == 8080);
+        CHECK(socket_option(fd.get(), SO_ACCEPTCONN) == 1);
+    }
+
+    // The protocol's codes and messages, as D-Bus errors.
+    auto missing = open_udp(c.get(), "nsbroker-no-such-namespace");
+    CHECK(missing.fds.empty());
+    CHECK(missing.error_name == "org.nsbroker.Broker1.Error.NotFound");
+    CHECK(missing.error_message ==
+          "no network namespace named \"nsbroker-no-such-namespace\" in /run/netns");
+
+    r = sd_bus_call_method(c.get(), service, object, interface, "OpenSocket", &error, &reply,
+                           "siiia{sv}", ns.name().c_str(), AF_INET, SOCK_DGRAM, 0, 1, "mark", "d",
+                           1.5);
+    auto bad_type = finish(r, error, reply, false);
+    CHECK(bad_type.error_name == "org.nsbroker.Broker1.Error.InvalidRequest");
+    CHECK(bad_type.error_message ==
+          "options.mark: D-Bus type 'd' is not accepted; expected a string, boolean or integer");
+
+    r = sd_bus_call_method(c.get(), service, object, interface, "OpenSocket", &error, &reply,
+                           "siiia{sv}", ns.name().c_str(), AF_INET, SOCK_DGRAM, 0, 1, "bind", "s",
+                           "localhost");
+    auto bad_bind = finish(r, error, reply, false);
+    CHECK(bad_bind.error_name == "org.nsbroker.Broker1.Error.InvalidRequest");
+    CHECK(bad_bind.error_message.rfind("bind: ", 0) == 0);
+
+    auto bad_pid = open_udp(c.get(), "pid:x");
+    CHECK(bad_pid.error_name == "org.nsbroker.Broker1.Error.InvalidRequest");
+
+    // The daemon keeps serving after all of that, and holds no stray fd.
+    CHECK(open_udp(c.get(), ns.name()).fds.size() == 1);
+}
+
+TEST_CASE("a Python client with python3-dbus receives a socket that lives in the namespace") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    TestNetns ns("python");
+    int status = -1;
+    auto out = run_output(built("DBUS_PYTHON") + " " + built("DBUS_PYTHON_CLIENT") + " '" + bus.address() + "' " +
+                              ns.name() + " 2>&1",
+                          &status);
+    INFO(out);
+    REQUIRE(status == 0);
+    std::istringstream fields(out);
+    unsigned long long inode = 0;
+    int port = 0;
+    fields >> inode >> port;
+    CHECK(inode == ns.inode());
+    CHECK(port != 0);
+}
+
+TEST_CASE("an unprivileged caller on D-Bus follows the same policy as on the socket") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    TestNetns ns("bus-nobody");
+    const std::string address = bus.address();
+    auto as_nobody = [](bool own_netns, const std::function<int()>& body) {
+        pid_t child = ::fork();
+        if (child == 0) {
+            if (::setgroups(0, nullptr) < 0 || ::setresgid(65534, 65534, 65534) < 0 ||
+                ::setresuid(65534, 65534, 65534) < 0) {
+                ::_exit(101);
+            }
+            if (own_netns && ::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
+                ::_exit(102);
+            }
+            ::_exit(body());
+        }
+        int s = 0;
+        ::waitpid(child, &s, 0);
+        return WIFEXITED(s) ? WEXITSTATUS(s) : 200;
+    };
+    // A namespace root made: refused, naming the rule.
+    CHECK(as_nobody(false, [&] {
+              auto c = connect_bus(address);
+              if (!c) {
+                  return 10;
+              }
+              auto r = open_udp(c.get(), ns.name());
+              if (!r.fds.empty() || r.error_name != "org.nsbroker.Broker1.Error.PermissionDenied" ||
+                  r.error_message !=
+                      "rule \"default\": namespace \"" + ns.name() + "\" is not granted") {
+                  std::fprintf(stderr, "%s: %s\n", r.error_name.c_str(), r.error_message.c_str());
+                  return 11;
+              }
+              sd_bus_error error = SD_BUS_ERROR_NULL;
+              sd_bus_message* reply = nullptr;
+              int listed = sd_bus_call_method(c.get(), service, object, interface, "ListNamespaces",
+                                              &error, &reply, "");
+              auto list = finish(listed, error, reply, false);
+              return list.error_name == "org.nsbroker.Broker1.Error.PermissionDenied" ? 0 : 12;
+          }) == 0);
+    CHECK(d.daemon.log().find("denied socket request") != std::string::npos);
+    CHECK(d.daemon.log().find("of uid 65534") != std::string::npos);
+    // A namespace it made itself, named by its own pid: served.
+    CHECK(as_nobody(true, [&] {
+              auto c = connect_bus(address);
+              if (!c) {
+                  return 20;
+              }
+              auto r = open_udp(c.get(), "pid:" + std::to_string(::getpid()));
+              struct stat own {};
+              ::stat("/proc/self/ns/net", &own);
+              if (r.fds.size() != 1 || socket_netns_inode(r.fds[0].get()) != own.st_ino) {
+                  std::fprintf(stderr, "%s: %s\n", r.error_name.c_str(), r.error_message.c_str());
+                  return 21;
+              }
+              return 0;
+          }) == 0);
+}
+
+TEST_CASE("the interface the daemon serves is proto/org.nsbroker.Broker1.xml") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    // The <interface> element of each, whitespace aside.
+    auto interface_of = [](const std::string& xml) {
+        std::string text = std::regex_replace(xml, std::regex("<!--[^]*?-->"), "");
+        auto begin = text.find("<interface name=\"org.nsbroker.Broker1\">");
+        auto end = text.find("</interface>", begin);
+        if (begin == std::string::npos || end == std::string::npos) {
+            return std::string();
+        }
+        text = text.substr(begin, end - begin);
+        return std::regex_replace(text, std::regex(">\\s+<"), "><");
+    };
+    int status = -1;
+    auto served =
+        busctl(bus, std::string("introspect --xml-interface ") + service + " " + object, &status);
+    REQUIRE(status == 0);
+    auto kept = read_file(built("DBUS_INTERFACE_XML"));
+    REQUIRE_FALSE(interface_of(kept).empty());
+    CHECK(interface_of(served) == interface_of(kept));
+}
