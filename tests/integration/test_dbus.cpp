@@ -255,8 +255,8 @@ TEST_CASE("a Python client with python3-dbus receives a socket that lives in the
     BusDaemon d(bus);
     TestNetns ns("python");
     int status = -1;
-    auto out = run_output(built("DBUS_PYTHON") + " " + built("DBUS_PYTHON_CLIENT") + " '" + bus.address() + "' " +
-                              ns.name() + " 2>&1",
+    auto out = run_output(built("DBUS_PYTHON") + " " + built("DBUS_PYTHON_CLIENT") + " '" +
+                              bus.address() + "' " + ns.name() + " 2>&1",
                           &status);
     INFO(out);
     REQUIRE(status == 0);
