@@ -125,6 +125,13 @@ json netns_json(std::string_view text) {
     return {{"name", text}};
 }
 
+template <typename T>
+json read_integer(sd_bus_message* m, char type) {
+    T value = 0;
+    check(sd_bus_message_read_basic(m, type, &value), "options");
+    return value;
+}
+
 // One a{sv} value as JSON: strings, booleans and integers are what socket
 // options take.
 json variant_json(sd_bus_message* m, const std::string& key) {
@@ -149,41 +156,27 @@ json variant_json(sd_bus_message* m, const std::string& key) {
         value = b != 0;
         break;
     }
-    case 'i':
-    case 'n': {
-        int32_t i = 0;
-        int16_t n = 0;
-        check(sd_bus_message_read_basic(m, contents[0],
-                                        contents[0] == 'i' ? static_cast<void*>(&i)
-                                                           : static_cast<void*>(&n)),
-              "options");
-        value = contents[0] == 'i' ? i : n;
+    case 'y':
+        value = read_integer<uint8_t>(m, 'y');
         break;
-    }
-    case 'u':
+    case 'n':
+        value = read_integer<int16_t>(m, 'n');
+        break;
     case 'q':
-    case 'y': {
-        uint32_t u = 0;
-        uint16_t q = 0;
-        uint8_t y = 0;
-        void* target = contents[0] == 'u'   ? static_cast<void*>(&u)
-                       : contents[0] == 'q' ? static_cast<void*>(&q)
-                                            : static_cast<void*>(&y);
-        check(sd_bus_message_read_basic(m, contents[0], target), "options");
-        value = contents[0] == 'u' ? u : contents[0] == 'q' ? q : y;
+        value = read_integer<uint16_t>(m, 'q');
         break;
-    }
+    case 'i':
+        value = read_integer<int32_t>(m, 'i');
+        break;
+    case 'u':
+        value = read_integer<uint32_t>(m, 'u');
+        break;
     case 'x':
-    case 't': {
-        int64_t x = 0;
-        uint64_t t = 0;
-        check(sd_bus_message_read_basic(m, contents[0],
-                                        contents[0] == 'x' ? static_cast<void*>(&x)
-                                                           : static_cast<void*>(&t)),
-              "options");
-        value = contents[0] == 'x' ? json(x) : json(t);
+        value = read_integer<int64_t>(m, 'x');
         break;
-    }
+    case 't':
+        value = read_integer<uint64_t>(m, 't');
+        break;
     default:
         bad_call("options." + key + ": D-Bus type '" + contents +
                  "' is not accepted; expected a string, boolean or integer");
