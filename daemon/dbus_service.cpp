@@ -282,12 +282,26 @@ DbusService::DbusService(sd_event* loop, Broker& broker) : broker_(broker) {
         return;
     }
     owns_name_ = true;
+    // sd-bus says so with a local signal when the bus goes away.
+    if (sd_bus_match_signal(bus.get(), &slot, "org.freedesktop.DBus.Local", nullptr,
+                            "org.freedesktop.DBus.Local", "Disconnected",
+                            &DbusService::on_disconnected, this) >= 0) {
+        disconnected_.reset(slot);
+    }
     bus_ = std::move(bus);
     spdlog::info("D-Bus: {} at {}", dbus_name, dbus_path);
 }
 
 DbusService::~DbusService() {
+    disconnected_.reset();
     object_.reset();
+}
+
+int DbusService::on_disconnected(sd_bus_message*, void* userdata, sd_bus_error*) {
+    auto* self = static_cast<DbusService*>(userdata);
+    spdlog::warn("D-Bus: the system bus went away; serving the socket only");
+    self->owns_name_ = false;
+    return 0;
 }
 
 void DbusService::release_name() {

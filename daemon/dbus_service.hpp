@@ -41,6 +41,7 @@ class DbusService {
     static int open_sockets(sd_bus_message* m, void* userdata, sd_bus_error* error);
     static int list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error* error);
     static int ping(sd_bus_message* m, void* userdata, sd_bus_error* error);
+    static int on_disconnected(sd_bus_message* m, void* userdata, sd_bus_error* error);
     static int property(sd_bus*, const char*, const char*, const char* name, sd_bus_message* reply,
                         void* userdata, sd_bus_error* error);
 
@@ -57,6 +58,7 @@ class DbusService {
     Broker& broker_;
     std::unique_ptr<sd_bus, BusRelease> bus_;
     std::unique_ptr<sd_bus_slot, SlotRelease> object_;
+    std::unique_ptr<sd_bus_slot, SlotRelease> disconnected_;
     bool owns_name_ = false;
     // Replies that arrive after the service is gone find this expired.
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);

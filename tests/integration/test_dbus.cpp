@@ -19,6 +19,7 @@
 #include <regex>
 #include <sstream>
 
+#include "nsbroker/client.hpp"
 #include "nsbroker_config.h"
 #include "support/harness.hpp"
 
@@ -349,4 +350,18 @@ TEST_CASE("the interface the daemon serves is proto/org.nsbroker.Broker1.xml") {
     auto kept = read_file(built("DBUS_INTERFACE_XML"));
     REQUIRE_FALSE(interface_of(kept).empty());
     CHECK(interface_of(served) == interface_of(kept));
+}
+
+TEST_CASE("the daemon outlives its bus and goes on serving the socket") {
+    auto bus = std::make_unique<PrivateBus>();
+    BusDaemon d(*bus);
+    bus.reset();
+    CHECK(wait_for([&] {
+        return d.daemon.log().find("D-Bus: the system bus went away") != std::string::npos;
+    }));
+    CHECK(d.daemon.running());
+    auto c = Client::connect(d.daemon.socket_path());
+    REQUIRE(c);
+    CHECK(c->ping());
+    CHECK(d.daemon.stop() == 0);
 }
