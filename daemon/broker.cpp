@@ -563,20 +563,21 @@ void Broker::open_sockets(SocketRequest request, JobDone done) {
     note_activity();
     const auto& ref = request.netns;
     const bool root = request.caller.uid == 0;
-    // What the worker answers is counted, and a refusal by the worker logged.
-    auto from_worker = [this, uid = request.caller.uid, pid = request.caller.pid,
-                        id = request.id](JobDone inner) -> JobDone {
-        return [this, uid, pid, id, inner = std::move(inner)](Result<proto::SocketReply> result,
-                                                              std::vector<UniqueFd> fds) {
+    // What the worker answers is counted, and a refusal by the worker logged
+    // (only callers other than root can be refused there).
+    auto from_worker = [this, uid = request.caller.uid, pid = request.caller.pid, id = request.id,
+                        netns = root ? std::string() : ref.describe()](JobDone inner) -> JobDone {
+        return [this, uid, pid, id, netns, inner = std::move(inner)](
+                   Result<proto::SocketReply> result, std::vector<UniqueFd> fds) {
             note_activity();
             if (result) {
                 sockets_ += fds.size();
             } else if (result.error().code == ErrorCode::permission_denied) {
                 // The worker's part of the policy: ports below the
                 // namespace's ip_unprivileged_port_start.
-                ScopedLogFields fields{{uid, pid, {}, "permission_denied"}};
-                spdlog::warn("denied socket request {} of uid {} pid {} in its worker: {}", id, uid,
-                             pid, result.error().message);
+                ScopedLogFields fields{{uid, pid, netns, "permission_denied"}};
+                spdlog::warn("denied socket request {} of uid {} pid {} in {} by its worker: {}",
+                             id, uid, pid, netns, result.error().message);
             }
             inner(std::move(result), std::move(fds));
         };

@@ -211,7 +211,7 @@ TEST_CASE("raw sockets and low ports need a grant; with one they are served") {
         });
     };
     CHECK(attempt(false) == 0);
-    CHECK(d.log().find("in its worker: rule \"default\": sockets[0]: port 80") !=
+    CHECK(d.log().find("by its worker: rule \"default\": sockets[0]: port 80") !=
           std::string::npos);
     REQUIRE(d.write_policy(own_ns_policy(R"("raw", "low_ports")")));
     CHECK(attempt(true) == 0);
