@@ -164,7 +164,9 @@ Broker::Broker(BrokerConfig config)
     }
     // With WatchdogSec= set, the loop sends WATCHDOG=1 itself, at half the
     // interval, for as long as it turns.
-    check_sd(sd_event_set_watchdog(loop_.get(), 1), "sd_event_set_watchdog");
+    if (int r = sd_event_set_watchdog(loop_.get(), 1); r < 0) {
+        spdlog::warn("watchdog: {}; running without it", std::strerror(-r));
+    }
     check_sd(sd_event_add_time_relative(loop_.get(), &s, CLOCK_MONOTONIC, status_interval_usec, 0,
                                         &Broker::on_status_timer, this),
              "sd_event_add_time(status)");
@@ -200,6 +202,10 @@ int Broker::run() {
 
 void Broker::note_activity() {
     sd_event_now(loop_.get(), CLOCK_MONOTONIC, &last_activity_);
+}
+
+void Broker::count_request() {
+    ++requests_;
 }
 
 void Broker::count_error(ErrorCode code) {

@@ -82,7 +82,8 @@ class Broker {
     [[nodiscard]] const Limits& limits() const { return config_.limits; }
     // Something happened: the idle exit is put off.
     void note_activity();
-    // Counts a failed request by its error code.
+    // Counts a request from another front end, and a failed one by its code.
+    void count_request();
     void count_error(ErrorCode code);
 
   private:

@@ -320,6 +320,7 @@ int DbusService::open_sockets(sd_bus_message* m, void* userdata, sd_bus_error*) 
 }
 
 int DbusService::handle_open(sd_bus_message* m, bool many) {
+    broker_.count_request();
     if (broker_.stopping()) {
         return reply_error(m, make_error(ErrorCode::unavailable, "the daemon is shutting down"));
     }
@@ -416,6 +417,7 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
 
 int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error*) {
     auto* self = static_cast<DbusService*>(userdata);
+    self->broker_.count_request();
     auto caller = sender_identity(m);
     if (!caller) {
         return reply_error(m, caller.error());
@@ -466,7 +468,8 @@ int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error
     return sd_bus_send(nullptr, reply.get(), nullptr);
 }
 
-int DbusService::ping(sd_bus_message* m, void*, sd_bus_error*) {
+int DbusService::ping(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    static_cast<DbusService*>(userdata)->broker_.count_request();
     return sd_bus_reply_method_return(m, "");
 }
 
