@@ -311,6 +311,24 @@ void DbusService::release_name() {
     }
 }
 
+Result<Caller> DbusService::caller_of(sd_bus_message* m) {
+    const char* sender = sd_bus_message_get_sender(m);
+    if (sender == nullptr) {
+        return sender_identity(m); // a direct connection: nothing to remember it by
+    }
+    if (auto it = callers_.find(sender); it != callers_.end()) {
+        return it->second;
+    }
+    auto caller = sender_identity(m);
+    if (caller) {
+        if (callers_.size() >= max_remembered_callers) {
+            callers_.clear();
+        }
+        callers_.emplace(sender, *caller);
+    }
+    return caller;
+}
+
 int DbusService::open_socket(sd_bus_message* m, void* userdata, sd_bus_error*) {
     return static_cast<DbusService*>(userdata)->handle_open(m, false);
 }
@@ -324,7 +342,7 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
     if (broker_.stopping()) {
         return reply_error(m, make_error(ErrorCode::unavailable, "the daemon is shutting down"));
     }
-    auto caller = sender_identity(m);
+    auto caller = caller_of(m);
     if (!caller) {
         return reply_error(m, caller.error());
     }
@@ -418,7 +436,7 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
 int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error*) {
     auto* self = static_cast<DbusService*>(userdata);
     self->broker_.count_request();
-    auto caller = sender_identity(m);
+    auto caller = self->caller_of(m);
     if (!caller) {
         return reply_error(m, caller.error());
     }

@@ -12,6 +12,9 @@
 #include <map>
 #include <memory>
 #include <string>
+#include <unordered_map>
+
+#include "policy.hpp"
 
 namespace nsbroker::daemon {
 
@@ -47,6 +50,12 @@ class DbusService {
 
   private:
     int handle_open(sd_bus_message* m, bool many);
+    // Who sent m. The bus vouches for a connection's credentials when it
+    // connects, and never gives its unique name to another, so they are
+    // asked for once per connection (the question is a blocking call to the
+    // bus) and remembered.
+    Result<Caller> caller_of(sd_bus_message* m);
+    static constexpr std::size_t max_remembered_callers = 4096;
 
     struct BusRelease {
         void operator()(sd_bus* bus) const noexcept { sd_bus_flush_close_unref(bus); }
@@ -64,6 +73,7 @@ class DbusService {
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);
     std::size_t calls_in_flight_ = 0;
     std::map<std::string, std::size_t> in_flight_by_sender_;
+    std::unordered_map<std::string, Caller> callers_;
 };
 
 } // namespace nsbroker::daemon
