@@ -223,6 +223,18 @@ json spec_json(sd_bus_message* m, int family, int type, int protocol) {
     return spec;
 }
 
+// Runs a method handler; an exception, which must not unwind through sd-bus,
+// becomes an Internal error reply.
+template <typename Handler>
+int guarded(sd_bus_message* m, Handler handler) {
+    try {
+        return handler();
+    } catch (const std::exception& e) {
+        spdlog::error("D-Bus: {}: {}", sd_bus_message_get_member(m), e.what());
+        return reply_error(m, make_error(ErrorCode::internal, e.what()));
+    }
+}
+
 // The codec speaks of the request's "socket" field; a D-Bus caller knows the
 // same things as arguments and options.
 Error as_call_error(Error e) {
@@ -330,11 +342,11 @@ Result<Caller> DbusService::caller_of(sd_bus_message* m) {
 }
 
 int DbusService::open_socket(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    return static_cast<DbusService*>(userdata)->handle_open(m, false);
+    return guarded(m, [&] { return static_cast<DbusService*>(userdata)->handle_open(m, false); });
 }
 
 int DbusService::open_sockets(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    return static_cast<DbusService*>(userdata)->handle_open(m, true);
+    return guarded(m, [&] { return static_cast<DbusService*>(userdata)->handle_open(m, true); });
 }
 
 int DbusService::handle_open(sd_bus_message* m, bool many) {
@@ -434,9 +446,12 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
 }
 
 int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    auto* self = static_cast<DbusService*>(userdata);
-    self->broker_.count_request();
-    auto caller = self->caller_of(m);
+    return guarded(m, [&] { return static_cast<DbusService*>(userdata)->reply_namespaces(m); });
+}
+
+int DbusService::reply_namespaces(sd_bus_message* m) {
+    broker_.count_request();
+    auto caller = caller_of(m);
     if (!caller) {
         return reply_error(m, caller.error());
     }
@@ -444,7 +459,7 @@ int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error
         return reply_error(
             m, make_error(ErrorCode::permission_denied, "namespaces is for root only", EPERM));
     }
-    auto list = self->broker_.list_namespaces();
+    auto list = broker_.list_namespaces();
     sd_bus_message* raw = nullptr;
     int r = sd_bus_message_new_method_return(m, &raw);
     MessageRef reply(raw);

@@ -50,6 +50,7 @@ class DbusService {
 
   private:
     int handle_open(sd_bus_message* m, bool many);
+    int reply_namespaces(sd_bus_message* m);
     // Who sent m. The bus vouches for a connection's credentials when it
     // connects, and never gives its unique name to another, so they are
     // asked for once per connection (the question is a blocking call to the
