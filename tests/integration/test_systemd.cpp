@@ -17,6 +17,7 @@
 #include <cstring>
 #include <fstream>
 #include <sstream>
+#include <thread>
 
 #include "nsbroker/client.hpp"
 #include "support/harness.hpp"
@@ -170,6 +171,15 @@ TEST_CASE("socket activation: the CLI reaches the daemon, which exits when idle 
         }
     }
     REQUIRE(worker > 0);
+    // A client that stays connected, even doing nothing, keeps it running.
+    {
+        auto idle_client = Client::connect(path);
+        REQUIRE(idle_client);
+        REQUIRE(idle_client->ping());
+        std::this_thread::sleep_for(std::chrono::milliseconds(2500));
+        CHECK(process_alive(first));
+        CHECK(idle_client->ping());
+    }
     // No client, nothing in flight: it exits by itself, with status 0.
     CHECK(wait_exit(first) == 0);
     CHECK(read_file(log).find("idle for 1s: exiting") != std::string::npos);
