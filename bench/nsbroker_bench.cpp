@@ -9,13 +9,16 @@
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
+#include <systemd/sd-bus.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <functional>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -60,6 +63,50 @@ Figures measure(const std::string& name, int iterations, int sockets_per_op,
     std::exit(1);
 }
 
+struct BusRelease {
+    void operator()(sd_bus* bus) const noexcept { sd_bus_flush_close_unref(bus); }
+};
+
+// A client of the bus at address once nsbrokerd answers Ping there.
+std::unique_ptr<sd_bus, BusRelease> broker_on_bus(const std::string& address) {
+    sd_bus* raw = nullptr;
+    if (sd_bus_new(&raw) < 0) {
+        die("sd_bus_new");
+    }
+    std::unique_ptr<sd_bus, BusRelease> bus(raw);
+    if (sd_bus_set_address(bus.get(), address.c_str()) < 0 ||
+        sd_bus_set_bus_client(bus.get(), 1) < 0 || sd_bus_start(bus.get()) < 0) {
+        die("cannot connect to the private bus");
+    }
+    bool up = test::wait_for([&] {
+        return sd_bus_call_method(bus.get(), "org.nsbroker.Broker1", "/org/nsbroker/Broker1",
+                                  "org.nsbroker.Broker1", "Ping", nullptr, nullptr, "") >= 0;
+    });
+    if (!up) {
+        die("nsbrokerd did not come up on the private bus");
+    }
+    return bus;
+}
+
+// OpenSockets(name, AF_INET, SOCK_DGRAM, 0, {}, count), or OpenSocket when
+// count is 0; dies unless the reply carries the sockets.
+void open_over_dbus(sd_bus* bus, const std::string& name, unsigned count) {
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message* reply = nullptr;
+    int r = count == 0
+                ? sd_bus_call_method(bus, "org.nsbroker.Broker1", "/org/nsbroker/Broker1",
+                                     "org.nsbroker.Broker1", "OpenSocket", &error, &reply,
+                                     "siiia{sv}", name.c_str(), AF_INET, SOCK_DGRAM, 0, 0)
+                : sd_bus_call_method(bus, "org.nsbroker.Broker1", "/org/nsbroker/Broker1",
+                                     "org.nsbroker.Broker1", "OpenSockets", &error, &reply,
+                                     "siiia{sv}u", name.c_str(), AF_INET, SOCK_DGRAM, 0, 0, count);
+    if (r < 0) {
+        die(std::string("D-Bus: ") + (error.message ? error.message : std::strerror(-r)));
+    }
+    // The reply owns its descriptors; they close with it.
+    sd_bus_message_unref(reply);
+}
+
 } // namespace
 
 int main(int argc, char** argv) {
@@ -67,9 +114,9 @@ int main(int argc, char** argv) {
     if (iterations < 10) {
         die("ITERATIONS must be at least 10");
     }
-    if (!std::getenv("NSBROKERD")) {
-        ::setenv("NSBROKERD", NSBROKERD_PATH, 0);
-    }
+    ::setenv("NSBROKERD", NSBROKERD_PATH, 0);
+    ::setenv("DBUS_BUS_CONFIG", DBUS_BUS_CONFIG_PATH, 0);
+    ::setenv("DBUS_POLICY", DBUS_POLICY_PATH, 0);
     test::TestNetns ns("bench");
     test::Daemon daemon({"--log-level", "warn"});
     auto client = Client::connect(daemon.socket_path());
@@ -187,17 +234,32 @@ int main(int argc, char** argv) {
             }
         }));
 
+    const Figures relay = results[3];
+    const Figures single = results[4];
+    const Figures batched = results[5];
+    {
+        // The same daemon's D-Bus front end, on a private bus, called by sd-bus.
+        test::PrivateBus bus;
+        test::Daemon bus_daemon({"--log-level", "warn"}, {bus.env()});
+        auto caller = broker_on_bus(bus.address());
+        results.push_back(measure("nsbroker over D-Bus, one socket a call", iterations, 1,
+                                  [&] { open_over_dbus(caller.get(), ns.name(), 0); }));
+        // dbus-daemon passes at most 16 descriptors in a message.
+        results.push_back(measure("nsbroker over D-Bus, 16 sockets a call",
+                                  std::max(iterations / 4, 10), 16,
+                                  [&] { open_over_dbus(caller.get(), ns.name(), 16); }));
+    }
+
     const double base = results[1].p50_us;
-    std::printf("%-38s %10s %10s %12s\n", "per socket", "p50 us", "p99 us", "p50 / setns");
+    std::printf("%-40s %10s %10s %12s\n", "per socket", "p50 us", "p99 us", "p50 / setns");
     for (const auto& r : results) {
-        std::printf("%-38s %10.2f %10.2f %11.2fx\n", r.name.c_str(), r.p50_us, r.p99_us,
+        std::printf("%-40s %10.2f %10.2f %11.2fx\n", r.name.c_str(), r.p50_us, r.p99_us,
                     r.p50_us / base);
     }
-    const Figures& single = results[results.size() - 2];
-    const Figures& batched = results.back();
-    const Figures& relay = results[results.size() - 3];
     std::printf("\nsingle request: %.2fx in-thread setns (target 6x), %.2fx the bare relay\n",
                 single.p50_us / base, single.p50_us / relay.p50_us);
     std::printf("batch of 253:   %.2fx in-thread setns (target 1.5x)\n", batched.p50_us / base);
+    std::printf("over D-Bus:     %.2fx the socket for one socket a call\n",
+                results[6].p50_us / single.p50_us);
     return 0;
 }

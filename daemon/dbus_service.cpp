@@ -370,6 +370,12 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
         if (many) {
             uint32_t count = 0;
             check(sd_bus_message_read(m, "u", &count), "count");
+            if (count > dbus_max_fds) {
+                throw BadCall{make_error(ErrorCode::limit,
+                                         "count: at most " + std::to_string(dbus_max_fds) +
+                                             " sockets a call, the most the bus passes in one "
+                                             "message; the socket protocol gives up to 253")};
+            }
             spec["count"] = count;
         }
         uint64_t cookie = 0;

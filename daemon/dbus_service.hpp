@@ -23,6 +23,9 @@ class Broker;
 inline constexpr const char* dbus_name = "org.nsbroker.Broker1";
 inline constexpr const char* dbus_path = "/org/nsbroker/Broker1";
 inline constexpr const char* dbus_interface = "org.nsbroker.Broker1";
+// dbus-daemon passes at most this many descriptors in one message (its
+// max_message_unix_fds), and disconnects a sender that tries more.
+inline constexpr unsigned dbus_max_fds = 16;
 
 class DbusService {
   public:

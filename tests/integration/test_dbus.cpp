@@ -39,47 +39,6 @@ std::string read_file(const std::string& path) {
     return text.str();
 }
 
-// A dbus-daemon of the test's own, configured as a system bus.
-class PrivateBus {
-  public:
-    PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
-        std::string config = read_file(built("DBUS_BUS_CONFIG"));
-        config.replace(config.find("@SOCKET@"), 8, socket_);
-        config.replace(config.find("@POLICY@"), 8, built("DBUS_POLICY"));
-        const std::string config_path = dir_.path() + "/bus.conf";
-        std::ofstream(config_path) << config;
-        const std::string log = dir_.path() + "/dbus-daemon.log";
-        pid_ = ::fork();
-        if (pid_ == 0) {
-            int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-            ::dup2(out, 1);
-            ::dup2(out, 2);
-            ::close_range(3, ~0U, 0);
-            std::string option = "--config-file=" + config_path;
-            ::execlp("dbus-daemon", "dbus-daemon", "--nofork", "--nopidfile", option.c_str(),
-                     nullptr);
-            ::_exit(127);
-        }
-        if (!wait_for([this] { return ::access(socket_.c_str(), F_OK) == 0; })) {
-            throw std::runtime_error("dbus-daemon did not start: " + read_file(log));
-        }
-    }
-    ~PrivateBus() {
-        ::kill(pid_, SIGTERM);
-        ::waitpid(pid_, nullptr, 0);
-    }
-    PrivateBus(const PrivateBus&) = delete;
-    PrivateBus& operator=(const PrivateBus&) = delete;
-
-    [[nodiscard]] std::string address() const { return "unix:path=" + socket_; }
-    [[nodiscard]] std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + address(); }
-
-  private:
-    TempDir dir_;
-    std::string socket_;
-    pid_t pid_ = -1;
-};
-
 // nsbrokerd on the private bus, once it owns its name.
 struct BusDaemon {
     explicit BusDaemon(const PrivateBus& bus) : daemon({}, {bus.env()}) {
@@ -243,6 +202,16 @@ TEST_CASE("an sd-bus client gets sockets in the namespace, and errors by name") 
     auto bad_bind = finish(r, error, reply, false);
     CHECK(bad_bind.error_name == "org.nsbroker.Broker1.Error.InvalidRequest");
     CHECK(bad_bind.error_message.rfind("bind: ", 0) == 0);
+
+    // More descriptors than dbus-daemon passes in one message: refused before
+    // any socket is made, and the daemon keeps its bus connection.
+    r = sd_bus_call_method(c.get(), service, object, interface, "OpenSockets", &error, &reply,
+                           "siiia{sv}u", ns.name().c_str(), AF_INET, SOCK_DGRAM, 0, 0, 17U);
+    auto too_many = finish(r, error, reply, true);
+    CHECK(too_many.error_name == "org.nsbroker.Broker1.Error.Limit");
+    r = sd_bus_call_method(c.get(), service, object, interface, "OpenSockets", &error, &reply,
+                           "siiia{sv}u", ns.name().c_str(), AF_INET, SOCK_DGRAM, 0, 0, 16U);
+    CHECK(finish(r, error, reply, true).fds.size() == 16);
 
     auto bad_pid = open_udp(c.get(), "pid:x");
     CHECK(bad_pid.error_name == "org.nsbroker.Broker1.Error.InvalidRequest");

@@ -67,6 +67,39 @@ std::string built(const char* variable) {
     return value;
 }
 
+// ---- PrivateBus ------------------------------------------------------------
+
+PrivateBus::PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
+    std::ifstream in(built("DBUS_BUS_CONFIG"));
+    std::stringstream text;
+    text << in.rdbuf();
+    std::string config = text.str();
+    config.replace(config.find("@SOCKET@"), 8, socket_);
+    config.replace(config.find("@POLICY@"), 8, built("DBUS_POLICY"));
+    const std::string config_path = dir_.path() + "/bus.conf";
+    std::ofstream(config_path) << config;
+    const std::string log = dir_.path() + "/dbus-daemon.log";
+    pid_ = ::fork();
+    if (pid_ == 0) {
+        int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
+        ::dup2(out, 1);
+        ::dup2(out, 2);
+        ::close_range(3, ~0U, 0);
+        std::string option = "--config-file=" + config_path;
+        ::execlp("dbus-daemon", "dbus-daemon", "--nofork", "--nopidfile", option.c_str(),
+                 nullptr);
+        ::_exit(127);
+    }
+    if (!wait_for([this] { return ::access(socket_.c_str(), F_OK) == 0; })) {
+        throw std::runtime_error("dbus-daemon did not start: " + run_output("cat " + log));
+    }
+}
+
+PrivateBus::~PrivateBus() {
+    ::kill(pid_, SIGTERM);
+    ::waitpid(pid_, nullptr, 0);
+}
+
 // ---- TestNetns -------------------------------------------------------------
 
 TestNetns::TestNetns(const std::string& tag) : name_(unique_name(tag)) {

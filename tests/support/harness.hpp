@@ -89,6 +89,26 @@ class Daemon {
     pid_t pid_ = -1;
 };
 
+// A dbus-daemon of the test's own, configured as a system bus by
+// $DBUS_BUS_CONFIG (tests/dbus/system-bus.conf.in) with nsbrokerd's bus
+// policy ($DBUS_POLICY), on a socket in a private directory.
+class PrivateBus {
+  public:
+    PrivateBus();
+    ~PrivateBus();
+    PrivateBus(const PrivateBus&) = delete;
+    PrivateBus& operator=(const PrivateBus&) = delete;
+
+    [[nodiscard]] std::string address() const { return "unix:path=" + socket_; }
+    // DBUS_SYSTEM_BUS_ADDRESS=..., for a Daemon's environment.
+    [[nodiscard]] std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + address(); }
+
+  private:
+    TempDir dir_;
+    std::string socket_;
+    pid_t pid_ = -1;
+};
+
 // The inode of the network namespace a socket lives in (ioctl SIOCGSKNS).
 ino_t socket_netns_inode(int fd);
 // getsockopt SO_DOMAIN / SO_TYPE / SO_PROTOCOL.
