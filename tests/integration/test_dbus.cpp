@@ -4,9 +4,7 @@
 // unprivileged user.
 #include <doctest/doctest.h>
 #include <fcntl.h>
-#include <grp.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -15,7 +13,6 @@
 #include <unistd.h>
 
 #include <fstream>
-#include <functional>
 #include <regex>
 #include <sstream>
 
@@ -243,24 +240,8 @@ TEST_CASE("an unprivileged caller on D-Bus follows the same policy as on the soc
     BusDaemon d(bus);
     TestNetns ns("bus-nobody");
     const std::string address = bus.address();
-    auto as_nobody = [](bool own_netns, const std::function<int()>& body) {
-        pid_t child = ::fork();
-        if (child == 0) {
-            if (::setgroups(0, nullptr) < 0 || ::setresgid(65534, 65534, 65534) < 0 ||
-                ::setresuid(65534, 65534, 65534) < 0) {
-                ::_exit(101);
-            }
-            if (own_netns && ::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
-                ::_exit(102);
-            }
-            ::_exit(body());
-        }
-        int s = 0;
-        ::waitpid(child, &s, 0);
-        return WIFEXITED(s) ? WEXITSTATUS(s) : 200;
-    };
     // A namespace root made: refused, naming the rule.
-    CHECK(as_nobody(false, [&] {
+    CHECK(as_nobody(Nobody::plain, [&] {
               auto c = connect_bus(address);
               if (!c) {
                   return 10;
@@ -282,7 +263,7 @@ TEST_CASE("an unprivileged caller on D-Bus follows the same policy as on the soc
     CHECK(d.daemon.log().find("denied socket request") != std::string::npos);
     CHECK(d.daemon.log().find("of uid 65534") != std::string::npos);
     // A namespace it made itself, named by its own pid: served.
-    CHECK(as_nobody(true, [&] {
+    CHECK(as_nobody(Nobody::own_netns, [&] {
               auto c = connect_bus(address);
               if (!c) {
                   return 20;

@@ -2,23 +2,17 @@
 // namespaces root made and in namespaces it made itself.
 #include <doctest/doctest.h>
 #include <fcntl.h>
-#include <grp.h>
-#include <linux/capability.h>
 #include <linux/netlink.h>
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <sched.h>
 #include <signal.h>
-#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cstring>
-#include <functional>
 #include <thread>
 
 #include "nsbroker/client.hpp"
@@ -37,45 +31,6 @@ SocketSpec spec(int family, int type, int protocol = 0) {
     s.type = type;
     s.protocol = protocol;
     return s;
-}
-
-// Keeps CAP_NET_ADMIN alone, as a network agent running as a system user
-// does.
-bool keep_only_net_admin() {
-    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
-    __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
-    data[0].permitted = data[0].effective = 1U << CAP_NET_ADMIN;
-    return ::syscall(SYS_capset, &header, data) == 0;
-}
-
-// Runs body as uid/gid 65534 with no supplementary groups, optionally in a
-// user and network namespace of its own, or with CAP_NET_ADMIN; returns what
-// body returned, or a number above 100 when the child could not become that
-// user.
-enum class Nobody { plain, own_netns, net_admin };
-
-int as_nobody(Nobody how, const std::function<int()>& body) {
-    pid_t child = ::fork();
-    if (child == 0) {
-        if (how == Nobody::net_admin && ::prctl(PR_SET_KEEPCAPS, 1) < 0) {
-            ::_exit(103);
-        }
-        if (::setgroups(0, nullptr) < 0 || ::setresgid(nobody, nobody, nobody) < 0 ||
-            ::setresuid(nobody, nobody, nobody) < 0) {
-            ::_exit(101);
-        }
-        if (how == Nobody::net_admin && !keep_only_net_admin()) {
-            ::_exit(104);
-        }
-        const bool own_netns = how == Nobody::own_netns;
-        if (own_netns && ::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
-            ::_exit(102);
-        }
-        ::_exit(body());
-    }
-    int status = 0;
-    ::waitpid(child, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 200;
 }
 
 // 0 when the result is the error expected, with its message containing what.

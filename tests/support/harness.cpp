@@ -3,13 +3,17 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <grp.h>
+#include <linux/capability.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/ioctl.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -67,6 +71,44 @@ std::string built(const char* variable) {
     return value;
 }
 
+// ---- as_nobody -------------------------------------------------------------
+
+namespace {
+
+// Keeps CAP_NET_ADMIN alone, as a network agent running as a system user
+// does.
+bool keep_only_net_admin() {
+    __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
+    __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
+    data[0].permitted = data[0].effective = 1U << CAP_NET_ADMIN;
+    return ::syscall(SYS_capset, &header, data) == 0;
+}
+
+} // namespace
+
+int as_nobody(Nobody how, const std::function<int()>& body) {
+    pid_t child = ::fork();
+    if (child == 0) {
+        if (how == Nobody::net_admin && ::prctl(PR_SET_KEEPCAPS, 1) < 0) {
+            ::_exit(103);
+        }
+        if (::setgroups(0, nullptr) < 0 || ::setresgid(65534, 65534, 65534) < 0 ||
+            ::setresuid(65534, 65534, 65534) < 0) {
+            ::_exit(101);
+        }
+        if (how == Nobody::net_admin && !keep_only_net_admin()) {
+            ::_exit(104);
+        }
+        if (how == Nobody::own_netns && ::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
+            ::_exit(102);
+        }
+        ::_exit(body());
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 200;
+}
+
 // ---- PrivateBus ------------------------------------------------------------
 
 PrivateBus::PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
@@ -86,8 +128,7 @@ PrivateBus::PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
         ::dup2(out, 2);
         ::close_range(3, ~0U, 0);
         std::string option = "--config-file=" + config_path;
-        ::execlp("dbus-daemon", "dbus-daemon", "--nofork", "--nopidfile", option.c_str(),
-                 nullptr);
+        ::execlp("dbus-daemon", "dbus-daemon", "--nofork", "--nopidfile", option.c_str(), nullptr);
         ::_exit(127);
     }
     if (!wait_for([this] { return ::access(socket_.c_str(), F_OK) == 0; })) {

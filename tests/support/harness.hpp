@@ -109,6 +109,14 @@ class PrivateBus {
     pid_t pid_ = -1;
 };
 
+// Runs body in a forked child as uid/gid 65534 (nobody) with no
+// supplementary groups: plainly, in a user and network namespace of its own
+// (as unshare -Urn makes), or keeping CAP_NET_ADMIN alone, as a network agent
+// running as a system user does. Returns what body returned, or a number
+// above 100 when the child could not become that user.
+enum class Nobody { plain, own_netns, net_admin };
+int as_nobody(Nobody how, const std::function<int()>& body);
+
 // The inode of the network namespace a socket lives in (ioctl SIOCGSKNS).
 ino_t socket_netns_inode(int fd);
 // getsockopt SO_DOMAIN / SO_TYPE / SO_PROTOCOL.
