@@ -349,6 +349,8 @@ int Broker::on_client(sd_event_source*, int, uint32_t revents, void* userdata) {
 }
 
 void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents) {
+    // What is logged while this client is served says whose it is.
+    ScopedLogFields fields{{c->peer.uid, c->peer.pid, {}, {}}};
     try {
         if (revents & EPOLLHUP) {
             // The peer is gone in both directions: what it still had queued

@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 
 #include "broker.hpp"
+#include "logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
 
@@ -403,6 +404,7 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
     }
     ++in_flight;
     ++calls_in_flight_;
+    ScopedLogFields fields{{caller->uid, caller->pid, {}, {}}};
     request.caller = std::move(*caller);
     request.process = {request.caller.pid, -1};
     request.in_flight = in_flight;
