@@ -447,7 +447,12 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
                 r = sd_bus_send(nullptr, reply.get(), nullptr);
             }
             if (r < 0) {
+                // The sockets close here; the caller learns why rather than
+                // waiting for its call to time out.
                 spdlog::warn("D-Bus: reply to {}: {}", sender, std::strerror(-r));
+                reply_error(call.get(),
+                            make_error(ErrorCode::internal,
+                                       std::string("sending the sockets: ") + std::strerror(-r)));
             }
         });
     return 1;
