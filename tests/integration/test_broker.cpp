@@ -30,14 +30,6 @@ Client connect(const Daemon& d) {
     return std::move(*c);
 }
 
-SocketSpec spec(int family, int type, int protocol = 0) {
-    SocketSpec s;
-    s.family = family;
-    s.type = type;
-    s.protocol = protocol;
-    return s;
-}
-
 // The worker serving the namespace with this inode, or 0.
 pid_t worker_of(Client& c, ino_t ino) {
     auto list = c.namespaces();

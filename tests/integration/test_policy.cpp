@@ -25,14 +25,6 @@ namespace {
 
 constexpr uid_t nobody = 65534;
 
-SocketSpec spec(int family, int type, int protocol = 0) {
-    SocketSpec s;
-    s.family = family;
-    s.type = type;
-    s.protocol = protocol;
-    return s;
-}
-
 // 0 when the result is the error expected, with its message containing what.
 int expect_error(const Result<Socket>& r, ErrorCode code, const std::string& what = {}) {
     if (r) {

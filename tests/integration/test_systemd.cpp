@@ -156,10 +156,7 @@ TEST_CASE("socket activation: the CLI reaches the daemon, which exits when idle 
     {
         auto c = Client::connect(path);
         REQUIRE(c);
-        SocketSpec udp;
-        udp.family = AF_INET;
-        udp.type = SOCK_DGRAM;
-        auto s = c->socket(Netns::name(ns.name()), udp);
+        auto s = c->socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
         REQUIRE(s);
         CHECK(socket_netns_inode(s->fd()) == ns.inode());
         auto list = c->namespaces();
@@ -319,10 +316,7 @@ TEST_CASE("on a journal stream the daemon logs to the journal, with fields") {
             std::fprintf(stderr, "%s\n", c.error().describe().c_str());
             ::_exit(102);
         }
-        SocketSpec udp;
-        udp.family = AF_INET;
-        udp.type = SOCK_DGRAM;
-        auto r = c->socket(Netns::pid(root_process), udp);
+        auto r = c->socket(Netns::pid(root_process), spec(AF_INET, SOCK_DGRAM));
         if (r || r.error().code != ErrorCode::permission_denied) {
             std::fprintf(stderr, "%s\n", r ? "served" : r.error().describe().c_str());
             ::_exit(103);
@@ -387,16 +381,10 @@ TEST_CASE("nsbrokerd serves as its unit runs it: a user of its own and four capa
     INFO(read_file(log));
     auto c = Client::connect(socket);
     REQUIRE(c);
-    SocketSpec http;
-    http.family = AF_INET;
-    http.type = SOCK_STREAM;
+    SocketSpec http = spec(AF_INET, SOCK_STREAM);
     http.bind = "127.0.0.1:80";
     http.listen = 16;
-    SocketSpec ping;
-    ping.family = AF_INET;
-    ping.type = SOCK_RAW;
-    ping.protocol = IPPROTO_ICMP;
-    auto made = c->sockets(Netns::name(ns.name()), {http, ping});
+    auto made = c->sockets(Netns::name(ns.name()), {http, spec(AF_INET, SOCK_RAW, IPPROTO_ICMP)});
     REQUIRE_MESSAGE(made, made.error().describe());
     REQUIRE(made->size() == 2);
     CHECK(socket_netns_inode((*made)[0].fd()) == ns.inode());

@@ -71,6 +71,14 @@ std::string built(const char* variable) {
     return value;
 }
 
+proto::SocketSpec spec(int family, int type, int protocol) {
+    proto::SocketSpec s;
+    s.family = family;
+    s.type = type;
+    s.protocol = protocol;
+    return s;
+}
+
 // ---- as_nobody -------------------------------------------------------------
 
 namespace {

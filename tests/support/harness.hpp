@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 
+#include "nsbroker/protocol.hpp"
 #include "nsbroker/unique_fd.hpp"
 
 namespace nsbroker::test {
@@ -116,6 +117,9 @@ class PrivateBus {
 // above 100 when the child could not become that user.
 enum class Nobody { plain, own_netns, net_admin };
 int as_nobody(Nobody how, const std::function<int()>& body);
+
+// A socket spec of family, type and protocol, nothing else set.
+proto::SocketSpec spec(int family, int type, int protocol = 0);
 
 // The inode of the network namespace a socket lives in (ioctl SIOCGSKNS).
 ino_t socket_netns_inode(int fd);
