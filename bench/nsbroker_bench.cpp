@@ -19,6 +19,7 @@
 #include <cstring>
 #include <functional>
 #include <memory>
+#include <stdexcept>
 #include <string>
 #include <vector>
 
@@ -58,9 +59,14 @@ Figures measure(const std::string& name, int iterations, int sockets_per_op,
     return {name, at(0.50), at(0.99)};
 }
 
+// A failure that ends the run; thrown, so that the namespaces, daemons and
+// bus the run made are cleaned up by their destructors on the way out.
+struct Fatal {
+    std::string what;
+};
+
 [[noreturn]] void die(const std::string& what) {
-    std::fprintf(stderr, "nsbroker-bench: %s\n", what.c_str());
-    std::exit(1);
+    throw Fatal{what};
 }
 
 struct BusRelease {
@@ -109,7 +115,7 @@ void open_over_dbus(sd_bus* bus, const std::string& name, unsigned count) {
 
 } // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
     int iterations = argc > 1 ? std::atoi(argv[1]) : 2000;
     if (iterations < 10) {
         die("ITERATIONS must be at least 10");
@@ -262,4 +268,15 @@ int main(int argc, char** argv) {
     std::printf("over D-Bus:     %.2fx the socket for one socket a call\n",
                 results[6].p50_us / single.p50_us);
     return 0;
+}
+
+int main(int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const Fatal& f) {
+        std::fprintf(stderr, "nsbroker-bench: %s\n", f.what.c_str());
+    } catch (const std::exception& e) {
+        std::fprintf(stderr, "nsbroker-bench: %s\n", e.what());
+    }
+    return 1;
 }

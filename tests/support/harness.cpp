@@ -120,12 +120,23 @@ int as_nobody(Nobody how, const std::function<int()>& body) {
 // ---- PrivateBus ------------------------------------------------------------
 
 PrivateBus::PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
-    std::ifstream in(built("DBUS_BUS_CONFIG"));
+    const std::string template_path = built("DBUS_BUS_CONFIG");
+    std::ifstream in(template_path);
     std::stringstream text;
     text << in.rdbuf();
     std::string config = text.str();
-    config.replace(config.find("@SOCKET@"), 8, socket_);
-    config.replace(config.find("@POLICY@"), 8, built("DBUS_POLICY"));
+    const auto socket_at = config.find("@SOCKET@");
+    const auto policy_at = config.find("@POLICY@");
+    if (socket_at == std::string::npos || policy_at == std::string::npos) {
+        throw std::runtime_error(template_path + ": not a bus configuration template");
+    }
+    // The later one first, so that the earlier one's offset still holds.
+    const std::string policy = built("DBUS_POLICY");
+    if (policy_at > socket_at) {
+        config.replace(policy_at, 8, policy).replace(socket_at, 8, socket_);
+    } else {
+        config.replace(socket_at, 8, socket_).replace(policy_at, 8, policy);
+    }
     const std::string config_path = dir_.path() + "/bus.conf";
     std::ofstream(config_path) << config;
     const std::string log = dir_.path() + "/dbus-daemon.log";
