@@ -171,7 +171,6 @@ Broker::Broker(BrokerConfig config)
                                         &Broker::on_status_timer, this),
              "sd_event_add_time(status)");
     status_timer_.reset(s);
-    sd_event_source_set_enabled(status_timer_.get(), SD_EVENT_ON);
     if (config_.exit_idle_time.count() > 0) {
         note_activity();
         schedule_idle_check(last_activity_ + idle_usec(config_.exit_idle_time));
@@ -248,7 +247,7 @@ void Broker::schedule_idle_check(uint64_t when) {
 int Broker::on_status_timer(sd_event_source* source, uint64_t now, void* userdata) {
     static_cast<Broker*>(userdata)->notify_status();
     sd_event_source_set_time(source, now + status_interval_usec);
-    sd_event_source_set_enabled(source, SD_EVENT_ON);
+    sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
     return 0;
 }
 
