@@ -6,10 +6,14 @@
 // reading.
 #include "nsbroker/client.hpp"
 
+#include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/un.h>
+#include <unistd.h>
 
 #include <atomic>
+#include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -21,6 +25,11 @@
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/netns_file.hpp"
 #include "nsbroker_config.h"
+
+// From linux/pidfd.h of Linux 6.11, which Debian 12's headers predate.
+#ifndef PIDFD_GET_NET_NAMESPACE
+#define PIDFD_GET_NET_NAMESPACE _IO(0xFF, 4)
+#endif
 
 namespace nsbroker {
 
@@ -268,6 +277,82 @@ proto::Request request_for(proto::Op op) {
     return r;
 }
 
+// A unix socket's bind, listen and connect are done here, in the caller's
+// process, never by nsbrokerd: a path is then looked up in the caller's own
+// mount namespace and working directory and checked against the caller's own
+// rights, and a peer sees the caller's credentials and pid. Nothing is lost by
+// it, since an abstract name is looked up in the namespace of the socket, not
+// of the process that binds or connects it.
+bool unix_steps_here(const SocketSpec& s) {
+    return s.family == AF_UNIX && (s.bind || s.listen || s.connect);
+}
+
+std::string where(std::size_t index) {
+    return "sockets[" + std::to_string(index) + "]";
+}
+
+// What nsbrokerd would have refused in the steps it no longer sees, refused
+// in its words.
+Result<void> check_unix_steps(std::size_t index, const SocketSpec& s) {
+    for (const auto& [field, text] :
+         {std::pair{"bind", &s.bind}, std::pair{"connect", &s.connect}}) {
+        if (*text) {
+            if (auto address = proto::parse_address(AF_UNIX, **text); !address) {
+                Error e = std::move(address).error();
+                e.message = where(index) + "." + field + ": " + e.message;
+                return e;
+            }
+        }
+    }
+    if (s.listen && (*s.listen < 0 || *s.listen > 65535)) {
+        return make_error(ErrorCode::invalid_request,
+                          where(index) + ".listen: out of range (0 to 65535)");
+    }
+    if (s.listen && s.connect) {
+        return make_error(ErrorCode::invalid_request,
+                          where(index) + ": \"listen\" and \"connect\" exclude each other");
+    }
+    return {};
+}
+
+Error unix_step_error(std::size_t index, const std::string& step) {
+    int err = errno;
+    ErrorCode code =
+        (err == EPERM || err == EACCES) ? ErrorCode::permission_denied : ErrorCode::kernel;
+    return make_error(code, where(index) + ": " + step + ": " + std::strerror(err), err);
+}
+
+// The worker's bind, listen and connect, in its order, on a socket it made.
+Result<void> do_unix_steps(std::size_t index, const SocketSpec& s, int fd, SocketInfo& info) {
+    if (s.bind) {
+        auto address = proto::parse_address(AF_UNIX, *s.bind);
+        if (::bind(fd, address->get(), address->length) < 0) {
+            return unix_step_error(index, "bind " + *s.bind);
+        }
+    }
+    if (s.listen && ::listen(fd, *s.listen) < 0) {
+        return unix_step_error(index, "listen");
+    }
+    if (s.connect) {
+        auto address = proto::parse_address(AF_UNIX, *s.connect);
+        int rc = 0;
+        do {
+            rc = ::connect(fd, address->get(), address->length);
+        } while (rc < 0 && errno == EINTR);
+        // With nonblock, EAGAIN (a full backlog) is still a failure: unlike
+        // EINPROGRESS it leaves the socket unconnected for good.
+        if (rc < 0 && !(s.nonblock && errno == EINPROGRESS)) {
+            return unix_step_error(index, "connect " + *s.connect);
+        }
+    }
+    sockaddr_storage local{};
+    socklen_t length = sizeof(local);
+    if (::getsockname(fd, reinterpret_cast<sockaddr*>(&local), &length) == 0) {
+        info.local = proto::format_address(reinterpret_cast<sockaddr*>(&local), length);
+    }
+    return {};
+}
+
 } // namespace
 
 Result<HelloReply> Client::hello() {
@@ -290,17 +375,51 @@ Result<StatsReply> Client::stats() {
     return expect<StatsReply>(impl_->call(request_for(proto::Op::stats)));
 }
 
+namespace {
+
+// The network namespace of process pid, as this process may open it: the
+// pidfd taken first pins the process, and where /proc has to be read, the
+// process still living afterwards proves the pid was not reused between.
+std::optional<UniqueFd> open_netns_of_process(pid_t pid) {
+    UniqueFd pidfd{static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))};
+    if (!pidfd) {
+        return std::nullopt;
+    }
+    UniqueFd direct{::ioctl(pidfd.get(), PIDFD_GET_NET_NAMESPACE, 0)};
+    if (direct && proto::verify_netns(direct.get())) {
+        return direct;
+    }
+    auto file = proto::open_netns_file("/proc/" + std::to_string(pid) + "/ns/net");
+    if (!file || ::syscall(SYS_pidfd_send_signal, pidfd.get(), 0, nullptr, 0) < 0) {
+        return std::nullopt;
+    }
+    return std::move(file->fd);
+}
+
+} // namespace
+
 Result<std::vector<Socket>> Client::sockets(const Netns& netns,
                                             const std::vector<SocketSpec>& specs) {
-    // A path is opened here, with the caller's own access, and sent as a
-    // descriptor, so that the daemon never has to trust a path; only when it
-    // cannot be opened here is the daemon asked to open it.
+    // Paths and pids are opened here, with the caller's own rights, in its
+    // own mount namespace, and sent as a descriptor: the kernel judges the
+    // caller, and nsbrokerd never opens a path for anyone but root. A pid
+    // this process may not read is left to the daemon, whose policy judges
+    // the namespace it names.
     UniqueFd opened;
     Netns target = netns;
-    if (netns.ref().kind == proto::NetnsRef::Kind::path && netns.borrowed_fd() < 0) {
-        if (auto file = proto::open_netns_file(netns.ref().text)) {
+    if (netns.borrowed_fd() < 0) {
+        if (netns.ref().kind == proto::NetnsRef::Kind::path) {
+            auto file = proto::open_netns_file(netns.ref().text);
+            if (!file) {
+                return std::move(file).error();
+            }
             opened = std::move(file->fd);
             target = Netns::fd(opened.get());
+        } else if (netns.ref().kind == proto::NetnsRef::Kind::pid) {
+            if (auto file = open_netns_of_process(netns.ref().pid)) {
+                opened = std::move(*file);
+                target = Netns::fd(opened.get());
+            }
         }
     }
     proto::Request r = request_for(proto::Op::socket);
@@ -308,6 +427,17 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
     r.specs = specs;
     if (specs.empty() || proto::socket_count(specs) > proto::max_fds_per_message) {
         return make_error(ErrorCode::limit, "a request asks for 1 to 253 sockets");
+    }
+    for (std::size_t i = 0; i < r.specs.size(); ++i) {
+        if (!unix_steps_here(r.specs[i])) {
+            continue;
+        }
+        if (auto ok = check_unix_steps(i, r.specs[i]); !ok) {
+            return std::move(ok).error();
+        }
+        r.specs[i].bind.reset();
+        r.specs[i].listen.reset();
+        r.specs[i].connect.reset();
     }
     auto answer = impl_->call(std::move(r), target.borrowed_fd());
     if (!answer) {
@@ -323,10 +453,24 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
                                              " descriptors for " +
                                              std::to_string(reply->sockets.size()) + " sockets");
     }
+    if (fds.size() != proto::socket_count(specs)) {
+        return make_error(ErrorCode::io,
+                          "nsbrokerd sent " + std::to_string(fds.size()) + " sockets for " +
+                              std::to_string(proto::socket_count(specs)) + " asked for");
+    }
     std::vector<Socket> out;
     out.reserve(fds.size());
-    for (std::size_t i = 0; i < fds.size(); ++i) {
-        out.emplace_back(std::move(fds[i]), std::move(reply->sockets[i]));
+    std::size_t next = 0;
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        for (unsigned n = 0; n < specs[i].count; ++n, ++next) {
+            if (unix_steps_here(specs[i])) {
+                if (auto ok = do_unix_steps(i, specs[i], fds[next].get(), reply->sockets[next]);
+                    !ok) {
+                    return std::move(ok).error();
+                }
+            }
+            out.emplace_back(std::move(fds[next]), std::move(reply->sockets[next]));
+        }
     }
     return out;
 }

@@ -35,6 +35,14 @@ struct Connection : std::enable_shared_from_this<Connection> {
         std::vector<UniqueFd> fds; // closed once the message is sent
     };
 
+    // A socket request read but not yet admitted: its sockets would not fit
+    // the descriptor budget. Nothing more is read from the connection
+    // until it goes.
+    struct Waiting {
+        proto::Request request;
+        UniqueFd netns_fd;
+    };
+
     Broker* broker = nullptr;
     UniqueFd fd;
     ucred peer{};
@@ -43,6 +51,8 @@ struct Connection : std::enable_shared_from_this<Connection> {
     EventSource source;
     std::deque<Outgoing> outbox;
     std::size_t in_flight = 0;
+    DescriptorBudget::Account account;
+    std::optional<Waiting> waiting;
     bool closed = false;
 };
 
@@ -52,6 +62,8 @@ namespace {
 constexpr std::uint64_t accept_pause_usec = 200'000;
 // How often systemd's STATUS= line is brought up to date.
 constexpr std::uint64_t status_interval_usec = 5'000'000;
+// How often connections held back by the descriptor budget are looked at.
+constexpr std::uint64_t budget_retry_usec = 50'000;
 
 uint64_t idle_usec(std::chrono::seconds s) {
     return static_cast<uint64_t>(std::chrono::microseconds(s).count());
@@ -114,7 +126,8 @@ Policy load_policy_or_throw(const std::string& path) {
 } // namespace
 
 Broker::Broker(BrokerConfig config)
-    : config_(std::move(config)), policy_(load_policy_or_throw(config_.policy_path)) {
+    : config_(std::move(config)), policy_(load_policy_or_throw(config_.policy_path)),
+      budget_(config_.limits.descriptors) {
     sd_event* e = nullptr;
     check_sd(sd_event_new(&e), "sd_event_new");
     loop_.reset(e);
@@ -327,6 +340,9 @@ void Broker::accept_clients() {
         ++connections_per_uid_[c->peer.uid];
         c->broker = this;
         c->fd = std::move(fd);
+        c->account.uid = c->peer.uid;
+        c->account.fd = c->fd.get();
+        budget_.open(c->account);
         sd_event_source* s = nullptr;
         if (sd_event_add_io(loop_.get(), &s, c->fd.get(), EPOLLIN, &Broker::on_client, c.get()) <
             0) {
@@ -362,7 +378,7 @@ void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents
         }
         // One message per wake-up: the loop calls again while more are queued,
         // and stops reading while the connection has too much outstanding.
-        if (!c->closed && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
+        if (!c->closed && !c->waiting && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
             c->outbox.size() < config_.limits.unread_replies) {
             auto received = proto::receive_message(c->fd.get(), proto::max_message_size, true);
             switch (received.status) {
@@ -398,8 +414,11 @@ void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents
 
 std::optional<std::string> Broker::connection_refusal(uid_t uid) const {
     const auto& limits = config_.limits;
-    if (clients_.size() >= limits.connections) {
-        return "the daemon serves at most " + std::to_string(limits.connections) + " connections";
+    auto root = connections_per_uid_.find(0);
+    std::size_t others = clients_.size() - (root == connections_per_uid_.end() ? 0 : root->second);
+    if (uid != 0 && others >= limits.connections) {
+        return "the daemon serves at most " + std::to_string(limits.connections) +
+               " connections of users other than root";
     }
     auto it = connections_per_uid_.find(uid);
     if (it != connections_per_uid_.end() && it->second >= limits.connections_per_uid) {
@@ -414,17 +433,106 @@ void Broker::close_client(Connection& c) {
         return;
     }
     c.closed = true;
+    spdlog::debug("client disconnected: pid {} uid {}", c.peer.pid, c.peer.uid);
+    note_activity();
+    c.source.reset();
+    c.outbox.clear();
+    c.waiting.reset();
+    waiting_.erase(&c);
+    budget_.close(c.account);
+    budget_.refresh(c.account);
+    if (c.account.unread > 0) {
+        // The peer may still hold replies it never read, charged to the
+        // daemon's user until it reads them or closes: they stay counted,
+        // and so does the connection, until then.
+        lingering_.insert(&c);
+        arm_budget_timer();
+        retry_waiting();
+        return;
+    }
+    forget_client(c);
+    retry_waiting();
+}
+
+void Broker::forget_client(Connection& c) {
+    lingering_.erase(&c);
+    budget_.forget(c.account);
     if (auto it = connections_per_uid_.find(c.peer.uid); it != connections_per_uid_.end()) {
         if (--it->second == 0) {
             connections_per_uid_.erase(it);
         }
     }
-    spdlog::debug("client disconnected: pid {} uid {}", c.peer.pid, c.peer.uid);
-    note_activity();
-    c.source.reset();
     c.fd.reset();
-    c.outbox.clear();
     clients_.erase(&c);
+}
+
+void Broker::retry_waiting() {
+    if (waiting_.empty()) {
+        return;
+    }
+    std::vector<std::shared_ptr<Connection>> ready;
+    for (Connection* raw : waiting_) {
+        auto n = proto::socket_count(raw->waiting->request.specs);
+        if (budget_.admit(raw->account, n)) {
+            ready.push_back(raw->shared_from_this());
+        }
+    }
+    for (auto& c : ready) {
+        waiting_.erase(c.get());
+        auto waiting = std::move(*c->waiting);
+        c->waiting.reset();
+        ScopedLogFields fields{{c->peer.uid, c->peer.pid, {}, {}}};
+        try {
+            submit_socket(c, waiting.request, std::move(waiting.netns_fd));
+            update_events(*c);
+        } catch (const std::exception& e) {
+            spdlog::warn("client pid {} uid {}: {}; disconnected", c->peer.pid, c->peer.uid,
+                         e.what());
+            close_client(*c);
+        }
+    }
+}
+
+void Broker::arm_budget_timer() {
+    if (budget_timer_) {
+        if (int enabled = 0;
+            sd_event_source_get_enabled(budget_timer_.get(), &enabled) >= 0 && enabled) {
+            return;
+        }
+        uint64_t now = 0;
+        sd_event_now(loop_.get(), CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(budget_timer_.get(), now + budget_retry_usec);
+        sd_event_source_set_enabled(budget_timer_.get(), SD_EVENT_ONESHOT);
+        return;
+    }
+    sd_event_source* s = nullptr;
+    check_sd(sd_event_add_time_relative(loop_.get(), &s, CLOCK_MONOTONIC, budget_retry_usec, 0,
+                                        &Broker::on_budget_timer, this),
+             "sd_event_add_time(budget)");
+    budget_timer_.reset(s);
+}
+
+int Broker::on_budget_timer(sd_event_source*, uint64_t, void* userdata) {
+    auto* self = static_cast<Broker*>(userdata);
+    try {
+        self->budget_.refresh_all();
+        std::vector<Connection*> read_all;
+        for (Connection* c : self->lingering_) {
+            if (c->account.unread == 0) {
+                read_all.push_back(c);
+            }
+        }
+        for (Connection* c : read_all) {
+            self->forget_client(*c);
+        }
+        self->retry_waiting();
+        if (!self->waiting_.empty() || !self->lingering_.empty()) {
+            self->arm_budget_timer();
+        }
+    } catch (const std::exception& e) {
+        spdlog::error("descriptor budget: {}", e.what());
+    }
+    return 0;
 }
 
 void Broker::update_events(Connection& c) {
@@ -432,7 +540,7 @@ void Broker::update_events(Connection& c) {
         return;
     }
     uint32_t events = 0;
-    if (c.outbox.size() < config_.limits.unread_replies) {
+    if (c.outbox.size() < config_.limits.unread_replies && !c.waiting) {
         events |= EPOLLIN;
     }
     if (!c.outbox.empty()) {
@@ -456,6 +564,10 @@ void Broker::reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyB
 void Broker::flush(Connection& c) {
     while (!c.closed && !c.outbox.empty()) {
         auto& next = c.outbox.front();
+        if (!next.fds.empty()) {
+            // Keeps the count of what the peer holds unread close to true.
+            budget_.refresh(c.account);
+        }
         auto raw = proto::raw_fds(next.fds);
         auto status = proto::send_message(c.fd.get(), next.data, raw, true);
         if (status == proto::SendStatus::would_block) {
@@ -465,6 +577,7 @@ void Broker::flush(Connection& c) {
             close_client(c);
             return;
         }
+        budget_.sent(c.account, next.fds.size());
         c.outbox.pop_front(); // our copies of the fds close here
     }
     update_events(c);
@@ -542,18 +655,34 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
                              " requests in flight on this connection, the most it may have"));
         return;
     }
+    if (!budget_.admit(c->account, proto::socket_count(request.specs))) {
+        spdlog::debug("client pid {} uid {}: request {} waits for its descriptor budget",
+                      c->peer.pid, c->peer.uid, request.id);
+        c->waiting = Connection::Waiting{std::move(request), std::move(passed_fd)};
+        waiting_.insert(c.get());
+        arm_budget_timer();
+        return;
+    }
+    submit_socket(c, request, std::move(passed_fd));
+}
+
+void Broker::submit_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
+                           UniqueFd passed_fd) {
     ++c->in_flight;
     std::weak_ptr<Connection> weak = c;
     auto id = request.id;
-    JobDone done = [this, weak, id](Result<proto::SocketReply> result, std::vector<UniqueFd> fds) {
+    const std::size_t asked = proto::socket_count(request.specs);
+    JobDone done = [this, weak, id, asked](Result<proto::SocketReply> result,
+                                           std::vector<UniqueFd> fds) {
         auto client = weak.lock();
-        if (!client) {
+        if (!client || client->closed) {
             if (!result) {
                 count_error(result.error().code);
             }
             return; // the client left; the fds close here
         }
         --client->in_flight;
+        budget_.release(client->account, asked - fds.size());
         if (result) {
             reply(*client, id, std::move(result).value(), std::move(fds));
         } else {
@@ -566,10 +695,29 @@ void Broker::handle_socket(const std::shared_ptr<Connection>& c, proto::Request&
     open_sockets(std::move(r), std::move(done));
 }
 
+namespace {
+
+// A D-Bus caller whose gid the bus does not vouch for gets the kernel's
+// overflow gid, which owns nothing.
+constexpr gid_t unknown_gid = 65534;
+
+proto::JobCaller job_caller(const Caller& caller) {
+    return {caller.uid, caller.gid == static_cast<gid_t>(-1) ? unknown_gid : caller.gid,
+            caller.groups};
+}
+
+} // namespace
+
 void Broker::open_sockets(SocketRequest request, JobDone done) {
     note_activity();
     const auto& ref = request.netns;
     const bool root = request.caller.uid == 0;
+    if (auto why = unix_address_refusal(request.caller, request.specs)) {
+        done(root ? make_error(ErrorCode::invalid_request, *why)
+                  : make_error(ErrorCode::permission_denied, *why, EPERM),
+             {});
+        return;
+    }
     // What the worker answers is counted, and a refusal by the worker logged
     // (only callers other than root can be refused there).
     auto from_worker = [this, uid = request.caller.uid, pid = request.caller.pid, id = request.id,
@@ -589,7 +737,7 @@ void Broker::open_sockets(SocketRequest request, JobDone done) {
             inner(std::move(result), std::move(fds));
         };
     };
-    proto::WorkerJob job{0, std::move(request.specs), std::nullopt};
+    proto::WorkerJob job{0, std::move(request.specs), job_caller(request.caller), std::nullopt};
     // Root's requests need no facts about the namespace, so one that already
     // has a worker is found by one stat(2).
     if (root) {
@@ -606,6 +754,18 @@ void Broker::open_sockets(SocketRequest request, JobDone done) {
         }
     }
 
+    // A path would be opened with the daemon's rights, in its mount
+    // namespace, where /proc/self is the daemon: whatever it answered would
+    // tell the caller about files it cannot see. A caller opens its paths
+    // itself and sends the descriptor (the library does).
+    if (!root && ref.kind == proto::NetnsRef::Kind::path) {
+        done(make_error(ErrorCode::permission_denied,
+                        "nsbrokerd opens no path for a caller other than root: open it yourself "
+                        "and send the descriptor ({\"fd\": 0}; libnsbroker does this for you)",
+                        EPERM),
+             {});
+        return;
+    }
     auto netns =
         resolve_netns(ref, std::move(request.netns_fd), config_.workers.netns_dir, request.process);
     if (!netns) {
@@ -613,6 +773,7 @@ void Broker::open_sockets(SocketRequest request, JobDone done) {
         done(std::move(netns).error(), {});
         return;
     }
+    WorkerSponsor sponsor;
     if (!root) {
         auto decision = authorize(request, job.specs, *netns);
         if (!decision) {
@@ -627,13 +788,16 @@ void Broker::open_sockets(SocketRequest request, JobDone done) {
                      {});
                 return;
             }
-            job.restricted = job_capabilities(*rule);
+            job.restricted = job_restriction(*rule);
+        }
+        if (decision->owned_only) {
+            sponsor.uid = request.caller.uid;
         }
     }
     if (netns->name) {
         netns_watch_->ensure();
     }
-    pool_->submit(std::move(*netns), std::move(job), from_worker(std::move(done)));
+    pool_->submit(std::move(*netns), std::move(job), sponsor, from_worker(std::move(done)));
 }
 
 Result<Decision> Broker::authorize(const SocketRequest& request,
@@ -642,9 +806,8 @@ Result<Decision> Broker::authorize(const SocketRequest& request,
     const Caller& caller = request.caller;
     NamespaceFacts facts;
     facts.name = netns.name;
-    facts.passed = request.netns.kind == proto::NetnsRef::Kind::fd;
-    auto owner = netns_owner_uid(netns.fd.get());
-    facts.owned_by_caller = owner && *owner == caller.uid;
+    auto owned = netns_owned_by(netns.fd.get(), caller.uid);
+    facts.owned_by_caller = owned && *owned;
     Decision decision = policy_.decide(caller, facts, specs);
     if (decision.allowed) {
         return decision;

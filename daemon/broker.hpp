@@ -9,9 +9,11 @@
 #include <deque>
 #include <map>
 #include <memory>
+#include <set>
 #include <string>
 #include <vector>
 
+#include "descriptor_budget.hpp"
 #include "event.hpp"
 #include "netns_watch.hpp"
 #include "nsbroker/fd_passing.hpp"
@@ -23,11 +25,14 @@ namespace nsbroker::daemon {
 
 // What one peer may hold of the daemon. Reaching a limit gives a `limit`
 // error, or a refused connection; never more memory or descriptors.
+// Root is never refused because of other users: its connections do not count
+// towards `connections`, and descriptors are not counted for it.
 struct Limits {
-    std::size_t connections = 1024;
+    std::size_t connections = 1024; // of callers other than root
     std::size_t connections_per_uid = 128;
     std::size_t requests_in_flight = 64; // per connection
     std::size_t unread_replies = 256;    // per connection; beyond it the daemon stops reading
+    DescriptorLimits descriptors;        // sockets outstanding, see descriptor_budget.hpp
 };
 
 struct BrokerConfig {
@@ -100,6 +105,17 @@ class Broker {
     void handle_message(const std::shared_ptr<Connection>& c, proto::Message message);
     void handle_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
                        UniqueFd passed_fd);
+    // Hands an admitted socket request to open_sockets.
+    void submit_socket(const std::shared_ptr<Connection>& c, proto::Request& request,
+                       UniqueFd passed_fd);
+    // Requests waiting for their connection's descriptor budget, and
+    // connections closed with descriptors their peer has not read: looked at
+    // again on a timer until the peers read.
+    void retry_waiting();
+    void arm_budget_timer();
+    static int on_budget_timer(sd_event_source*, uint64_t now, void* userdata);
+    // Frees the connection for good: its peer holds nothing of ours unread.
+    void forget_client(Connection& c);
     // For callers other than root: the policy's decision on a resolved request.
     // A refusal is logged and comes back as a permission_denied Error.
     Result<Decision> authorize(const SocketRequest& request,
@@ -131,6 +147,10 @@ class Broker {
     std::unique_ptr<NetnsWatch> netns_watch_;
     std::map<Connection*, std::shared_ptr<Connection>> clients_;
     std::map<uid_t, std::size_t> connections_per_uid_;
+    DescriptorBudget budget_;
+    std::set<Connection*> waiting_;   // a request held back by the budget
+    std::set<Connection*> lingering_; // closed, with descriptors unread by the peer
+    EventSource budget_timer_;
     std::unique_ptr<DbusService> dbus_;
     bool stopping_ = false;
     uint64_t last_activity_ = 0; // CLOCK_MONOTONIC, microseconds

@@ -36,6 +36,21 @@ UniqueFd listen_at(const std::string& path) {
     if (!parent.empty() && ::mkdir(parent.c_str(), 0755) < 0 && errno != EEXIST) {
         throw_errno("mkdir " + parent.string());
     }
+    // Whoever may write to the directory could put another file in the
+    // socket's place: it must be the daemon's own, and no one else's to
+    // write to.
+    if (!parent.empty()) {
+        struct stat dir {};
+        if (::lstat(parent.c_str(), &dir) < 0) {
+            throw_errno("lstat " + parent.string());
+        }
+        if (!S_ISDIR(dir.st_mode) || dir.st_uid != ::geteuid() ||
+            (dir.st_mode & (S_IWGRP | S_IWOTH)) != 0) {
+            throw SystemError(EPERM, parent.string() +
+                                         " must be a directory of the daemon's own user that "
+                                         "no one else may write to");
+        }
+    }
     struct stat st {};
     if (::lstat(path.c_str(), &st) == 0) {
         if (!S_ISSOCK(st.st_mode)) {
@@ -50,11 +65,15 @@ UniqueFd listen_at(const std::string& path) {
     if (!fd) {
         throw_errno("socket");
     }
-    if (::bind(fd.get(), address->get(), address->length) < 0) {
-        throw_errno("bind " + path);
-    }
-    if (::chmod(path.c_str(), 0666) < 0) {
-        throw_errno("chmod " + path);
+    // Everyone may connect (the policy decides what they get). The mode is
+    // set by the umask at bind(2), never by a chmod(2) of the path, which
+    // would follow whatever is there by then.
+    const mode_t umask_before = ::umask(0111);
+    const int bound = ::bind(fd.get(), address->get(), address->length);
+    const int bind_errno = errno;
+    ::umask(umask_before);
+    if (bound < 0) {
+        throw SystemError(bind_errno, "bind " + path);
     }
     if (::listen(fd.get(), SOMAXCONN) < 0) {
         throw_errno("listen " + path);

@@ -28,7 +28,7 @@ Result<ResolvedNetns> open_netns_path(const std::string& path) {
     if (!file) {
         return std::move(file).error();
     }
-    return ResolvedNetns{std::move(file->fd), file->identity, std::nullopt};
+    return ResolvedNetns{std::move(file->fd), file->identity, std::nullopt, {}};
 }
 
 namespace {
@@ -40,34 +40,42 @@ Error no_process(pid_t pid) {
 // The namespace of the process pidfd refers to. Since Linux 6.11 the pidfd
 // gives it directly. Before, /proc/PID/ns/net is opened, and if the process
 // is still alive afterwards the pid cannot have been reused in between, so
-// the file is that process's.
+// the file is that process's. Both need the daemon to be allowed to read the
+// process (CAP_SYS_PTRACE, or the same uid); the namespace is then judged
+// by the policy like any other, and a process's existence is no secret
+// (pidfd_open(2) tells anyone).
 Result<ResolvedNetns> open_netns_of_pidfd(int pidfd, pid_t pid) {
-    UniqueFd direct{::ioctl(pidfd, PIDFD_GET_NET_NAMESPACE, 0)};
-    if (direct) {
-        auto identity = verify_netns(direct.get());
-        if (!identity) {
-            return std::move(identity).error();
+    {
+        UniqueFd direct{::ioctl(pidfd, PIDFD_GET_NET_NAMESPACE, 0)};
+        if (direct) {
+            auto identity = verify_netns(direct.get());
+            if (!identity) {
+                return std::move(identity).error();
+            }
+            return ResolvedNetns{std::move(direct), *identity, std::nullopt, {}};
         }
-        return ResolvedNetns{std::move(direct), *identity, std::nullopt};
-    }
-    if (errno == ESRCH) {
-        return no_process(pid);
-    }
-    if (errno != ENOTTY && errno != EINVAL) {
-        return make_error(ErrorCode::kernel,
-                          std::string("PIDFD_GET_NET_NAMESPACE: ") + std::strerror(errno), errno);
+        if (errno == ESRCH) {
+            return no_process(pid);
+        }
+        if (errno != ENOTTY && errno != EINVAL && errno != EPERM && errno != EACCES) {
+            return make_error(ErrorCode::kernel,
+                              std::string("PIDFD_GET_NET_NAMESPACE: ") + std::strerror(errno),
+                              errno);
+        }
     }
     auto r = open_netns_path("/proc/" + std::to_string(pid) + "/ns/net");
     if (!r) {
         return r.error().code == ErrorCode::not_found ? no_process(pid) : std::move(r).error();
     }
-    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) < 0) {
+    // Signal 0 checks only that the process lives; EPERM says it does.
+    if (::syscall(SYS_pidfd_send_signal, pidfd, 0, nullptr, 0) < 0 && errno != EPERM) {
         return no_process(pid);
     }
     return r;
 }
 
-// A pidfd taken first pins the process the caller meant.
+// A pidfd taken first pins the process the caller meant; it is kept with the
+// result, so that the daemon learns when that process exits.
 Result<ResolvedNetns> open_netns_of_pid(pid_t pid) {
     UniqueFd pidfd{static_cast<int>(::syscall(SYS_pidfd_open, pid, 0))};
     if (!pidfd) {
@@ -77,7 +85,11 @@ Result<ResolvedNetns> open_netns_of_pid(pid_t pid) {
         return make_error(ErrorCode::kernel, std::string("pidfd_open: ") + std::strerror(errno),
                           errno);
     }
-    return open_netns_of_pidfd(pidfd.get(), pid);
+    auto r = open_netns_of_pidfd(pidfd.get(), pid);
+    if (r) {
+        r->pidfd = std::move(pidfd);
+    }
+    return r;
 }
 
 } // namespace
@@ -105,7 +117,12 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
         return open_netns_path(ref.text);
     case Kind::pid:
         if (caller.pidfd >= 0 && ref.pid == caller.pid) {
-            return open_netns_of_pidfd(caller.pidfd, caller.pid);
+            // The caller's own process, pinned when it connected.
+            auto r = open_netns_of_pidfd(caller.pidfd, caller.pid);
+            if (r) {
+                r->pidfd.reset(::fcntl(caller.pidfd, F_DUPFD_CLOEXEC, 3));
+            }
+            return r;
         }
         return open_netns_of_pid(ref.pid);
     case Kind::fd: {
@@ -117,7 +134,7 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
         if (!identity) {
             return std::move(identity).error();
         }
-        return ResolvedNetns{std::move(passed_fd), *identity, std::nullopt};
+        return ResolvedNetns{std::move(passed_fd), *identity, std::nullopt, {}};
     }
     }
     return make_error(ErrorCode::internal, "unknown namespace reference");
@@ -149,18 +166,67 @@ std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passe
                          static_cast<std::uint64_t>(st.st_ino)};
 }
 
-Result<uid_t> netns_owner_uid(int netns_fd) {
+namespace {
+
+Error ns_ioctl_error(const char* what) {
+    return make_error(ErrorCode::kernel, std::string(what) + ": " + std::strerror(errno), errno);
+}
+
+Result<NetnsIdentity> identity_of(int fd) {
+    struct stat st {};
+    if (::fstat(fd, &st) < 0) {
+        return ns_ioctl_error("fstat");
+    }
+    return NetnsIdentity{static_cast<std::uint64_t>(st.st_dev),
+                         static_cast<std::uint64_t>(st.st_ino)};
+}
+
+// User namespaces nest at most 32 deep.
+constexpr int max_userns_depth = 33;
+
+} // namespace
+
+Result<bool> netns_owned_by(int netns_fd, uid_t uid) {
+    struct stat own {};
+    if (::stat("/proc/self/ns/user", &own) < 0) {
+        return ns_ioctl_error("/proc/self/ns/user");
+    }
+    const NetnsIdentity daemon_userns{static_cast<std::uint64_t>(own.st_dev),
+                                      static_cast<std::uint64_t>(own.st_ino)};
     UniqueFd userns{::ioctl(netns_fd, NS_GET_USERNS)};
     if (!userns) {
-        return make_error(ErrorCode::kernel, std::string("NS_GET_USERNS: ") + std::strerror(errno),
-                          errno);
+        return ns_ioctl_error("NS_GET_USERNS");
     }
-    uid_t owner = 0;
-    if (::ioctl(userns.get(), NS_GET_OWNER_UID, &owner) < 0) {
-        return make_error(ErrorCode::kernel,
-                          std::string("NS_GET_OWNER_UID: ") + std::strerror(errno), errno);
+    for (int depth = 0; depth < max_userns_depth; ++depth) {
+        auto id = identity_of(userns.get());
+        if (!id) {
+            return std::move(id).error();
+        }
+        if (*id == daemon_userns) {
+            return false;
+        }
+        UniqueFd parent{::ioctl(userns.get(), NS_GET_PARENT)};
+        if (!parent) {
+            // EPERM: the parent lies outside the daemon's user namespace.
+            if (errno == EPERM) {
+                return false;
+            }
+            return ns_ioctl_error("NS_GET_PARENT");
+        }
+        auto parent_id = identity_of(parent.get());
+        if (!parent_id) {
+            return std::move(parent_id).error();
+        }
+        if (*parent_id == daemon_userns) {
+            uid_t owner = 0;
+            if (::ioctl(userns.get(), NS_GET_OWNER_UID, &owner) < 0) {
+                return ns_ioctl_error("NS_GET_OWNER_UID");
+            }
+            return owner == uid;
+        }
+        userns = std::move(parent);
     }
-    return owner;
+    return false;
 }
 
 Result<NetnsIdentity> current_netns() {

@@ -8,6 +8,7 @@
 #include <compare>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "nsbroker/error.hpp"
 #include "nsbroker/netns_file.hpp"
@@ -25,6 +26,7 @@ struct ResolvedNetns {
     UniqueFd fd; // O_RDONLY, close-on-exec, usable with setns(2)
     NetnsIdentity identity;
     std::optional<std::string> name; // when reached through /run/netns
+    UniqueFd pidfd;                  // when reached through a process: that process
 };
 
 // Opens path without following it into a device or FIFO first: it is opened
@@ -40,7 +42,9 @@ struct CallerProcess {
 
 // Resolves any reference. passed_fd is the descriptor sent with the request
 // (used only for NetnsRef::Kind::fd; ownership moves into the result). A pid
-// reference to the caller itself goes through the caller's own pidfd.
+// reference to the caller itself goes through the caller's own pidfd. Paths
+// and pids are opened with the daemon's rights: see Broker::open_sockets for
+// who may name a namespace by path.
 Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
                                     const std::string& netns_dir = default_netns_dir,
                                     const CallerProcess& caller = {});
@@ -51,8 +55,12 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
 std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passed_fd,
                                            const std::string& netns_dir = default_netns_dir);
 
-// The uid that owns the user namespace owning this network namespace.
-Result<uid_t> netns_owner_uid(int netns_fd);
+// Whether a process of uid, in the daemon's own user namespace, could setns
+// into this network namespace itself: the kernel lets it when it owns the
+// ancestor of the namespace's owning user namespace that was made in the
+// daemon's user namespace (what `unshare -Urn` makes, nested ones too). A
+// namespace owned by the daemon's own user namespace is nobody's but root's.
+Result<bool> netns_owned_by(int netns_fd, uid_t uid);
 
 // The identity of the network namespace the calling thread is in.
 Result<NetnsIdentity> current_netns();

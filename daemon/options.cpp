@@ -22,19 +22,30 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
   --policy PATH               who may have which sockets (default
                               /etc/nsbroker/policy.json; without it root may
                               do everything, others get ordinary sockets in
-                              namespaces they own or pass by descriptor)
+                              namespaces they own)
   --worker-mode fork|exec     start workers by fork (default) or fork+exec
   --worker-idle-timeout SEC   a worker with nothing to do exits after SEC
                               seconds; 0 keeps it (default 60)
+  --unnamed-idle-timeout SEC  the same for a namespace that has no /run/netns
+                              name and no live process that was named: the
+                              worker may be all that keeps it (default 5)
   --worker-timeout SEC        a worker that takes longer than SEC seconds to
                               answer is killed and the request fails with
                               worker_failed; 0 waits forever (default 10)
   --max-workers N             workers at once; beyond it the least recently
                               used idle worker exits (default 512)
-  --max-connections N         client connections at once (default 1024)
+  --max-workers-per-uid N     workers one user other than root may start for
+                              namespaces it owns (default 16)
+  --max-connections N         connections of users other than root (default 1024)
   --max-connections-per-uid N connections one uid may hold (default 128)
   --max-requests-in-flight N  unanswered requests on one connection, or D-Bus
                               calls from one bus client (default 64)
+  --max-fds-per-connection N  sockets made for one connection and not yet read
+                              by it (default 1024; at least 253)
+  --max-fds-per-uid N         the same for all of one uid's connections
+                              (default 2048)
+  --max-fds N                 the same for all users but root together
+                              (default a quarter of RLIMIT_NOFILE)
   --exit-idle-time SEC        exit after SEC seconds with no client connected
                               and nothing in flight; for socket activation,
                               which starts the daemon again (default: never)
@@ -54,6 +65,11 @@ enum : int {
     opt_max_connections,
     opt_max_per_uid,
     opt_max_in_flight,
+    opt_unnamed_idle,
+    opt_max_workers_per_uid,
+    opt_max_fds_per_connection,
+    opt_max_fds_per_uid,
+    opt_max_fds,
     opt_level,
     opt_exit_idle,
     opt_no_dbus,
@@ -108,6 +124,11 @@ ParsedOptions parse_options(int argc, char** argv) {
         {"max-connections", required_argument, nullptr, opt_max_connections},
         {"max-connections-per-uid", required_argument, nullptr, opt_max_per_uid},
         {"max-requests-in-flight", required_argument, nullptr, opt_max_in_flight},
+        {"unnamed-idle-timeout", required_argument, nullptr, opt_unnamed_idle},
+        {"max-workers-per-uid", required_argument, nullptr, opt_max_workers_per_uid},
+        {"max-fds-per-connection", required_argument, nullptr, opt_max_fds_per_connection},
+        {"max-fds-per-uid", required_argument, nullptr, opt_max_fds_per_uid},
+        {"max-fds", required_argument, nullptr, opt_max_fds},
         {"log-level", required_argument, nullptr, opt_level},
         {"exit-idle-time", required_argument, nullptr, opt_exit_idle},
         {"no-dbus", no_argument, nullptr, opt_no_dbus},
@@ -149,15 +170,17 @@ ParsedOptions parse_options(int argc, char** argv) {
             }
             break;
         case opt_idle:
+        case opt_unnamed_idle:
         case opt_job_timeout:
         case opt_exit_idle: {
             auto seconds = parse_count(arg);
             if (!seconds) {
                 return usage_error(option_name(long_options, c) + " needs a number of seconds");
             }
-            auto& target = c == opt_idle          ? o.broker.workers.idle_timeout
-                           : c == opt_job_timeout ? o.broker.workers.job_timeout
-                                                  : o.broker.exit_idle_time;
+            auto& target = c == opt_idle           ? o.broker.workers.idle_timeout
+                           : c == opt_unnamed_idle ? o.broker.workers.unnamed_idle_timeout
+                           : c == opt_job_timeout  ? o.broker.workers.job_timeout
+                                                   : o.broker.exit_idle_time;
             target = std::chrono::seconds(*seconds);
             break;
         }
@@ -167,15 +190,25 @@ ParsedOptions parse_options(int argc, char** argv) {
         case opt_max_workers:
         case opt_max_connections:
         case opt_max_per_uid:
-        case opt_max_in_flight: {
+        case opt_max_in_flight:
+        case opt_max_workers_per_uid:
+        case opt_max_fds_per_connection:
+        case opt_max_fds_per_uid:
+        case opt_max_fds: {
             auto n = parse_count(arg);
             if (!n || *n == 0) {
                 return usage_error(option_name(long_options, c) + " needs a number above 0");
             }
-            std::size_t& target = c == opt_max_workers       ? o.broker.workers.max_workers
-                                  : c == opt_max_connections ? o.broker.limits.connections
-                                  : c == opt_max_per_uid     ? o.broker.limits.connections_per_uid
-                                                             : o.broker.limits.requests_in_flight;
+            auto& limits = o.broker.limits;
+            std::size_t& target =
+                c == opt_max_workers              ? o.broker.workers.max_workers
+                : c == opt_max_workers_per_uid    ? o.broker.workers.max_workers_per_uid
+                : c == opt_max_connections        ? limits.connections
+                : c == opt_max_per_uid            ? limits.connections_per_uid
+                : c == opt_max_in_flight          ? limits.requests_in_flight
+                : c == opt_max_fds_per_connection ? limits.descriptors.per_connection
+                : c == opt_max_fds_per_uid        ? limits.descriptors.per_uid
+                                                  : limits.descriptors.total;
             target = *n;
             break;
         }

@@ -24,16 +24,6 @@ using nlohmann::json;
 
 namespace {
 
-constexpr std::pair<Privilege, std::string_view> privilege_names[] = {
-    {Privilege::raw, "raw"},
-    {Privilege::packet, "packet"},
-    {Privilege::low_ports, "low_ports"},
-    {Privilege::bindtodevice, "bindtodevice"},
-    {Privilege::mark, "mark"},
-    {Privilege::transparent, "transparent"},
-    {Privilege::net_admin, "net_admin"},
-};
-
 std::string_view describe_privilege(Privilege p) {
     switch (p) {
     case Privilege::raw:
@@ -191,7 +181,13 @@ Rule parse_rule(const json& j, const std::string& where) {
     }
     const json& ns = j.at("namespaces");
     std::string ns_where = where + ".namespaces";
-    only_keys(ns, ns_where, {"names", "owned", "passed", "any"});
+    if (ns.is_object() && ns.contains("passed")) {
+        invalid(ns_where + ".passed",
+                "no longer exists: holding a namespace's descriptor proves nothing (anyone may "
+                "open /run/netns/*), so passing one grants nothing; use \"owned\" for "
+                "namespaces the caller could enter itself, \"names\" or \"any\"");
+    }
+    only_keys(ns, ns_where, {"names", "owned", "any"});
     if (ns.contains("names")) {
         const json& names = list_at(ns, "names", ns_where);
         for (std::size_t i = 0; i < names.size(); ++i) {
@@ -202,7 +198,6 @@ Rule parse_rule(const json& j, const std::string& where) {
         }
     }
     r.owned = flag(ns, "owned", ns_where);
-    r.passed = flag(ns, "passed", ns_where);
     r.any = flag(ns, "any", ns_where);
     r.families = named_set(j, "families", where, proto::family_from_name);
     r.types = named_set(j, "types", where, proto::type_from_name);
@@ -213,14 +208,17 @@ Rule parse_rule(const json& j, const std::string& where) {
         const json& grants = list_at(j, "grant", where);
         for (std::size_t i = 0; i < grants.size(); ++i) {
             std::string at = where + ".grant[" + std::to_string(i) + "]";
-            auto found = std::find_if(std::begin(privilege_names), std::end(privilege_names),
-                                      [&](const auto& p) { return grants[i] == p.second; });
-            if (found == std::end(privilege_names)) {
-                invalid(at,
-                        "expected one of raw, packet, low_ports, bindtodevice, mark, transparent, "
-                        "net_admin");
+            auto grant = grants[i].is_string()
+                             ? proto::grant_from_name(grants[i].get<std::string>())
+                             : std::nullopt;
+            if (!grant) {
+                std::string names;
+                for (Privilege p : proto::all_grants) {
+                    names += (names.empty() ? "" : ", ") + std::string(proto::to_string(p));
+                }
+                invalid(at, "expected one of " + names);
             }
-            r.privileges.insert(found->first);
+            r.privileges.insert(*grant);
         }
     }
     if (j.contains("limits")) {
@@ -286,19 +284,26 @@ std::string describe_namespace(const NamespaceFacts& ns) {
     if (ns.name) {
         return "namespace \"" + *ns.name + "\"";
     }
-    return ns.passed ? "the namespace passed by descriptor" : "the namespace";
+    return "the namespace";
+}
+
+bool by_name(const Rule& r, const NamespaceFacts& ns) {
+    return ns.name && std::any_of(r.namespace_globs.begin(), r.namespace_globs.end(),
+                                  [&](const std::string& glob) {
+                                      return ::fnmatch(glob.c_str(), ns.name->c_str(), 0) == 0;
+                                  });
+}
+
+bool by_ownership_only(const Rule& r, const NamespaceFacts& ns) {
+    return !r.any && !by_name(r, ns);
 }
 
 // Why rule does not grant the request, or nothing when it does.
 std::optional<std::string> refusal(const Rule& r, const NamespaceFacts& ns,
                                    const std::vector<proto::SocketSpec>& specs) {
-    bool by_name =
-        ns.name && std::any_of(r.namespace_globs.begin(), r.namespace_globs.end(),
-                               [&](const std::string& glob) {
-                                   return ::fnmatch(glob.c_str(), ns.name->c_str(), 0) == 0;
-                               });
-    if (!(r.any || by_name || (r.owned && ns.owned_by_caller) || (r.passed && ns.passed))) {
-        return describe_namespace(ns) + " is not granted";
+    if (!(r.any || by_name(r, ns) || (r.owned && ns.owned_by_caller))) {
+        return describe_namespace(ns) + " is not granted" +
+               (r.owned ? " (the caller does not own it)" : "");
     }
     if (auto n = proto::socket_count(specs); n > r.max_sockets_per_request) {
         return "asks for " + std::to_string(n) + " sockets, at most " +
@@ -335,7 +340,6 @@ Policy Policy::builtin_default() {
     everyone.name = "default";
     everyone.everyone = true;
     everyone.owned = true;
-    everyone.passed = true;
     p.rules_.push_back(std::move(everyone));
     return p;
 }
@@ -380,10 +384,39 @@ Result<Policy> Policy::load(const std::string& path) {
     return p;
 }
 
+std::optional<std::string> unix_address_refusal(const Caller& caller,
+                                                const std::vector<proto::SocketSpec>& specs) {
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        const auto& s = specs[i];
+        if (s.family != AF_UNIX) {
+            continue;
+        }
+        std::string at = "sockets[" + std::to_string(i) + "]: ";
+        for (const auto* address : {&s.bind, &s.connect}) {
+            if (!*address) {
+                continue;
+            }
+            const char* step = address == &s.bind ? "bind" : "connect";
+            if (caller.uid != 0) {
+                return at + step + " " + **address +
+                       ": unix sockets are bound and connected by the caller, with its own "
+                       "rights, on the socket it receives (libnsbroker does this itself); "
+                       "nsbrokerd would do it with its own";
+            }
+            if (!(*address)->empty() && (*address)->front() != '/' && (*address)->front() != '@') {
+                return at + step + " " + **address +
+                       ": a relative path would be resolved in the daemon's working directory; "
+                       "give an absolute path";
+            }
+        }
+    }
+    return std::nullopt;
+}
+
 Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
                         const std::vector<proto::SocketSpec>& specs) const {
     if (caller.uid == 0) {
-        return {true, nullptr, {}};
+        return {true, nullptr, false, {}};
     }
     // A request that binds a port is better served by a rule that grants
     // low_ports too, should the port turn out to be privileged.
@@ -404,33 +437,25 @@ Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
             continue;
         }
         if (!binds_port || rule.privileges.count(Privilege::low_ports)) {
-            return {true, &rule, {}};
+            return {true, &rule, by_ownership_only(rule, ns), {}};
         }
         if (!granting) {
             granting = &rule;
         }
     }
     if (granting) {
-        return {true, granting, {}};
+        return {true, granting, by_ownership_only(*granting, ns), {}};
     }
     if (!any_rule) {
-        return {false, nullptr,
+        return {false, nullptr, false,
                 "no rule of the policy (" + origin_ + ") applies to uid " +
                     std::to_string(caller.uid)};
     }
-    return {false, nullptr, reasons};
+    return {false, nullptr, false, reasons};
 }
 
-proto::JobCapabilities job_capabilities(const Rule& rule) {
-    auto grants = [&rule](auto... kinds) {
-        return (rule.privileges.count(kinds) || ...);
-    };
-    proto::JobCapabilities caps;
-    caps.rule = rule.name;
-    caps.net_raw = grants(Privilege::raw, Privilege::packet, Privilege::bindtodevice);
-    caps.net_bind_service = grants(Privilege::low_ports);
-    caps.net_admin = grants(Privilege::mark, Privilege::transparent, Privilege::net_admin);
-    return caps;
+proto::JobRestriction job_restriction(const Rule& rule) {
+    return {rule.name, {rule.privileges.begin(), rule.privileges.end()}};
 }
 
 } // namespace nsbroker::daemon

@@ -22,10 +22,9 @@ namespace nsbroker::daemon {
 
 inline constexpr const char* default_policy_path = "/etc/nsbroker/policy.json";
 
-// Socket kinds that need a grant of their own.
-// net_admin: sockets are made with CAP_NET_ADMIN, so that netlink requests
-// that change the namespace through them are accepted.
-enum class Privilege { raw, packet, low_ports, bindtodevice, mark, transparent, net_admin };
+// Socket kinds that need a grant of their own: proto::Grant says what each
+// lets a worker do.
+using Privilege = proto::Grant;
 
 struct Rule {
     std::string name;
@@ -34,8 +33,9 @@ struct Rule {
     std::set<gid_t> groups;
 
     std::vector<std::string> namespace_globs; // names under /run/netns
-    bool owned = false;  // the namespace's owning user namespace is the caller's uid's
-    bool passed = false; // the caller sent a descriptor of the namespace
+    // The caller could enter the namespace itself: its owning user namespace
+    // was made, directly or through its ancestors, by the caller's uid.
+    bool owned = false;
     bool any = false;
 
     std::set<int> families;          // empty: inet, inet6, unix, netlink
@@ -54,29 +54,38 @@ struct Caller {
     pid_t pid = 0;
 };
 
-// What the daemon knows of the namespace a request names.
+// What the daemon knows of the namespace a request names. How the caller
+// named it (a name, a path, a pid, a descriptor) is not a fact about it:
+// naming a namespace grants nothing.
 struct NamespaceFacts {
     std::optional<std::string> name; // when named under /run/netns
-    bool passed = false;
     bool owned_by_caller = false;
 };
 
 struct Decision {
     bool allowed = false;
     const Rule* rule = nullptr; // the rule that allowed it
-    std::string reason;         // why not, naming the rule that refused
+    // The rule grants the namespace only because the caller owns it: a
+    // worker started for it is the caller's, counted against its uid.
+    bool owned_only = false;
+    std::string reason; // why not, naming the rule that refused
 };
 
-// The worker capabilities a rule's grants can use; the worker holds only
-// these while it makes the request's sockets. Binding below the namespace's
-// net.ipv4.ip_unprivileged_port_start is judged there too: only a process in
-// the namespace can read that sysctl.
-proto::JobCapabilities job_capabilities(const Rule& rule);
+// Unix sockets come unbound and unconnected to callers other than root,
+// who bind and connect them themselves: see docs/POLICY.md. Relative paths
+// are refused to everyone. The reason, or nothing.
+std::optional<std::string> unix_address_refusal(const Caller& caller,
+                                                const std::vector<proto::SocketSpec>& specs);
+
+// What a worker may use for a caller this rule serves. Binding below the
+// namespace's net.ipv4.ip_unprivileged_port_start is judged there: only a
+// process in the namespace can read that sysctl.
+proto::JobRestriction job_restriction(const Rule& rule);
 
 class Policy {
   public:
     // No file: root may do everything; everyone else ordinary sockets in
-    // namespaces they own or pass by descriptor, nothing privileged.
+    // namespaces it owns, nothing privileged.
     static Policy builtin_default();
     // Parses a policy file's text; the error says where and what is wrong.
     static Result<Policy> parse(std::string_view text);

@@ -35,7 +35,42 @@ Result<void> set_int(int fd, int level, int name, int value, const char* label) 
     return {};
 }
 
-Result<void> apply_options(int fd, const SocketSpec& s) {
+// What each step of making one socket may hold.
+struct StepCapabilities {
+    WorkerCapabilities create;       // socket(2), and listen and connect
+    WorkerCapabilities bindtodevice; // SO_BINDTODEVICE
+    WorkerCapabilities admin_option; // SO_MARK, IP_TRANSPARENT, IP_FREEBIND
+    WorkerCapabilities bind;         // bind(2)
+};
+
+StepCapabilities step_capabilities(const SocketSpec& s,
+                                   const std::optional<proto::JobRestriction>& restricted) {
+    if (!restricted) {
+        WorkerCapabilities all;
+        return {all, all, all, all};
+    }
+    using proto::Grant;
+    auto grants = [&restricted](Grant g) {
+        return restricted->grants_kind(g);
+    };
+    const bool inet_raw = (s.family == AF_INET || s.family == AF_INET6) && s.type == SOCK_RAW;
+    WorkerCapabilities create{(inet_raw && grants(Grant::raw)) ||
+                                  (s.family == AF_PACKET && grants(Grant::packet)),
+                              false, grants(Grant::net_admin)};
+    StepCapabilities steps{create, create, create, create};
+    steps.bindtodevice.net_raw = create.net_raw || grants(Grant::bindtodevice);
+    // mark and transparent each raise CAP_NET_ADMIN only for their own option.
+    const bool mark = s.options.mark && grants(Grant::mark);
+    const bool transparent =
+        (s.options.transparent.value_or(false) || s.options.freebind.value_or(false)) &&
+        grants(Grant::transparent);
+    steps.admin_option.net_admin = create.net_admin || mark || transparent;
+    steps.bind.net_bind_service = grants(Grant::low_ports);
+    return steps;
+}
+
+Result<void> apply_options(int fd, const SocketSpec& s, const StepCapabilities& steps,
+                           const UseCapabilities& use) {
     const auto& o = s.options;
     bool v6 = s.family == AF_INET6;
     struct BoolOption {
@@ -51,9 +86,6 @@ Result<void> apply_options(int fd, const SocketSpec& s) {
         {o.keepalive, SOL_SOCKET, SO_KEEPALIVE, "keepalive"},
         {o.nodelay, IPPROTO_TCP, TCP_NODELAY, "nodelay"},
         {o.broadcast, SOL_SOCKET, SO_BROADCAST, "broadcast"},
-        {o.freebind, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_FREEBIND : IP_FREEBIND, "freebind"},
-        {o.transparent, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
-         "transparent"},
     };
     for (const auto& b : bools) {
         if (b.value) {
@@ -63,15 +95,35 @@ Result<void> apply_options(int fd, const SocketSpec& s) {
         }
     }
     if (o.bindtodevice) {
+        if (auto held = use(steps.bindtodevice); !held) {
+            return held;
+        }
         const auto& dev = *o.bindtodevice;
         if (::setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev.c_str(),
                          static_cast<socklen_t>(dev.size() + 1)) < 0) {
             return kernel_error("setsockopt bindtodevice " + dev);
         }
     }
+    if (o.mark || o.transparent || o.freebind) {
+        if (auto held = use(steps.admin_option); !held) {
+            return held;
+        }
+    }
     if (o.mark) {
         if (auto r = set_int(fd, SOL_SOCKET, SO_MARK, static_cast<int>(*o.mark), "mark"); !r) {
             return r;
+        }
+    }
+    const BoolOption admin_bools[] = {
+        {o.freebind, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_FREEBIND : IP_FREEBIND, "freebind"},
+        {o.transparent, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
+         "transparent"},
+    };
+    for (const auto& b : admin_bools) {
+        if (b.value) {
+            if (auto r = set_int(fd, b.level, b.name, *b.value ? 1 : 0, b.label); !r) {
+                return r;
+            }
         }
     }
     if (o.rcvbuf) {
@@ -121,7 +173,13 @@ int effective_protocol(const SocketSpec& s) {
     }
 }
 
-Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) {
+Result<std::pair<UniqueFd, proto::SocketInfo>>
+make_socket(const SocketSpec& s, const std::optional<proto::JobRestriction>& restricted,
+            const UseCapabilities& use) {
+    const StepCapabilities steps = step_capabilities(s, restricted);
+    if (auto held = use(steps.create); !held) {
+        return std::move(held).error();
+    }
     // AF_PACKET takes its protocol (an EtherType) in network byte order.
     int protocol =
         s.family == AF_PACKET ? htons(static_cast<std::uint16_t>(s.protocol)) : s.protocol;
@@ -132,7 +190,7 @@ Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) 
         return kernel_error("socket(" + proto::family_name(s.family) + ", " +
                             proto::type_name(s.type) + ", " + std::to_string(s.protocol) + ")");
     }
-    if (auto r = apply_options(fd.get(), s); !r) {
+    if (auto r = apply_options(fd.get(), s, steps, use); !r) {
         return std::move(r).error();
     }
     if (s.bind) {
@@ -140,9 +198,16 @@ Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) 
         if (!address) {
             return std::move(address).error();
         }
+        if (auto held = use(steps.bind); !held) {
+            return std::move(held).error();
+        }
         if (::bind(fd.get(), address->get(), address->length) < 0) {
             return kernel_error("bind " + *s.bind);
         }
+    }
+    // Back to what the socket was made with, for listen and connect.
+    if (auto held = use(steps.create); !held) {
+        return std::move(held).error();
     }
     if (s.listen) {
         if (::listen(fd.get(), *s.listen) < 0) {
@@ -178,11 +243,13 @@ Result<std::pair<UniqueFd, proto::SocketInfo>> make_socket(const SocketSpec& s) 
 
 } // namespace
 
-Result<MadeSockets> make_sockets(const std::vector<SocketSpec>& specs) {
+Result<MadeSockets> make_sockets(const std::vector<SocketSpec>& specs,
+                                 const std::optional<proto::JobRestriction>& restricted,
+                                 const UseCapabilities& use) {
     MadeSockets made;
     for (std::size_t i = 0; i < specs.size(); ++i) {
         for (unsigned n = 0; n < specs[i].count; ++n) {
-            auto one = make_socket(specs[i]);
+            auto one = make_socket(specs[i], restricted, use);
             if (!one) {
                 Error e = std::move(one).error();
                 e.message = "sockets[" + std::to_string(i) + "]: " + e.message;

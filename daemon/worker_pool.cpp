@@ -35,8 +35,10 @@ class Worker {
   public:
     enum class State { starting, ready, draining, dead };
 
-    Worker(WorkerPool& pool, NetnsIdentity identity, pid_t pid, UniqueFd channel)
-        : pool_(pool), identity_(identity), pid_(pid), channel_(std::move(channel)) {
+    Worker(WorkerPool& pool, NetnsIdentity identity, pid_t pid, UniqueFd channel,
+           WorkerSponsor sponsor)
+        : pool_(pool), identity_(identity), pid_(pid), channel_(std::move(channel)),
+          sponsor_(sponsor.uid) {
         sd_event_source* s = nullptr;
         check_sd(sd_event_add_io(pool_.loop_, &s, channel_.get(), EPOLLIN, &Worker::on_io, this),
                  "sd_event_add_io(worker)");
@@ -52,6 +54,22 @@ class Worker {
     [[nodiscard]] pid_t pid() const { return pid_; }
     [[nodiscard]] std::size_t in_flight() const { return pending_.size(); }
     std::set<std::string>& names() { return names_; }
+    [[nodiscard]] const std::optional<uid_t>& sponsor() const { return sponsor_; }
+
+    // Another caller reached the namespace: a worker anyone else uses is no
+    // longer one caller's; a name or a live process keeps it longer.
+    void reached(const WorkerSponsor& sponsor, const std::optional<std::string>& name,
+                 UniqueFd pidfd) {
+        if (sponsor_ != sponsor.uid) {
+            sponsor_.reset();
+        }
+        if (name) {
+            names_.insert(*name);
+        }
+        if (pidfd) {
+            watch_process(std::move(pidfd));
+        }
+    }
 
     [[nodiscard]] proto::NamespaceInfo describe() const {
         static constexpr const char* state_names[] = {"starting", "ready", "exiting", "exiting"};
@@ -80,6 +98,7 @@ class Worker {
     // Lets the worker finish what it has and exit: it reads EOF after its
     // last job. Replies are still read until the channel closes.
     void drain(const char* why) {
+        processes_.clear();
         if (state_ == State::draining || state_ == State::dead) {
             return;
         }
@@ -162,8 +181,51 @@ class Worker {
         return 0;
     }
 
+    // Only a name or a live process that was named says the namespace lives
+    // without the worker; otherwise it may be all that keeps it alive.
+    [[nodiscard]] bool kept_for_long() const { return !names_.empty() || !processes_.empty(); }
+
+    [[nodiscard]] std::chrono::seconds idle_timeout() const {
+        const auto& config = pool_.config_;
+        if (kept_for_long() || config.unnamed_idle_timeout.count() == 0) {
+            return config.idle_timeout;
+        }
+        if (config.idle_timeout.count() == 0) {
+            return config.unnamed_idle_timeout;
+        }
+        return std::min(config.idle_timeout, config.unnamed_idle_timeout);
+    }
+
     [[nodiscard]] uint64_t idle_usec() const {
-        return static_cast<uint64_t>(std::chrono::microseconds(pool_.config_.idle_timeout).count());
+        return static_cast<uint64_t>(std::chrono::microseconds(idle_timeout()).count());
+    }
+
+    // The process a pid reference named: when it exits, so does the reason
+    // to keep its namespace's worker.
+    static constexpr std::size_t max_watched_processes = 16;
+
+    void watch_process(UniqueFd pidfd) {
+        if (processes_.size() >= max_watched_processes) {
+            return;
+        }
+        sd_event_source* s = nullptr;
+        if (sd_event_add_io(pool_.loop_, &s, pidfd.get(), EPOLLIN, &Worker::on_process_exit, this) <
+            0) {
+            return;
+        }
+        processes_.push_back({std::move(pidfd), EventSource{s}});
+    }
+
+    // The process exited: when nothing else names the namespace, the worker
+    // may be all that keeps it alive, so it finishes what it was sent and goes.
+    static int on_process_exit(sd_event_source* source, int, uint32_t, void* userdata) {
+        auto* self = static_cast<Worker*>(userdata);
+        std::erase_if(self->processes_,
+                      [source](const WatchedProcess& p) { return p.source.get() == source; });
+        if (!self->kept_for_long() && self->state_ == State::ready) {
+            self->drain("the process that named its namespace exited");
+        }
+        return 0;
     }
 
     [[nodiscard]] uint64_t now() const {
@@ -344,6 +406,7 @@ class Worker {
         }
         bool was_draining = state_ == State::draining;
         state_ = State::dead;
+        processes_.clear();
         io_.reset();
         channel_.reset();
         idle_timer_.reset();
@@ -374,6 +437,12 @@ class Worker {
     State state_ = State::starting;
     bool retired_ = false; // asked to exit, so an exit is expected
     std::set<std::string> names_;
+    std::optional<uid_t> sponsor_;
+    struct WatchedProcess {
+        UniqueFd pidfd;
+        EventSource source;
+    };
+    std::vector<WatchedProcess> processes_;
     std::map<std::uint64_t, Pending> pending_;
     std::deque<std::string> outbox_;
     std::uint64_t next_job_ = 1;
@@ -396,14 +465,13 @@ bool WorkerPool::submit_to_running(const NetnsIdentity& identity,
     if (stopping_ || it == live_.end()) {
         return false;
     }
-    if (name) {
-        it->second->names().insert(*name);
-    }
+    it->second->reached(WorkerSponsor{}, name, UniqueFd{});
     it->second->submit(std::move(job), std::move(done));
     return true;
 }
 
-void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, JobDone done) {
+void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, WorkerSponsor sponsor,
+                        JobDone done) {
     if (stopping_) {
         done(make_error(ErrorCode::unavailable, "the daemon is shutting down"), {});
         return;
@@ -411,17 +479,14 @@ void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, JobDone done)
     Worker* worker = nullptr;
     if (auto it = live_.find(netns.identity); it != live_.end()) {
         worker = it->second.get();
+        worker->reached(sponsor, netns.name, std::move(netns.pidfd));
     } else {
-        if (!make_room()) {
-            done(
-                make_error(ErrorCode::limit,
-                           "all " + std::to_string(config_.max_workers) +
-                               " workers are busy; no worker can be started for another namespace"),
-                {});
+        if (auto full = make_room(sponsor)) {
+            done(make_error(ErrorCode::limit, *full), {});
             return;
         }
         try {
-            worker = spawn(netns);
+            worker = spawn(netns, sponsor);
         } catch (const std::exception& e) {
             spdlog::error("cannot start a worker: {}", e.what());
             done(make_error(ErrorCode::worker_failed,
@@ -430,13 +495,10 @@ void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, JobDone done)
             return;
         }
     }
-    if (netns.name) {
-        worker->names().insert(*netns.name);
-    }
     worker->submit(std::move(job), std::move(done));
 }
 
-Worker* WorkerPool::spawn(ResolvedNetns& netns) {
+Worker* WorkerPool::spawn(ResolvedNetns& netns, WorkerSponsor sponsor) {
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
         throw_errno("socketpair");
@@ -471,7 +533,7 @@ Worker* WorkerPool::spawn(ResolvedNetns& netns) {
     ++spawned_;
     std::unique_ptr<Worker> worker;
     try {
-        worker = std::make_unique<Worker>(*this, netns.identity, pid, std::move(ours));
+        worker = std::make_unique<Worker>(*this, netns.identity, pid, std::move(ours), sponsor);
     } catch (...) {
         // Without its event sources nobody would reap it.
         ::kill(pid, SIGKILL);
@@ -479,27 +541,63 @@ Worker* WorkerPool::spawn(ResolvedNetns& netns) {
         throw;
     }
     Worker* raw = worker.get();
+    raw->reached(sponsor, netns.name, std::move(netns.pidfd));
     live_.emplace(netns.identity, std::move(worker));
     spdlog::info("worker {} started for namespace {}{}", pid, describe_identity(netns.identity),
                  netns.name ? " (" + *netns.name + ")" : std::string{});
     return raw;
 }
 
-bool WorkerPool::make_room() {
-    if (live_.size() < config_.max_workers) {
-        return true;
-    }
-    Worker* oldest = nullptr;
-    for (auto& [identity, worker] : live_) {
-        if (worker->ready_and_idle() && (!oldest || worker->last_used() < oldest->last_used())) {
-            oldest = worker.get();
+std::optional<std::string> WorkerPool::make_room(const WorkerSponsor& sponsor) {
+    // The least recently used idle worker that pred allows, retired; false
+    // when there is none.
+    auto retire_oldest = [this](auto pred) {
+        Worker* oldest = nullptr;
+        for (auto& [identity, worker] : live_) {
+            if (worker->ready_and_idle() && pred(*worker) &&
+                (!oldest || worker->last_used() < oldest->last_used())) {
+                oldest = worker.get();
+            }
         }
+        if (oldest) {
+            oldest->drain("making room for another namespace");
+        }
+        return oldest != nullptr;
+    };
+    auto sponsored = [](const Worker& w) {
+        return w.sponsor().has_value();
+    };
+    if (sponsor.uid) {
+        const uid_t uid = *sponsor.uid;
+        auto of_uid = [uid](const Worker& w) {
+            return w.sponsor() == uid;
+        };
+        std::size_t own = 0;
+        std::size_t all_sponsored = 0;
+        for (const auto& [identity, worker] : live_) {
+            own += of_uid(*worker) ? 1 : 0;
+            all_sponsored += sponsored(*worker) ? 1 : 0;
+        }
+        if (own >= config_.max_workers_per_uid && !retire_oldest(of_uid)) {
+            return "uid " + std::to_string(uid) + " has " + std::to_string(own) +
+                   " workers busy, the most it may have";
+        }
+        // Root's workers and those for namespaces a rule names never make
+        // room for these, and a quarter of the pool stays theirs.
+        const std::size_t share = config_.max_workers - config_.max_workers / 4;
+        if ((all_sponsored >= share || live_.size() >= config_.max_workers) &&
+            !retire_oldest(sponsored)) {
+            return "all " + std::to_string(all_sponsored) +
+                   " workers that callers other than root may start are busy";
+        }
+        return std::nullopt;
     }
-    if (oldest == nullptr) {
-        return false;
+    if (live_.size() < config_.max_workers || retire_oldest(sponsored) ||
+        retire_oldest([](const Worker&) { return true; })) {
+        return std::nullopt;
     }
-    oldest->drain("making room for another namespace");
-    return true;
+    return "all " + std::to_string(config_.max_workers) +
+           " workers are busy; no worker can be started for another namespace";
 }
 
 void WorkerPool::worker_draining(Worker* worker) {

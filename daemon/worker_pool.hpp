@@ -1,6 +1,13 @@
 // The daemon's side of the workers: one worker process per network namespace
 // identity, started on first use, pipelined jobs, retired when idle, when its
 // /run/netns name is deleted, when it dies, or when the daemon stops.
+//
+// A worker keeps its namespace alive. One for a namespace reached only by
+// descriptor, path or pid therefore goes soon: when the process it was
+// reached through exits, or after a short idle time. A worker started for a
+// caller other than root, in a namespace no rule names (it owns it), is that
+// caller's: counted against its uid, and the first to go when room is needed;
+// root's workers never go to make room for it.
 #pragma once
 
 #include <sys/types.h>
@@ -11,6 +18,7 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
 #include <set>
 #include <string>
 #include <vector>
@@ -26,15 +34,26 @@ enum class WorkerMode { fork, exec };
 struct WorkerPoolConfig {
     WorkerMode mode = WorkerMode::fork;
     std::chrono::seconds idle_timeout{60}; // 0: workers stay until their namespace goes
-    std::chrono::seconds job_timeout{10};  // a worker that takes longer is killed
-    std::size_t max_workers = 512;         // beyond it the least recently used idle one goes
-    std::string log_level = "info";        // for exec'd workers
+    // For namespaces without a /run/netns name or a live process that names
+    // them: the worker may be all that keeps them alive.
+    std::chrono::seconds unnamed_idle_timeout{5};
+    std::chrono::seconds job_timeout{10}; // a worker that takes longer is killed
+    std::size_t max_workers = 512;        // beyond it the least recently used idle one goes
+    std::size_t max_workers_per_uid = 16; // of workers callers other than root start
+    std::string log_level = "info";       // for exec'd workers
     std::string netns_dir = default_netns_dir;
 };
 
 // Called exactly once per job: with the sockets and their fds (fds owned by
 // the callee from then on), or with an Error and no fds.
 using JobDone = std::function<void(Result<proto::SocketReply>, std::vector<UniqueFd>)>;
+
+// Whose a worker is: a uid other than root's when only that caller's
+// ownership of the namespace lets it be served; none for root's and for
+// namespaces a rule names.
+struct WorkerSponsor {
+    std::optional<uid_t> uid;
+};
 
 class Worker;
 
@@ -46,11 +65,12 @@ class WorkerPool {
     WorkerPool& operator=(const WorkerPool&) = delete;
 
     // Sends the job to the worker of netns (starting one if there is none);
-    // the pool numbers it. netns.fd is handed to a new worker, or closed.
-    void submit(ResolvedNetns netns, proto::WorkerJob job, JobDone done);
+    // the pool numbers it. netns.fd is handed to a new worker, or closed;
+    // netns.pidfd is watched for as long as the worker lives.
+    void submit(ResolvedNetns netns, proto::WorkerJob job, WorkerSponsor sponsor, JobDone done);
 
-    // Sends the job to the running worker of identity and returns true; when
-    // there is none, returns false and leaves job and done untouched.
+    // Sends root's job to the running worker of identity and returns true;
+    // when there is none, returns false and leaves job and done untouched.
     bool submit_to_running(const NetnsIdentity& identity, const std::optional<std::string>& name,
                            proto::WorkerJob& job, JobDone& done);
 
@@ -72,9 +92,9 @@ class WorkerPool {
     void worker_draining(Worker* worker);
     void worker_reaped(Worker* worker);
 
-    Worker* spawn(ResolvedNetns& netns);
-    // Makes room for one more worker; false when every worker is busy.
-    bool make_room();
+    Worker* spawn(ResolvedNetns& netns, WorkerSponsor sponsor);
+    // Makes room for one more worker for sponsor; the reason when it cannot.
+    std::optional<std::string> make_room(const WorkerSponsor& sponsor);
     void check_stopped();
 
     sd_event* loop_;

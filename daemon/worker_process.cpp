@@ -86,7 +86,7 @@ class PortFloor {
 // caller's rule does not grant low_ports. Without CAP_NET_BIND_SERVICE the
 // kernel would refuse it too; this says why.
 Result<void> check_low_ports(const proto::WorkerJob& job, const PortFloor& floor) {
-    if (!job.restricted || job.restricted->net_bind_service) {
+    if (!job.restricted || job.restricted->grants_kind(proto::Grant::low_ports)) {
         return {};
     }
     for (std::size_t i = 0; i < job.specs.size(); ++i) {
@@ -107,15 +107,26 @@ Result<void> check_low_ports(const proto::WorkerJob& job, const PortFloor& floor
     return {};
 }
 
-// Holds the capabilities a job may use, changing them only when they differ
-// from the last job's.
-class Capabilities {
+// Who the worker is while it makes a job's sockets: the caller's identity,
+// and for each step the capabilities its grants allow. Both change only when
+// they differ from what is held, so a run of jobs for one caller costs no
+// system call here.
+class Credentials {
   public:
-    Result<void> use_for(const proto::WorkerJob& job) {
-        WorkerCapabilities wanted;
-        if (const auto& r = job.restricted) {
-            wanted = {r->net_raw, r->net_bind_service, r->net_admin};
+    Result<void> become(const proto::JobCaller& caller) {
+        if (caller_ == caller) {
+            return {};
         }
+        caller_.reset();
+        if (auto changed = become_caller(caller); !changed) {
+            return changed;
+        }
+        caller_ = caller;
+        held_ = WorkerCapabilities{false, false, false};
+        return {};
+    }
+
+    Result<void> use(const WorkerCapabilities& wanted) {
         if (wanted == held_) {
             return {};
         }
@@ -127,7 +138,8 @@ class Capabilities {
     }
 
   private:
-    WorkerCapabilities held_; // confine_worker leaves all three effective
+    std::optional<proto::JobCaller> caller_; // unknown until the first job
+    WorkerCapabilities held_;                // confine_worker leaves all three effective
 };
 
 // Joins the namespace on fd 4, checks the kernel agrees where we are, and
@@ -175,7 +187,10 @@ int run_worker() {
     const int channel = worker_channel_fd;
     try {
         PortFloor floor;
-        Capabilities capabilities;
+        Credentials credentials;
+        const UseCapabilities use = [&credentials](const WorkerCapabilities& wanted) {
+            return credentials.use(wanted);
+        };
         if (auto entered = enter_namespace(floor); !entered) {
             send_reply(channel, proto::Reply{0, entered.error()});
             return 1;
@@ -201,11 +216,11 @@ int run_worker() {
                 send_reply(channel, proto::Reply{job->id, allowed.error()});
                 continue;
             }
-            if (auto held = capabilities.use_for(*job); !held) {
-                send_reply(channel, proto::Reply{job->id, held.error()});
+            if (auto became = credentials.become(job->caller); !became) {
+                send_reply(channel, proto::Reply{job->id, became.error()});
                 continue;
             }
-            auto made = make_sockets(job->specs);
+            auto made = make_sockets(job->specs, job->restricted, use);
             if (!made) {
                 send_reply(channel, proto::Reply{job->id, made.error()});
                 continue;

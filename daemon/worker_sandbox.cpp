@@ -1,14 +1,19 @@
 // The worker's privilege drop, in the order it must happen:
 //   1. bounding set cleared (needs CAP_SETPCAP, so before capset; skipped
 //      when the daemon runs without it);
-//   2. ambient set cleared, capabilities reduced to CAP_NET_RAW,
+//   2. PR_SET_KEEPCAPS, so that taking a caller's uid never empties the
+//      permitted set (it would when the worker runs as root for a root
+//      caller and then as another uid for the next one);
+//   3. ambient set cleared, capabilities reduced to CAP_NET_RAW,
 //      CAP_NET_BIND_SERVICE and CAP_NET_ADMIN (raw and packet sockets,
-//      low ports, bindtodevice/mark/transparent);
-//   3. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
-//   4. a seccomp allowlist: anything else fails with EPERM.
-// The worker stays uid 0 inside the namespace's user namespace; without the
-// allowlist, uid 0 could still open root's files, so the filter is what
-// closes files, exec, setns and namespace creation.
+//      low ports, bindtodevice/mark/transparent/net_admin) and CAP_SETUID
+//      and CAP_SETGID (each job's sockets are made as its caller);
+//   4. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
+//   5. a seccomp allowlist: anything else fails with EPERM. Identity changes
+//      may touch effective ids only, never the real or saved ones.
+// The worker keeps the daemon's real uid; without the allowlist, that uid
+// could still open the daemon's files, so the filter is what closes files,
+// exec, setns and namespace creation.
 #include "worker_sandbox.hpp"
 
 #include <linux/capability.h>
@@ -20,7 +25,9 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstdint>
 #include <cstring>
+#include <iterator>
 #include <memory>
 
 namespace nsbroker::daemon {
@@ -48,6 +55,9 @@ Result<void> drop_capabilities() {
             }
         }
     }
+    if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
+        return failed("PR_SET_KEEPCAPS", errno);
+    }
     if (cap_reset_ambient() < 0 && errno != EINVAL) {
         return failed("PR_CAP_AMBIENT_CLEAR_ALL", errno);
     }
@@ -55,9 +65,11 @@ Result<void> drop_capabilities() {
     if (!caps) {
         return failed("cap_init", errno);
     }
-    const cap_value_t keep[] = {CAP_NET_RAW, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN};
-    if (cap_set_flag(caps.get(), CAP_PERMITTED, 3, keep, CAP_SET) < 0 ||
-        cap_set_flag(caps.get(), CAP_EFFECTIVE, 3, keep, CAP_SET) < 0 ||
+    const cap_value_t keep[] = {CAP_NET_RAW, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SETUID,
+                                CAP_SETGID};
+    constexpr int kept = std::size(keep);
+    if (cap_set_flag(caps.get(), CAP_PERMITTED, kept, keep, CAP_SET) < 0 ||
+        cap_set_flag(caps.get(), CAP_EFFECTIVE, kept, keep, CAP_SET) < 0 ||
         cap_set_proc(caps.get()) < 0) {
         return failed("capset", errno);
     }
@@ -66,8 +78,8 @@ Result<void> drop_capabilities() {
 
 // The system calls a worker makes: its channel, making and configuring
 // sockets, naming interfaces, reading the sysctl it opened before, lowering
-// and raising its effective capabilities (never beyond the permitted three),
-// memory, logging, and exit.
+// and raising its effective capabilities (never beyond the permitted five),
+// taking a caller's effective ids, memory, logging, and exit.
 Result<void> install_filter() {
     std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ERRNO(EPERM)),
                                                             seccomp_release);
@@ -109,6 +121,22 @@ Result<void> install_filter() {
             return failed("seccomp_rule_add(ioctl)", -r);
         }
     }
+    // setresuid(-1, euid, -1) and setresgid(-1, egid, -1) only: the real and
+    // saved ids, which decide who may signal the worker, stay the daemon's.
+    const scmp_datum_t unchanged = static_cast<std::uint32_t>(-1);
+    for (int call : {SCMP_SYS(setresuid), SCMP_SYS(setresgid)}) {
+        const scmp_arg_cmp keep_ids[] = {
+            {0, SCMP_CMP_MASKED_EQ, 0xffffffffU, unchanged},
+            {2, SCMP_CMP_MASKED_EQ, 0xffffffffU, unchanged},
+        };
+        if (int r = seccomp_rule_add_array(filter.get(), SCMP_ACT_ALLOW, call, 2, keep_ids);
+            r < 0) {
+            return failed("seccomp_rule_add(setresuid)", -r);
+        }
+    }
+    if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(setgroups), 0); r < 0) {
+        return failed("seccomp_rule_add(setgroups)", -r);
+    }
     if (int r = seccomp_load(filter.get()); r < 0) {
         return failed("seccomp_load", -r);
     }
@@ -138,20 +166,51 @@ Result<void> confine_worker() {
     return install_filter();
 }
 
-Result<void> set_effective_capabilities(const WorkerCapabilities& caps) {
-    auto bit = [](int cap) {
-        return 1U << cap;
-    };
+namespace {
+
+constexpr std::uint32_t bit(int cap) {
+    return 1U << cap;
+}
+
+constexpr std::uint32_t permitted_set = bit(CAP_NET_RAW) | bit(CAP_NET_BIND_SERVICE) |
+                                        bit(CAP_NET_ADMIN) | bit(CAP_SETUID) | bit(CAP_SETGID);
+
+Result<void> capset_effective(std::uint32_t effective) {
     __user_cap_header_struct header{_LINUX_CAPABILITY_VERSION_3, 0};
     __user_cap_data_struct data[_LINUX_CAPABILITY_U32S_3]{};
-    data[0].permitted = bit(CAP_NET_RAW) | bit(CAP_NET_BIND_SERVICE) | bit(CAP_NET_ADMIN);
-    data[0].effective = (caps.net_raw ? bit(CAP_NET_RAW) : 0) |
-                        (caps.net_bind_service ? bit(CAP_NET_BIND_SERVICE) : 0) |
-                        (caps.net_admin ? bit(CAP_NET_ADMIN) : 0);
+    data[0].permitted = permitted_set;
+    data[0].effective = effective;
     if (::syscall(SYS_capset, &header, data) < 0) {
         return failed("capset", errno);
     }
     return {};
+}
+
+} // namespace
+
+Result<void> set_effective_capabilities(const WorkerCapabilities& caps) {
+    return capset_effective((caps.net_raw ? bit(CAP_NET_RAW) : 0) |
+                            (caps.net_bind_service ? bit(CAP_NET_BIND_SERVICE) : 0) |
+                            (caps.net_admin ? bit(CAP_NET_ADMIN) : 0));
+}
+
+Result<void> become_caller(const proto::JobCaller& caller) {
+    if (auto raised = capset_effective(bit(CAP_SETUID) | bit(CAP_SETGID)); !raised) {
+        return raised;
+    }
+    // Raw system calls: the worker has one thread, and glibc's wrappers would
+    // try to signal others. Groups and gid first, while CAP_SETGID is still
+    // effective; a change of euid away from 0 empties the effective set.
+    if (::syscall(SYS_setgroups, caller.groups.size(), caller.groups.data()) < 0) {
+        return failed("setgroups", errno);
+    }
+    if (::syscall(SYS_setresgid, -1, caller.gid, -1) < 0) {
+        return failed("setresgid", errno);
+    }
+    if (::syscall(SYS_setresuid, -1, caller.uid, -1) < 0) {
+        return failed("setresuid", errno);
+    }
+    return capset_effective(0);
 }
 
 } // namespace nsbroker::daemon

@@ -6,9 +6,11 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <array>
 #include <functional>
 #include <nlohmann/json.hpp>
+#include <set>
 
 #include "nsbroker/address.hpp"
 
@@ -263,8 +265,17 @@ class Fields {
     Path path_;
 };
 
-// Rejects nesting deeper than max_json_depth without building anything.
-bool nesting_within_limit(std::string_view bytes) {
+// A pass over the raw text before it is parsed. In valid JSON each ':'
+// outside a string separates one object member from its key, so the text
+// spells out exactly that many members; a tree that holds fewer has lost the
+// earlier values of a repeated key.
+struct TextScan {
+    bool nesting_within_limit = true; // no deeper than max_json_depth
+    std::size_t members = 0;
+};
+
+TextScan scan_text(std::string_view bytes) {
+    TextScan scan;
     int depth = 0;
     bool in_string = false;
     bool escaped = false;
@@ -281,23 +292,148 @@ bool nesting_within_limit(std::string_view bytes) {
         }
         if (c == '"') {
             in_string = true;
+        } else if (c == ':') {
+            ++scan.members;
         } else if (c == '{' || c == '[') {
             if (++depth > max_json_depth) {
-                return false;
+                scan.nesting_within_limit = false;
+                return scan;
             }
         } else if (c == '}' || c == ']') {
             --depth;
         }
     }
-    return true;
+    return scan;
 }
 
-json parse_object(std::string_view bytes) {
+std::size_t count_members(const json& j) {
+    std::size_t n = j.is_object() ? j.size() : 0;
+    if (j.is_structured()) {
+        for (const json& value : j) {
+            n += count_members(value);
+        }
+    }
+    return n;
+}
+
+std::optional<std::uint64_t> peek_id(const json& j) {
+    auto it = j.find("id");
+    if (it != j.end() && it->is_number_unsigned()) {
+        return it->get<std::uint64_t>();
+    }
+    if (it != j.end() && it->is_number_integer() && it->get<std::int64_t>() >= 0) {
+        return static_cast<std::uint64_t>(it->get<std::int64_t>());
+    }
+    return std::nullopt;
+}
+
+// Watches a parse for the objects that repeat a key, to name the first one
+// and its path. An object repeats a key when it ends with fewer members than
+// keys were read, so the keys are searched only then. Parsing with a
+// callback is slower, so only a message that the member count shows to
+// repeat a key is parsed with this.
+class RepeatedKeys {
+  public:
+    bool operator()(int /*depth*/, json::parse_event_t event, const json& parsed) {
+        switch (event) {
+        case json::parse_event_t::object_start:
+            levels_.push_back({keys_.size(), 0, false});
+            break;
+        case json::parse_event_t::array_start:
+            levels_.push_back({keys_.size(), 0, true});
+            break;
+        case json::parse_event_t::key:
+            keys_.push_back(parsed.get_ref<const std::string&>());
+            break;
+        case json::parse_event_t::value:
+            next_element();
+            break;
+        case json::parse_event_t::object_end:
+            if (parsed.size() != keys_.size() - levels_.back().first_key) {
+                found_repeat();
+            }
+            end_level();
+            break;
+        case json::parse_event_t::array_end:
+            end_level();
+            break;
+        }
+        return true;
+    }
+
+    // The first object found to repeat a key; objects are checked as they
+    // end, innermost first.
+    [[nodiscard]] const std::optional<Error>& error() const { return error_; }
+    // Whether the message's own object repeats "id", which then has no one value.
+    [[nodiscard]] bool id_repeated() const { return id_repeated_; }
+
+  private:
+    struct Level {
+        std::size_t first_key;
+        std::size_t index;
+        bool is_array;
+    };
+
+    void next_element() {
+        if (!levels_.empty() && levels_.back().is_array) {
+            ++levels_.back().index;
+        }
+    }
+
+    void end_level() {
+        keys_.resize(levels_.back().first_key);
+        levels_.pop_back();
+        next_element();
+    }
+
+    void found_repeat() {
+        std::set<std::string_view> seen;
+        std::optional<std::string_view> repeated;
+        bool id_twice = false;
+        for (std::size_t i = levels_.back().first_key; i < keys_.size(); ++i) {
+            if (!seen.insert(keys_[i]).second) {
+                repeated = repeated.value_or(keys_[i]);
+                id_twice = id_twice || keys_[i] == "id";
+            }
+        }
+        if (levels_.size() == 1) {
+            id_repeated_ = id_twice;
+        }
+        if (error_ || !repeated) {
+            return;
+        }
+        // Spelt as Path::str() spells it: the key each enclosing object is
+        // reading, or the index each enclosing array is at.
+        std::string path;
+        for (std::size_t i = 0; i + 1 < levels_.size(); ++i) {
+            if (levels_[i].is_array) {
+                path += "[" + std::to_string(levels_[i].index) + "]";
+            } else {
+                const std::string& key = keys_[levels_[i + 1].first_key - 1];
+                path += path.empty() ? key : "." + key;
+            }
+        }
+        std::string what = "duplicate key \"" + std::string(*repeated) + "\"";
+        error_ = make_error(ErrorCode::invalid_request, path.empty() ? what : path + ": " + what);
+    }
+
+    std::vector<Level> levels_;
+    std::vector<std::string> keys_;
+    std::optional<Error> error_;
+    bool id_repeated_ = false;
+};
+
+// A message's top-level object, refused with the first problem found. When
+// `id` is given it receives the message's id, if one could be read, before a
+// repeated key is refused: the tree is whole then, and the error can still
+// reach whoever waits for that id.
+json parse_object(std::string_view bytes, std::optional<std::uint64_t>* id = nullptr) {
     if (bytes.size() > max_message_size) {
         fail(ErrorCode::limit, "",
              "message larger than " + std::to_string(max_message_size) + " bytes");
     }
-    if (!nesting_within_limit(bytes)) {
+    const TextScan scan = scan_text(bytes);
+    if (!scan.nesting_within_limit) {
         fail(ErrorCode::invalid_request, "",
              "JSON nested deeper than " + std::to_string(max_json_depth) + " levels");
     }
@@ -307,6 +443,21 @@ json parse_object(std::string_view bytes) {
     }
     if (!j.is_object()) {
         fail(ErrorCode::invalid_request, "", "expected a JSON object, got " + type_of(j));
+    }
+    RepeatedKeys repeats;
+    if (count_members(j) != scan.members) {
+        j = json::parse(
+            bytes.begin(), bytes.end(),
+            [&repeats](int depth, json::parse_event_t event, json& parsed) {
+                return repeats(depth, event, parsed);
+            },
+            false);
+    }
+    if (id != nullptr && !repeats.id_repeated()) {
+        *id = peek_id(j);
+    }
+    if (repeats.error()) {
+        throw DecodeFailure{*repeats.error()};
     }
     return j;
 }
@@ -711,17 +862,6 @@ ReplyBody decode_body(const Fields& f, Op op) {
     fail(ErrorCode::internal, "", "unknown operation");
 }
 
-std::optional<std::uint64_t> peek_id(const json& j) {
-    auto it = j.find("id");
-    if (it != j.end() && it->is_number_unsigned()) {
-        return it->get<std::uint64_t>();
-    }
-    if (it != j.end() && it->is_number_integer() && it->get<std::int64_t>() >= 0) {
-        return static_cast<std::uint64_t>(it->get<std::int64_t>());
-    }
-    return std::nullopt;
-}
-
 // ---- socket replies: the fast path ----------------------------------------
 //
 // A reply to a batch lists up to 253 sockets; building and walking a DOM for
@@ -820,11 +960,14 @@ class SocketReplySax {
         auto v = static_cast<int>(value);
         switch (field_) {
         case Field::family:
-            return set(current_.family, v, seen_family_);
+            current_.family = v;
+            return true;
         case Field::type:
-            return set(current_.type, v, seen_type_);
+            current_.type = v;
+            return true;
         case Field::protocol:
-            return set(current_.protocol, v, seen_protocol_);
+            current_.protocol = v;
+            return true;
         default:
             return false;
         }
@@ -837,11 +980,19 @@ class SocketReplySax {
         switch (field_) {
         case Field::family: {
             auto v = family_from_name(value);
-            return v && set(current_.family, *v, seen_family_);
+            if (!v) {
+                return false;
+            }
+            current_.family = *v;
+            return true;
         }
         case Field::type: {
             auto v = type_from_name(value);
-            return v && set(current_.type, *v, seen_type_);
+            if (!v) {
+                return false;
+            }
+            current_.type = *v;
+            return true;
         }
         case Field::local:
             current_.local = std::move(value);
@@ -859,7 +1010,7 @@ class SocketReplySax {
         if (level_ == Level::list) {
             level_ = Level::entry;
             current_ = SocketInfo{};
-            seen_family_ = seen_type_ = seen_protocol_ = false;
+            entry_keys_ = 0;
             return true;
         }
         return false;
@@ -877,11 +1028,18 @@ class SocketReplySax {
                      : name == "local"    ? Field::local
                                           : Field::other;
         }
-        return field_ != Field::other;
+        // A repeated key leaves the message to the DOM decoder, which names it.
+        unsigned& seen = level_ == Level::top ? top_keys_ : entry_keys_;
+        if (field_ == Field::other || (seen & bit(field_)) != 0) {
+            return false;
+        }
+        seen |= bit(field_);
+        return true;
     }
     bool end_object() {
         if (level_ == Level::entry) {
-            if (!seen_family_ || !seen_type_ || !seen_protocol_) {
+            const unsigned required = bit(Field::family) | bit(Field::type) | bit(Field::protocol);
+            if ((entry_keys_ & required) != required) {
                 return false;
             }
             reply_.sockets.push_back(std::move(current_));
@@ -918,14 +1076,7 @@ class SocketReplySax {
     enum class Level { outside, top, list, entry };
     enum class Field { id, ok, sockets, family, type, protocol, local, other };
 
-    static bool set(int& slot, int value, bool& seen) {
-        if (seen) {
-            return false;
-        }
-        slot = value;
-        seen = true;
-        return true;
-    }
+    static constexpr unsigned bit(Field field) { return 1U << static_cast<unsigned>(field); }
 
     Level level_ = Level::outside;
     Field field_ = Field::other;
@@ -935,11 +1086,13 @@ class SocketReplySax {
     bool done_ = false;
     SocketReply reply_;
     SocketInfo current_;
-    bool seen_family_ = false, seen_type_ = false, seen_protocol_ = false;
+    // The keys read so far in the message's object and in the current entry.
+    unsigned top_keys_ = 0;
+    unsigned entry_keys_ = 0;
 };
 
 std::optional<Reply> decode_socket_reply_fast(std::string_view bytes) {
-    if (bytes.size() > max_message_size || !nesting_within_limit(bytes)) {
+    if (bytes.size() > max_message_size || !scan_text(bytes).nesting_within_limit) {
         return std::nullopt;
     }
     SocketReplySax sax;
@@ -1046,8 +1199,7 @@ std::string encode_request(const Request& r) {
 std::variant<Request, RequestError> decode_request(std::string_view bytes) {
     std::optional<std::uint64_t> id;
     try {
-        json j = parse_object(bytes);
-        id = peek_id(j);
+        json j = parse_object(bytes, &id);
         Fields f(j, "");
         Request r;
         r.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
@@ -1116,50 +1268,104 @@ Result<Reply> decode_reply(std::string_view bytes, Op op) {
 }
 
 std::optional<std::uint64_t> reply_id(std::string_view bytes) {
+    std::optional<std::uint64_t> id;
     try {
-        return peek_id(parse_object(bytes));
+        parse_object(bytes, &id);
     } catch (const DecodeFailure&) {
-        return std::nullopt;
+        // A message refused for a repeated key may still have told its id.
     }
+    return id;
 }
 
-JobCapabilities decode_job_capabilities(const json& j, const Path& where) {
+namespace {
+
+constexpr std::array<std::pair<Grant, std::string_view>, 7> grant_names{{
+    {Grant::raw, "raw"},
+    {Grant::packet, "packet"},
+    {Grant::low_ports, "low_ports"},
+    {Grant::bindtodevice, "bindtodevice"},
+    {Grant::mark, "mark"},
+    {Grant::transparent, "transparent"},
+    {Grant::net_admin, "net_admin"},
+}};
+
+// uid_t and gid_t: 32 bits, and -1 is never an identity.
+constexpr std::uint64_t max_id = 0xfffffffeU;
+
+JobCaller decode_job_caller(const json& j, const Path& where) {
     Fields f(j, where);
-    f.allow_only({"rule", "capabilities"}, ErrorCode::invalid_request);
-    JobCapabilities caps;
-    caps.rule = f.string("rule");
-    const json& held = f.require("capabilities");
-    if (!held.is_array()) {
-        fail(ErrorCode::invalid_request, f.path("capabilities"),
-             "expected an array, got " + type_of(held));
+    f.allow_only({"uid", "gid", "groups"}, ErrorCode::invalid_request);
+    JobCaller caller;
+    caller.uid = static_cast<uid_t>(f.integer<std::uint64_t>("uid", 0, max_id));
+    caller.gid = static_cast<gid_t>(f.integer<std::uint64_t>("gid", 0, max_id));
+    const json& groups = f.require("groups");
+    if (!groups.is_array() || groups.size() > 65536) {
+        fail(ErrorCode::invalid_request, f.path("groups"), "expected an array of gids");
     }
-    for (const json& name : held) {
-        if (name == "net_raw") {
-            caps.net_raw = true;
-        } else if (name == "net_bind_service") {
-            caps.net_bind_service = true;
-        } else if (name == "net_admin") {
-            caps.net_admin = true;
-        } else {
-            fail(ErrorCode::invalid_request, f.path("capabilities"),
-                 "expected net_raw, net_bind_service or net_admin");
+    for (const json& g : groups) {
+        if (!g.is_number_unsigned() || g.get<std::uint64_t>() > max_id) {
+            fail(ErrorCode::invalid_request, f.path("groups"), "expected an array of gids");
+        }
+        caller.groups.push_back(static_cast<gid_t>(g.get<std::uint64_t>()));
+    }
+    return caller;
+}
+
+JobRestriction decode_job_restriction(const json& j, const Path& where) {
+    Fields f(j, where);
+    f.allow_only({"rule", "grants"}, ErrorCode::invalid_request);
+    JobRestriction restriction;
+    restriction.rule = f.string("rule");
+    const json& grants = f.require("grants");
+    if (!grants.is_array()) {
+        fail(ErrorCode::invalid_request, f.path("grants"),
+             "expected an array, got " + type_of(grants));
+    }
+    for (const json& name : grants) {
+        auto grant = name.is_string() ? grant_from_name(name.get<std::string>()) : std::nullopt;
+        if (!grant) {
+            fail(ErrorCode::invalid_request, f.path("grants"), "expected names of grants");
+        }
+        restriction.grants.push_back(*grant);
+    }
+    return restriction;
+}
+
+} // namespace
+
+std::string_view to_string(Grant grant) noexcept {
+    for (const auto& [g, name] : grant_names) {
+        if (g == grant) {
+            return name;
         }
     }
-    return caps;
+    return "unknown";
+}
+
+std::optional<Grant> grant_from_name(std::string_view name) noexcept {
+    for (const auto& [g, n] : grant_names) {
+        if (n == name) {
+            return g;
+        }
+    }
+    return std::nullopt;
+}
+
+bool JobRestriction::grants_kind(Grant g) const noexcept {
+    return std::find(grants.begin(), grants.end(), g) != grants.end();
 }
 
 std::string encode_job(const WorkerJob& job) {
-    json j = {{"id", job.id}, {"sockets", encode_specs(job.specs)}};
+    json j = {{"id", job.id},
+              {"sockets", encode_specs(job.specs)},
+              {"caller",
+               {{"uid", job.caller.uid}, {"gid", job.caller.gid}, {"groups", job.caller.groups}}}};
     if (const auto& r = job.restricted) {
-        json caps = json::array();
-        for (auto [held, name] :
-             {std::pair{r->net_raw, "net_raw"}, std::pair{r->net_bind_service, "net_bind_service"},
-              std::pair{r->net_admin, "net_admin"}}) {
-            if (held) {
-                caps.push_back(name);
-            }
+        json grants = json::array();
+        for (Grant g : r->grants) {
+            grants.push_back(to_string(g));
         }
-        j["restricted"] = {{"rule", r->rule}, {"capabilities", std::move(caps)}};
+        j["restricted"] = {{"rule", r->rule}, {"grants", std::move(grants)}};
     }
     return j.dump();
 }
@@ -1168,12 +1374,13 @@ Result<WorkerJob> decode_job(std::string_view bytes) {
     try {
         json j = parse_object(bytes);
         Fields f(j, "");
-        f.allow_only({"id", "sockets", "restricted"}, ErrorCode::invalid_request);
+        f.allow_only({"id", "sockets", "caller", "restricted"}, ErrorCode::invalid_request);
         WorkerJob job;
         job.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
         job.specs = decode_specs(f);
+        job.caller = decode_job_caller(f.require("caller"), f.path("caller"));
         if (const json* r = f.find("restricted")) {
-            job.restricted = decode_job_capabilities(*r, f.path("restricted"));
+            job.restricted = decode_job_restriction(*r, f.path("restricted"));
         }
         return job;
     } catch (const DecodeFailure& e) {

@@ -5,10 +5,13 @@
 #include <netinet/in.h>
 #include <signal.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
+#include <cstring>
+#include <filesystem>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -61,6 +64,47 @@ struct RawConnection {
         return nlohmann::json::parse(r.message.data);
     }
 };
+
+// The test's own end of a unix stream connection to address ("PATH" or
+// "@NAME"); invalid, with *err set, when it was refused.
+UniqueFd unix_stream_to(const std::string& address, int* err) {
+    auto a = proto::parse_address(AF_UNIX, address);
+    REQUIRE(a);
+    UniqueFd fd{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    REQUIRE(fd);
+    if (::connect(fd.get(), a->get(), a->length) < 0) {
+        *err = errno;
+        return {};
+    }
+    return fd;
+}
+
+pid_t peer_pid(int fd) {
+    ucred cred{};
+    socklen_t length = sizeof(cred);
+    REQUIRE(::getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &length) == 0);
+    return cred.pid;
+}
+
+std::size_t open_fd_count() {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& entry :
+         std::filesystem::directory_iterator("/proc/self/fd")) {
+        ++n;
+    }
+    return n;
+}
+
+// Exit status of body run in a forked child, or -1 when it did not exit.
+int in_child(const std::function<int()>& body) {
+    pid_t child = ::fork();
+    if (child == 0) {
+        ::_exit(body());
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
 
 const std::vector<std::vector<std::string>> worker_modes = {{"--worker-mode", "fork"},
                                                             {"--worker-mode", "exec"}};
@@ -191,6 +235,178 @@ TEST_CASE("the kernel's refusals come back with their errno") {
     auto d2 = c.socket(Netns::name(ns.name()), dev);
     REQUIRE_FALSE(d2);
     CHECK(d2.error().sys_errno == ENODEV);
+}
+
+TEST_CASE("a unix listener on a path is bound and listened on by the caller itself") {
+    TestNetns ns("unix-path");
+    TempDir dir;
+    Daemon d;
+    auto c = connect(d);
+    const std::string path = dir.path() + "/listener.sock";
+    auto listener = c.socket(Netns::name(ns.name()), *parse_socket_spec("unix-listen:" + path));
+    REQUIRE_MESSAGE(listener, listener.error().describe());
+    CHECK(listener->local_address() == path);
+    CHECK(socket_option(listener->fd(), SO_ACCEPTCONN) == 1);
+    CHECK(socket_netns_inode(listener->fd()) == ns.inode());
+    struct stat st {};
+    REQUIRE(::stat(path.c_str(), &st) == 0);
+    CHECK(S_ISSOCK(st.st_mode));
+    CHECK(st.st_uid == ::getuid());
+
+    // A connecting peer sees the credentials listen(2) recorded: the test's,
+    // not a worker's.
+    int err = 0;
+    UniqueFd peer = unix_stream_to(path, &err);
+    REQUIRE_MESSAGE(peer, std::strerror(err));
+    pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    CHECK(peer_pid(peer.get()) == ::getpid());
+    UniqueFd accepted{::accept4(listener->fd(), nullptr, nullptr, SOCK_CLOEXEC)};
+    REQUIRE(accepted);
+
+    // And a listener sees those connect(2) recorded.
+    SocketSpec dialer = spec(AF_UNIX, SOCK_STREAM);
+    dialer.connect = path;
+    auto dialed = c.socket(Netns::name(ns.name()), dialer);
+    REQUIRE_MESSAGE(dialed, dialed.error().describe());
+    CHECK((::fcntl(dialed->fd(), F_GETFL) & O_NONBLOCK) == 0);
+    UniqueFd second{::accept4(listener->fd(), nullptr, nullptr, SOCK_CLOEXEC)};
+    REQUIRE(second);
+    CHECK(peer_pid(second.get()) == ::getpid());
+    CHECK(peer_pid(second.get()) != worker);
+
+    // A relative path is the caller's, from its working directory.
+    CHECK(in_child([&] {
+              auto own = Client::connect(d.socket_path());
+              if (!own || ::chdir(dir.path().c_str()) < 0) {
+                  return 10;
+              }
+              auto relative = own->socket(Netns::name(ns.name()),
+                                          *parse_socket_spec("unix-listen:relative.sock"));
+              if (!relative) {
+                  std::fprintf(stderr, "%s\n", relative.error().describe().c_str());
+                  return 11;
+              }
+              return relative->local_address() == "relative.sock" ? 0 : 12;
+          }) == 0);
+    CHECK(::access((dir.path() + "/relative.sock").c_str(), F_OK) == 0);
+}
+
+TEST_CASE("a unix abstract name belongs to the namespace of the socket") {
+    TestNetns ns("unix-abstract");
+    Daemon d;
+    auto c = connect(d);
+    const std::string name = "@" + unique_name("abstract");
+    SocketSpec listening = spec(AF_UNIX, SOCK_STREAM);
+    listening.bind = name;
+    listening.listen = 16;
+    auto listener = c.socket(Netns::name(ns.name()), listening);
+    REQUIRE_MESSAGE(listener, listener.error().describe());
+    CHECK(listener->local_address() == name);
+    CHECK(socket_option(listener->fd(), SO_ACCEPTCONN) == 1);
+
+    CHECK(in_child([&] {
+              UniqueFd nsfd{::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC)};
+              if (!nsfd || ::setns(nsfd.get(), CLONE_NEWNET) < 0) {
+                  return 10;
+              }
+              auto a = proto::parse_address(AF_UNIX, name);
+              UniqueFd fd{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+              return ::connect(fd.get(), a->get(), a->length) == 0 ? 0 : 11;
+          }) == 0);
+    int err = 0;
+    CHECK_FALSE(unix_stream_to(name, &err));
+    CHECK(err == ECONNREFUSED);
+
+    // The library's own connect finds the name in the socket's namespace too.
+    SocketSpec dialer = spec(AF_UNIX, SOCK_STREAM);
+    dialer.connect = name;
+    dialer.nonblock = true;
+    auto inside = c.socket(Netns::name(ns.name()), dialer);
+    REQUIRE_MESSAGE(inside, inside.error().describe());
+    CHECK((::fcntl(inside->fd(), F_GETFL) & O_NONBLOCK) != 0);
+    UniqueFd accepted{::accept4(listener->fd(), nullptr, nullptr, SOCK_CLOEXEC)};
+    CHECK(accepted);
+
+    // A full backlog fails a nonblocking connect: nothing would complete it.
+    SocketSpec full = listening;
+    full.bind = name + "-full";
+    full.listen = 0;
+    auto small = c.socket(Netns::name(ns.name()), full);
+    REQUIRE_MESSAGE(small, small.error().describe());
+    SocketSpec eager = dialer;
+    eager.connect = full.bind;
+    REQUIRE(c.socket(Netns::name(ns.name()), eager));
+    auto turned_away = c.socket(Netns::name(ns.name()), eager);
+    REQUIRE_FALSE(turned_away);
+    CHECK(turned_away.error().code == ErrorCode::kernel);
+    CHECK(turned_away.error().sys_errno == EAGAIN);
+
+    // Refused in the test's own namespace, which fails the whole batch and
+    // closes the sockets already received, a listener of another name too.
+    dialer.nonblock = false;
+    SocketSpec other = listening;
+    other.bind = name + "-other";
+    std::size_t fds_before = open_fd_count();
+    auto outside = c.sockets(Netns::pid(::getpid()), {spec(AF_INET, SOCK_DGRAM), other, dialer});
+    REQUIRE_FALSE(outside);
+    CHECK(outside.error().code == ErrorCode::kernel);
+    CHECK(outside.error().sys_errno == ECONNREFUSED);
+    CHECK(outside.error().message == "sockets[2]: connect " + name + ": Connection refused");
+    CHECK(open_fd_count() == fds_before);
+    CHECK_FALSE(unix_stream_to(*other.bind, &err));
+    CHECK(err == ECONNREFUSED);
+}
+
+TEST_CASE("a unix path is checked against the caller's own rights") {
+    Daemon d;
+    TempDir dir;
+    REQUIRE(::chmod(dir.path().c_str(), 0755) == 0);
+    const std::string path = dir.path() + "/root-only.sock";
+    auto address = proto::parse_address(AF_UNIX, path);
+    REQUIRE(address);
+    UniqueFd listener{::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0)};
+    REQUIRE(::bind(listener.get(), address->get(), address->length) == 0);
+    REQUIRE(::listen(listener.get(), 16) == 0);
+    REQUIRE(::chmod(path.c_str(), 0600) == 0);
+
+    SocketSpec dialer = spec(AF_UNIX, SOCK_STREAM);
+    dialer.connect = path;
+    SocketSpec binder = spec(AF_UNIX, SOCK_DGRAM);
+    binder.bind = dir.path() + "/nobody.sock";
+    CHECK(as_nobody(Nobody::own_netns, [&] {
+              auto c = Client::connect(d.socket_path());
+              if (!c) {
+                  return 10;
+              }
+              auto expect_denied = [&](const SocketSpec& s, const std::string& message) {
+                  auto refused = c->socket(Netns::pid(::getpid()), s);
+                  if (refused) {
+                      return false;
+                  }
+                  const Error& e = refused.error();
+                  if (e.code != ErrorCode::permission_denied || e.sys_errno != EACCES ||
+                      e.message != message) {
+                      std::fprintf(stderr, "%s\n", e.describe().c_str());
+                      return false;
+                  }
+                  return true;
+              };
+              if (!expect_denied(dialer, "sockets[0]: connect " + path + ": Permission denied")) {
+                  return 11;
+              }
+              if (!expect_denied(binder,
+                                 "sockets[0]: bind " + *binder.bind + ": Permission denied")) {
+                  return 12;
+              }
+              return 0;
+          }) == 0);
+    CHECK(::access(binder.bind->c_str(), F_OK) != 0);
+
+    // Root may: the same request is refused for nobody's rights, not for its path.
+    auto c = connect(d);
+    auto granted = c.socket(Netns::pid(::getpid()), dialer);
+    CHECK_MESSAGE(granted, granted.error().describe());
 }
 
 TEST_CASE("a batch of 253 sockets in one reply, and batches of different specs") {
@@ -539,14 +755,16 @@ TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does
         // 0-2 as the daemon has them, 3 its channel, 4 the one file it reads.
         CHECK(run_output("readlink /proc/" + std::to_string(worker) + "/fd/4") ==
               "/proc/sys/net/ipv4/ip_unprivileged_port_start\n");
-        // Confined: filtered, no new privileges, three capabilities, empty bounding set.
+        // Confined: filtered, no new privileges, three network capabilities
+        // effective for root's job and CAP_SETUID and CAP_SETGID permitted
+        // to take each caller's identity, empty bounding set.
         auto status =
             run_output("grep -E '^(Seccomp|NoNewPrivs|CapEff|CapPrm|CapBnd|CapAmb):' /proc/" +
                        std::to_string(worker) + "/status | tr -s '\\t' ' '");
         CHECK(status.find("Seccomp: 2\n") != std::string::npos);
         CHECK(status.find("NoNewPrivs: 1\n") != std::string::npos);
         CHECK(status.find("CapEff: 0000000000003400\n") != std::string::npos);
-        CHECK(status.find("CapPrm: 0000000000003400\n") != std::string::npos);
+        CHECK(status.find("CapPrm: 00000000000034c0\n") != std::string::npos);
         CHECK(status.find("CapBnd: 0000000000000000\n") != std::string::npos);
         CHECK(status.find("CapAmb: 0000000000000000\n") != std::string::npos);
         // And it lives where it was sent.

@@ -40,7 +40,7 @@ int expect_error(const Result<Socket>& r, ErrorCode code, const std::string& wha
 
 std::string own_ns_policy(const std::string& grants) {
     return R"({"rules": [{"name": "nobody's own", "users": [65534],
-                         "namespaces": {"owned": true, "passed": true},
+                         "namespaces": {"owned": true},
                          "grant": [)" +
            grants + "]}]}";
 }

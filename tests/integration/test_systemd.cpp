@@ -347,17 +347,16 @@ TEST_CASE("on a journal stream the daemon logs to the journal, with fields") {
     CHECK(read_file(stderr_path).find("denied socket request") == std::string::npos);
 }
 
-TEST_CASE("nsbrokerd serves as its unit runs it: a user of its own and four capabilities") {
+TEST_CASE("nsbrokerd serves as its unit runs it: a user of its own and six capabilities") {
     // What nsbrokerd.service gives it, made by setpriv: a uid that is not
-    // root, CAP_SYS_ADMIN and the three network capabilities ambient, the
-    // bounding set cut to them.
-    constexpr uid_t service_uid = 64000;
+    // root, CAP_SYS_ADMIN, the three network capabilities and CAP_SETUID and
+    // CAP_SETGID ambient, the bounding set cut to them.
     TempDir dir;
     REQUIRE(::chown(dir.path().c_str(), service_uid, service_uid) == 0);
     TestNetns ns("unit-user");
     const std::string socket = dir.path() + "/nsbroker.sock";
     const std::string log = dir.path() + "/nsbrokerd.log";
-    const std::string caps = "+sys_admin,+net_admin,+net_raw,+net_bind_service";
+    const std::string caps = service_capabilities;
     pid_t daemon = ::fork();
     if (daemon == 0) {
         int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);

@@ -95,17 +95,26 @@ bool keep_only_net_admin() {
 } // namespace
 
 int as_nobody(Nobody how, const std::function<int()>& body) {
+    return as_user(65534, how, body);
+}
+
+int as_user(uid_t uid, Nobody how, const std::function<int()>& body) {
     pid_t child = ::fork();
     if (child == 0) {
         if (how == Nobody::net_admin && ::prctl(PR_SET_KEEPCAPS, 1) < 0) {
             ::_exit(103);
         }
-        if (::setgroups(0, nullptr) < 0 || ::setresgid(65534, 65534, 65534) < 0 ||
-            ::setresuid(65534, 65534, 65534) < 0) {
+        if (::setgroups(0, nullptr) < 0 || ::setresgid(uid, uid, uid) < 0 ||
+            ::setresuid(uid, uid, uid) < 0) {
             ::_exit(101);
         }
         if (how == Nobody::net_admin && !keep_only_net_admin()) {
             ::_exit(104);
+        }
+        // Changing uid made the process undumpable, and its /proc files
+        // root's; a user's own process is dumpable.
+        if (::prctl(PR_SET_DUMPABLE, 1) < 0) {
+            ::_exit(105);
         }
         if (how == Nobody::own_netns && ::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
             ::_exit(102);
@@ -221,12 +230,28 @@ bool can_connect(const std::string& path) {
 
 } // namespace
 
-Daemon::Daemon(std::vector<std::string> extra_args, std::vector<std::string> env)
+Daemon::Daemon(std::vector<std::string> extra_args, std::vector<std::string> env, RunAs run_as)
     : socket_(dir_.path() + "/nsbroker.sock"), policy_(dir_.path() + "/policy.json"),
       log_path_(dir_.path() + "/nsbrokerd.log") {
     std::string binary = built("NSBROKERD");
-    std::vector<std::string> args = {binary,  "--socket",    socket_, "--policy",
-                                     policy_, "--log-level", "debug"};
+    std::vector<std::string> args;
+    if (run_as == RunAs::service) {
+        if (::chown(dir_.path().c_str(), service_uid, service_uid) < 0) {
+            throw std::runtime_error("chown " + dir_.path() + " failed");
+        }
+        const std::string caps = service_capabilities;
+        args = {"/usr/bin/setpriv",
+                "--reuid=" + std::to_string(service_uid),
+                "--regid=" + std::to_string(service_uid),
+                "--clear-groups",
+                "--inh-caps=-all," + caps,
+                "--ambient-caps=" + caps,
+                "--bounding-set=-all," + caps};
+    }
+    for (const char* a : {binary.c_str(), "--socket", socket_.c_str(), "--policy", policy_.c_str(),
+                          "--log-level", "debug"}) {
+        args.emplace_back(a);
+    }
     const bool bus = std::any_of(env.begin(), env.end(), [](const std::string& e) {
         return e.starts_with("DBUS_SYSTEM_BUS_ADDRESS=");
     });

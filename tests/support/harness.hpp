@@ -54,12 +54,23 @@ class TempDir {
     std::string path_;
 };
 
+// How nsbrokerd runs: as root (scripts/start, D-Bus activation without
+// systemd), or as nsbrokerd.service runs it: uid 64000, its own group, no
+// other groups, and only the unit's capabilities, ambient, with the bounding
+// set cut to them (made by setpriv).
+enum class RunAs { root, service };
+inline constexpr uid_t service_uid = 64000;
+// setpriv's spelling of the unit's AmbientCapabilities=.
+inline constexpr const char* service_capabilities =
+    "+sys_admin,+net_admin,+net_raw,+net_bind_service,+setuid,+setgid";
+
 // The built nsbrokerd ($NSBROKERD), on a socket in a private directory.
 // env adds "NAME=VALUE" entries to its environment; it serves D-Bus only when
 // they name a bus (DBUS_SYSTEM_BUS_ADDRESS), never the machine's own.
 class Daemon {
   public:
-    explicit Daemon(std::vector<std::string> extra_args = {}, std::vector<std::string> env = {});
+    explicit Daemon(std::vector<std::string> extra_args = {}, std::vector<std::string> env = {},
+                    RunAs run_as = RunAs::root);
     ~Daemon();
     Daemon(const Daemon&) = delete;
     Daemon& operator=(const Daemon&) = delete;
@@ -117,6 +128,8 @@ class PrivateBus {
 // above 100 when the child could not become that user.
 enum class Nobody { plain, own_netns, net_admin };
 int as_nobody(Nobody how, const std::function<int()>& body);
+// The same as any uid other than root (its gid is the same number).
+int as_user(uid_t uid, Nobody how, const std::function<int()>& body);
 
 // A socket spec of family, type and protocol, nothing else set.
 proto::SocketSpec spec(int family, int type, int protocol = 0);

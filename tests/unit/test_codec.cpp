@@ -309,3 +309,115 @@ TEST_CASE("socket replies outside the common shape still decode, or fail precise
     REQUIRE_FALSE(wrong);
     CHECK(wrong.error().message == "sockets[0].protocol: expected an integer, got a string");
 }
+
+TEST_CASE("a key repeated in any object of a request is refused, with the object's path") {
+    struct Case {
+        const char* input;
+        const char* message;
+    };
+    const Case cases[] = {
+        {R"({"id":3,"op":"ping","op":"stats"})", "duplicate key \"op\""},
+        {R"({"id":3,"op":"socket","netns":{"name":"a","name":"b"},
+            "socket":{"family":"inet","type":"stream"}})",
+         "netns: duplicate key \"name\""},
+        {R"({"id":3,"op":"socket","netns":{"name":"a"},"sockets":[{"family":"inet","type":"stream"},
+            {"family":"inet","type":"stream","type":"dgram"}]})",
+         "sockets[1]: duplicate key \"type\""},
+        {R"({"id":3,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream",
+            "flags":["nonblock","cloexec"],"options":{"mark":1,"reuseaddr":true,"mark":2}}})",
+         "socket.options: duplicate key \"mark\""},
+        {R"({"id":3,"op":"socket","netns":{"name":"a"},"sockets":[{"family":"inet","type":"stream",
+            "options":{"nodelay":true,"nodelay":false}}]})",
+         "sockets[0].options: duplicate key \"nodelay\""},
+        {R"({"id":3,"op":"socket","netns":{"name":"a"},"socket":{"family":"inet","type":"stream"},
+            "socket":{"family":"inet6","type":"stream"}})",
+         "duplicate key \"socket\""},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.input);
+        auto e = decode_bad(c.input);
+        CHECK(e.id == 3u);
+        CHECK(e.error.code == ErrorCode::invalid_request);
+        CHECK(e.error.message == c.message);
+    }
+
+    // Which of two ids the client waits for cannot be known.
+    auto twice = decode_bad(R"({"id":1,"op":"ping","id":2})");
+    CHECK(twice.error.message == "duplicate key \"id\"");
+    CHECK_FALSE(twice.id.has_value());
+
+    // A repeat is refused even where the value would otherwise be ignored or wrong.
+    CHECK(decode_bad(R"({"id":4,"op":"ping","extra":1,"extra":2})").error.message ==
+          "duplicate key \"extra\"");
+    CHECK(decode_bad(R"({"id":4,"op":"ping","x":[{"a":1},{"b":[{"c":1,"c":1}]}]})").error.message ==
+          "x[1].b[0]: duplicate key \"c\"");
+    // Malformed JSON is still reported as such.
+    CHECK(decode_bad(R"({"id":4,"op":"ping","op":"ping")").error.message == "malformed JSON");
+}
+
+TEST_CASE("requests whose objects share key names still decode") {
+    auto r = decode_ok(R"({"id":8,"op":"socket","netns":{"name":"a"},"sockets":[
+        {"family":"inet","type":"stream","options":{"mark":1,"nodelay":true}},
+        {"family":"inet","type":"stream","flags":["nonblock","nonblock"],"options":{"mark":2}}]})");
+    CHECK(r.id == 8);
+    REQUIRE(r.specs.size() == 2);
+    CHECK(r.specs[0].options.mark == 1u);
+    CHECK(r.specs[1].options.mark == 2u);
+    CHECK(r.specs[1].nonblock);
+    CHECK(decode_ok(R"({"op":"stats","id":9})").op == Op::stats);
+    // Colons and quotes inside strings are not members.
+    r = decode_ok(R"({"id":10,"op":"socket","netns":{"path":"/run/netns/a:b"},
+        "socket":{"family":"unix","type":"stream","bind":"/tmp/x\":{\"y\":1"}})");
+    CHECK(r.specs.at(0).bind == "/tmp/x\":{\"y\":1");
+}
+
+TEST_CASE("a key repeated in a worker job or a reply is refused") {
+    auto job = decode_job(R"({"id":1,"sockets":[{"family":"unix","type":"stream",
+        "bind":"@a","bind":"@b"}]})");
+    REQUIRE_FALSE(job);
+    CHECK(job.error().code == ErrorCode::invalid_request);
+    CHECK(job.error().message == "sockets[0]: duplicate key \"bind\"");
+    job = decode_job(R"({"id":1,"id":1,"sockets":[{"family":"unix","type":"stream"}]})");
+    REQUIRE_FALSE(job);
+    CHECK(job.error().message == "duplicate key \"id\"");
+
+    struct Case {
+        const char* input;
+        Op op;
+        const char* message;
+    };
+    const Case cases[] = {
+        // The shape the socket fast path reads, with a repeat at each level.
+        {R"({"id":1,"ok":true,"ok":true,"sockets":[]})", Op::socket, "duplicate key \"ok\""},
+        {R"({"id":1,"ok":true,"sockets":[{"family":"inet","type":"dgram","protocol":17,"local":""},
+            {"family":"inet","type":"dgram","protocol":17,"local":"a","local":"b"}]})",
+         Op::socket, "sockets[1]: duplicate key \"local\""},
+        {R"({"id":1,"ok":true,"sockets":[{"family":"inet","family":"inet","type":"dgram","protocol":17}]})",
+         Op::socket, "sockets[0]: duplicate key \"family\""},
+        {R"({"id":1,"ok":true,"sockets":[],"sockets":[]})", Op::socket,
+         "duplicate key \"sockets\""},
+        {R"({"id":1,"ok":false,"error":{"code":"kernel","code":"limit","message":"m"}})",
+         Op::socket, "error: duplicate key \"code\""},
+        {R"({"id":1,"ok":true,"protocol":1,"version":"0.1.0","version":"0.2.0","features":[]})",
+         Op::hello, "duplicate key \"version\""},
+        {R"({"id":1,"ok":true,"truncated":false,"namespaces":[
+            {"dev":1,"ino":2,"names":[],"worker_pid":0,"state":"idle","requests":0,"sockets":0},
+            {"dev":1,"ino":3,"names":["a","b"],"worker_pid":0,"state":"idle","state":"ready",
+             "requests":0,"sockets":0}]})",
+         Op::namespaces, "namespaces[1]: duplicate key \"state\""},
+        {R"({"id":1,"ok":true,"stats":{"uptime_seconds":1,"requests":0,"sockets":0,"clients":0,
+            "workers_spawned":0,"workers_live":0,"workers_exited":0,
+            "errors":{"kernel":1,"limit":2,"kernel":3}}})",
+         Op::stats, "stats.errors: duplicate key \"kernel\""},
+    };
+    for (const auto& c : cases) {
+        CAPTURE(c.input);
+        auto reply = decode_reply(c.input, c.op);
+        REQUIRE_FALSE(reply);
+        CHECK(reply.error().code == ErrorCode::invalid_request);
+        CHECK(reply.error().message == c.message);
+        // The id still reaches the caller waiting for this reply.
+        CHECK(reply_id(c.input) == 1u);
+    }
+    CHECK_FALSE(reply_id(R"({"id":1,"ok":true,"id":2,"sockets":[]})").has_value());
+}

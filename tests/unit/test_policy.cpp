@@ -52,6 +52,10 @@ TEST_CASE("bad policy files are refused with the place and the reason") {
          "rules[0].families[0]: unknown name \"ax25\""},
         {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "limits": {"sockets_per_request": 300}}]})",
          "rules[0].limits.sockets_per_request: expected a number from 1 to 253"},
+        {R"({"rules": [{"users": ["*"], "namespaces": {"owned": true, "passed": true}}]})",
+         "rules[0].namespaces.passed: no longer exists: holding a namespace's descriptor proves "
+         "nothing (anyone may open /run/netns/*), so passing one grants nothing; use \"owned\" "
+         "for namespaces the caller could enter itself, \"names\" or \"any\""},
     };
     for (const auto& c : cases) {
         CAPTURE(c.text);
@@ -61,14 +65,18 @@ TEST_CASE("bad policy files are refused with the place and the reason") {
     }
 }
 
-TEST_CASE("the default policy: own and passed namespaces, ordinary sockets, root everything") {
+TEST_CASE("the default policy: own namespaces, ordinary sockets, root everything") {
     auto p = Policy::builtin_default();
     NamespaceFacts owned;
     owned.owned_by_caller = true;
-    NamespaceFacts passed;
-    passed.passed = true;
-    CHECK(p.decide(user(1000), owned, {spec(AF_INET, SOCK_STREAM)}).allowed);
-    CHECK(p.decide(user(1000), passed, {spec(AF_NETLINK, SOCK_RAW)}).allowed);
+    NamespaceFacts someone_elses;
+    auto mine = p.decide(user(1000), owned, {spec(AF_INET, SOCK_STREAM)});
+    CHECK(mine.allowed);
+    CHECK(mine.owned_only);
+    auto theirs = p.decide(user(1000), someone_elses, {spec(AF_NETLINK, SOCK_RAW)});
+    CHECK_FALSE(theirs.allowed);
+    CHECK(theirs.reason ==
+          "rule \"default\": the namespace is not granted (the caller does not own it)");
     CHECK_FALSE(p.decide(user(1000), named("blue"), {spec(AF_INET, SOCK_STREAM)}).allowed);
     CHECK(p.decide(user(0), named("blue"), {spec(AF_PACKET, SOCK_RAW)}).allowed);
     auto raw = p.decide(user(1000), owned, {spec(AF_INET, SOCK_RAW, IPPROTO_ICMP)});
@@ -80,7 +88,7 @@ TEST_CASE("the default policy: own and passed namespaces, ordinary sockets, root
     low.bind = "[::]:443";
     auto https = p.decide(user(1000), owned, {low});
     CHECK(https.allowed);
-    CHECK_FALSE(job_capabilities(*https.rule).net_bind_service);
+    CHECK_FALSE(job_restriction(*https.rule).grants_kind(Privilege::low_ports));
     auto marked = spec(AF_INET, SOCK_DGRAM);
     marked.options.mark = 1;
     CHECK(p.decide(user(1000), owned, {marked}).reason ==
@@ -114,7 +122,7 @@ TEST_CASE("rules by user and group, name globs, kinds and limits") {
     CHECK(stranger.reason == "no rule of the policy (inline) applies to uid 2000");
 }
 
-TEST_CASE("a rule's grants become the capabilities its sockets are made with") {
+TEST_CASE("a rule's grants travel to the worker by name, and nothing else does") {
     auto p = Policy::parse(R"({"rules": [
         {"name": "none", "users": [1000], "namespaces": {"any": true}},
         {"name": "pinger", "users": [1001], "namespaces": {"any": true}, "grant": ["raw"]},
@@ -122,13 +130,46 @@ TEST_CASE("a rule's grants become the capabilities its sockets are made with") {
          "grant": ["net_admin", "low_ports"]}
     ]})");
     REQUIRE_MESSAGE(p, p.error().message);
-    auto caps = [&](std::size_t i) {
-        return job_capabilities(p->rules()[i]);
+    auto restriction = [&](std::size_t i) {
+        return job_restriction(p->rules()[i]);
     };
-    CHECK_FALSE((caps(0).net_raw || caps(0).net_bind_service || caps(0).net_admin));
-    CHECK(caps(0).rule == "none");
-    CHECK((caps(1).net_raw && !caps(1).net_bind_service && !caps(1).net_admin));
-    CHECK((!caps(2).net_raw && caps(2).net_bind_service && caps(2).net_admin));
+    CHECK(restriction(0).grants.empty());
+    CHECK(restriction(0).rule == "none");
+    CHECK(restriction(1).grants == std::vector{Privilege::raw});
+    CHECK(restriction(2).grants_kind(Privilege::net_admin));
+    CHECK(restriction(2).grants_kind(Privilege::low_ports));
+    CHECK_FALSE(restriction(2).grants_kind(Privilege::mark));
+}
+
+TEST_CASE("a namespace a rule names is not one caller's; one it owns is") {
+    auto p = Policy::parse(R"({"rules": [
+        {"name": "web", "users": [1000], "namespaces": {"names": ["web-*"], "owned": true}}
+    ]})");
+    REQUIRE_MESSAGE(p, p.error().message);
+    auto named_one = p->decide(user(1000), named("web-1"), {spec(AF_INET, SOCK_STREAM)});
+    CHECK(named_one.allowed);
+    CHECK_FALSE(named_one.owned_only);
+    NamespaceFacts own;
+    own.owned_by_caller = true;
+    CHECK(p->decide(user(1000), own, {spec(AF_INET, SOCK_STREAM)}).owned_only);
+}
+
+TEST_CASE("unix sockets are bound and connected by their caller, and never by relative path") {
+    auto listener = spec(AF_UNIX, SOCK_STREAM);
+    listener.bind = "/run/user/1000/app.sock";
+    auto why = unix_address_refusal(user(1000), {spec(AF_INET, SOCK_DGRAM), listener});
+    REQUIRE(why);
+    CHECK(why->starts_with("sockets[1]: bind /run/user/1000/app.sock: unix sockets are bound"));
+    auto abstract = spec(AF_UNIX, SOCK_SEQPACKET);
+    abstract.connect = "@bus";
+    CHECK(unix_address_refusal(user(1000), {abstract}));
+    CHECK_FALSE(unix_address_refusal(user(1000), {spec(AF_UNIX, SOCK_DGRAM)}));
+    CHECK_FALSE(unix_address_refusal(user(0), {listener, abstract}));
+    auto relative = spec(AF_UNIX, SOCK_STREAM);
+    relative.connect = "x.sock";
+    auto root_relative = unix_address_refusal(user(0), {relative});
+    REQUIRE(root_relative);
+    CHECK(root_relative->find("relative path") != std::string::npos);
 }
 
 TEST_CASE("a request that binds a port prefers a rule that grants low ports") {
@@ -144,5 +185,5 @@ TEST_CASE("a request that binds a port prefers a rule that grants low ports") {
     auto bound = p->decide(user(1000), named("web"), {http});
     REQUIRE(bound.allowed);
     CHECK(bound.rule->name == "servers");
-    CHECK(job_capabilities(*bound.rule).net_bind_service);
+    CHECK(job_restriction(*bound.rule).grants_kind(Privilege::low_ports));
 }

@@ -38,10 +38,12 @@ std::string default_socket_path();
 class Netns {
   public:
     static Netns name(std::string name); // /run/netns/NAME
-    // Any nsfs file. The library opens it with the caller's access and sends
-    // the descriptor; only a path it cannot open is left to the daemon.
+    // Any nsfs file. The library opens it with the caller's own rights and
+    // sends the descriptor; a path it cannot open is an error here.
     static Netns path(std::string path);
-    static Netns pid(pid_t pid); // /proc/PID/ns/net
+    // The namespace process pid is in: opened here as for a path when this
+    // process may read it, else named to the daemon by pid.
+    static Netns pid(pid_t pid);
     // A namespace fd the caller holds (borrowed; it must stay open for the call).
     static Netns fd(int fd);
     // The command line's spelling: "NAME", a path (anything with a '/'), or "pid:N".
@@ -87,6 +89,10 @@ class Client {
     Result<Socket> socket(const Netns& netns, const SocketSpec& spec);
     // Several sockets in one request and one reply (at most 253 in all),
     // in the order of the specs and their counts.
+    // A unix socket is bound, listened on and connected in the calling
+    // process, once nsbrokerd has made it: a path is the caller's (relative
+    // to its working directory, in its mount namespace, with its rights),
+    // while an abstract "@name" belongs to the socket's network namespace.
     Result<std::vector<Socket>> sockets(const Netns& netns, const std::vector<SocketSpec>& specs);
     Result<NamespacesReply> namespaces();
     Result<StatsReply> stats();

@@ -136,25 +136,53 @@ struct Reply {
     ReplyBody body;
 };
 
-// nsbrokerd -> worker: make these sockets; the worker answers with a Reply
-// carrying a SocketReply or an Error, and the fds.
-// The capabilities a worker holds while it makes a job's sockets. They
-// matter past socket(2): a netlink socket made with CAP_NET_ADMIN lets
-// whoever holds it change the namespace, because netlink checks the
-// credentials of the socket's creator.
-struct JobCapabilities {
-    std::string rule;              // the policy rule serving the request
-    bool net_raw = false;          // raw and packet sockets, bindtodevice
-    bool net_bind_service = false; // ports below ip_unprivileged_port_start
-    bool net_admin = false;        // mark, transparent, netlink that changes the namespace
+// Privileged kinds of socket that a policy rule grants by name (docs/POLICY.md).
+// Each lets a worker hold one capability for exactly the step that needs it:
+//   raw, packet    CAP_NET_RAW at socket(2) of an inet raw or a packet socket
+//   bindtodevice   CAP_NET_RAW while setting SO_BINDTODEVICE
+//   low_ports      CAP_NET_BIND_SERVICE at bind(2)
+//   mark           CAP_NET_ADMIN while setting SO_MARK
+//   transparent    CAP_NET_ADMIN while setting IP_TRANSPARENT or IP_FREEBIND
+//   net_admin      CAP_NET_ADMIN at socket(2): netlink checks the capabilities
+//                  of a socket's creator as well as of its sender, so only
+//                  this grant lets a socket change the namespace
+enum class Grant { raw, packet, low_ports, bindtodevice, mark, transparent, net_admin };
+
+std::string_view to_string(Grant grant) noexcept;
+std::optional<Grant> grant_from_name(std::string_view name) noexcept;
+// Every grant, in the order above.
+inline constexpr Grant all_grants[] = {Grant::raw,          Grant::packet, Grant::low_ports,
+                                       Grant::bindtodevice, Grant::mark,   Grant::transparent,
+                                       Grant::net_admin};
+
+// Who a job's sockets are made for: the worker takes this effective uid, gid
+// and supplementary groups while it makes them, so that the sockets carry the
+// caller's identity (inode owner, SO_PEERCRED, the owner netfilter and
+// SO_REUSEPORT see, ping_group_range) and never the daemon's.
+struct JobCaller {
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::vector<gid_t> groups;
+    bool operator==(const JobCaller&) const = default;
 };
 
+// What a caller other than root may use: the rule that serves it and what
+// that rule grants.
+struct JobRestriction {
+    std::string rule;
+    std::vector<Grant> grants;
+    [[nodiscard]] bool grants_kind(Grant g) const noexcept;
+};
+
+// nsbrokerd -> worker: make these sockets for this caller; the worker answers
+// with a Reply carrying a SocketReply or an Error, and the fds.
 struct WorkerJob {
     std::uint64_t id = 0;
     std::vector<SocketSpec> specs;
-    // Absent for root, whose jobs are made with all of the worker's
-    // capabilities; otherwise what the caller's rule grants.
-    std::optional<JobCapabilities> restricted;
+    JobCaller caller;
+    // Absent for root, whose sockets are made with all of the worker's
+    // network capabilities.
+    std::optional<JobRestriction> restricted;
 };
 
 } // namespace nsbroker::proto
