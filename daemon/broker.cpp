@@ -53,7 +53,10 @@ struct Connection : std::enable_shared_from_this<Connection> {
     std::size_t in_flight = 0;
     DescriptorBudget::Account account;
     std::optional<Waiting> waiting;
+    bool read_closed = false; // the peer sends no more, and waits for its answers
     bool closed = false;
+
+    [[nodiscard]] bool answered_all() const { return in_flight == 0 && outbox.empty() && !waiting; }
 };
 
 namespace {
@@ -385,6 +388,11 @@ void Broker::client_event(const std::shared_ptr<Connection>& c, uint32_t revents
             case proto::ReceiveStatus::would_block:
                 break;
             case proto::ReceiveStatus::closed:
+                // shutdown(SHUT_WR) after its requests: they are still answered.
+                if (!c->answered_all()) {
+                    c->read_closed = true;
+                    break;
+                }
                 close_client(*c);
                 return;
             case proto::ReceiveStatus::fds_truncated:
@@ -540,7 +548,7 @@ void Broker::update_events(Connection& c) {
         return;
     }
     uint32_t events = 0;
-    if (c.outbox.size() < config_.limits.unread_replies && !c.waiting) {
+    if (c.outbox.size() < config_.limits.unread_replies && !c.waiting && !c.read_closed) {
         events |= EPOLLIN;
     }
     if (!c.outbox.empty()) {
@@ -579,6 +587,10 @@ void Broker::flush(Connection& c) {
         }
         budget_.sent(c.account, next.fds.size());
         c.outbox.pop_front(); // our copies of the fds close here
+    }
+    if (c.read_closed && c.answered_all()) {
+        close_client(c);
+        return;
     }
     update_events(c);
 }

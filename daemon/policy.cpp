@@ -345,9 +345,27 @@ Policy Policy::builtin_default() {
 }
 
 Result<Policy> Policy::parse(std::string_view text) {
-    json j = json::parse(text.begin(), text.end(), nullptr, false);
+    // A key given twice would let a reader see one grant and the daemon
+    // another: the file is refused.
+    std::vector<std::set<std::string>> keys;
+    std::optional<std::string> repeated;
+    json::parser_callback_t no_repeats = [&](int, json::parse_event_t event, json& value) {
+        if (event == json::parse_event_t::object_start) {
+            keys.emplace_back();
+        } else if (event == json::parse_event_t::object_end && !keys.empty()) {
+            keys.pop_back();
+        } else if (event == json::parse_event_t::key && !keys.empty() && !repeated &&
+                   !keys.back().insert(value.get<std::string>()).second) {
+            repeated = value.get<std::string>();
+        }
+        return true;
+    };
+    json j = json::parse(text.begin(), text.end(), no_repeats, false);
     if (j.is_discarded()) {
         return make_error(ErrorCode::invalid_request, "not valid JSON");
+    }
+    if (repeated) {
+        return make_error(ErrorCode::invalid_request, "duplicate key \"" + *repeated + "\"");
     }
     try {
         only_keys(j, "policy", {"rules"});

@@ -578,9 +578,12 @@ std::optional<std::string> WorkerPool::make_room(const WorkerSponsor& sponsor) {
             own += of_uid(*worker) ? 1 : 0;
             all_sponsored += sponsored(*worker) ? 1 : 0;
         }
-        if (own >= config_.max_workers_per_uid && !retire_oldest(of_uid)) {
-            return "uid " + std::to_string(uid) + " has " + std::to_string(own) +
-                   " workers busy, the most it may have";
+        if (own >= config_.max_workers_per_uid) {
+            if (!retire_oldest(of_uid)) {
+                return "uid " + std::to_string(uid) + " has " + std::to_string(own) +
+                       " workers busy, the most it may have";
+            }
+            --all_sponsored;
         }
         // Root's workers and those for namespaces a rule names never make
         // room for these, and a quarter of the pool stays theirs.

@@ -866,3 +866,20 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         CHECK(socket_netns_inode(next->fd()) == ns.inode());
     }
 }
+
+TEST_CASE("a client that shuts down its sending side still gets its answers") {
+    TestNetns ns("half-closed");
+    Daemon d;
+    auto c = connect(d);
+    const std::string request =
+        R"({"id": 5, "op": "socket", "netns": {"name": ")" + ns.name() +
+        R"("}, "sockets": [{"family": "inet", "type": "dgram", "count": 3}]})";
+    REQUIRE(proto::send_message(c.fd(), request) == proto::SendStatus::sent);
+    REQUIRE(::shutdown(c.fd(), SHUT_WR) == 0);
+    auto reply = proto::receive_message(c.fd());
+    REQUIRE(reply.status == proto::ReceiveStatus::message);
+    CHECK(reply.message.data.find("\"ok\":true") != std::string::npos);
+    CHECK(reply.message.fds.size() == 3);
+    // Then the daemon closes its end.
+    CHECK(proto::receive_message(c.fd()).status == proto::ReceiveStatus::closed);
+}

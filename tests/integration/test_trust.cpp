@@ -602,3 +602,18 @@ TEST_CASE("duplicate keys are refused, not resolved in the caller's favour") {
                          : 1;
           }) == 0);
 }
+
+TEST_CASE("a socket directory others may write to is refused") {
+    TempDir dir;
+    const std::string shared = dir.path() + "/shared";
+    REQUIRE(::mkdir(shared.c_str(), 01777) == 0);
+    REQUIRE(::chmod(shared.c_str(), 01777) == 0);
+    int status = -1;
+    auto out = run_output("timeout 30 " + built("NSBROKERD") + " --no-dbus --socket " + shared +
+                              "/nsb.sock --policy " + dir.path() + "/policy.json 2>&1",
+                          &status);
+    INFO(out);
+    CHECK(status == 1);
+    CHECK(out.find("no one else may write to") != std::string::npos);
+    CHECK(::access((shared + "/nsb.sock").c_str(), F_OK) != 0);
+}

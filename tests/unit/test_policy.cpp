@@ -52,6 +52,8 @@ TEST_CASE("bad policy files are refused with the place and the reason") {
          "rules[0].families[0]: unknown name \"ax25\""},
         {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "limits": {"sockets_per_request": 300}}]})",
          "rules[0].limits.sockets_per_request: expected a number from 1 to 253"},
+        {R"({"rules": [{"users": ["*"], "namespaces": {"any": true}, "grant": [], "grant": ["raw"]}]})",
+         "duplicate key \"grant\""},
         {R"({"rules": [{"users": ["*"], "namespaces": {"owned": true, "passed": true}}]})",
          "rules[0].namespaces.passed: no longer exists: holding a namespace's descriptor proves "
          "nothing (anyone may open /run/netns/*), so passing one grants nothing; use \"owned\" "
