@@ -277,6 +277,20 @@ TEST_CASE("an unprivileged caller on D-Bus follows the same policy as on the soc
               }
               return 0;
           }) == 0);
+    // Granted by name, the socket is still the caller's, as the bus says who
+    // that is.
+    REQUIRE(d.daemon.write_policy(R"({"rules": [{"users": [65534], "namespaces": {"names": [")" +
+                                  ns.name() + R"("]}}]})"));
+    CHECK(as_nobody(Nobody::plain, [&] {
+              auto c = connect_bus(address);
+              auto r = c ? open_udp(c.get(), ns.name()) : CallResult{};
+              struct stat owner {};
+              if (r.fds.size() != 1 || ::fstat(r.fds[0].get(), &owner) < 0) {
+                  std::fprintf(stderr, "%s: %s\n", r.error_name.c_str(), r.error_message.c_str());
+                  return 30;
+              }
+              return owner.st_uid == 65534 && owner.st_gid != 0 ? 0 : 31;
+          }) == 0);
 }
 
 TEST_CASE("the interface the daemon serves is proto/org.nsbroker.Broker1.xml") {

@@ -45,35 +45,6 @@ std::string own_ns_policy(const std::string& grants) {
            grants + "]}]}";
 }
 
-// Asks rtnetlink to take lo down through fd; returns the kernel's answer: 0 or
-// a negative errno.
-int take_lo_down(int fd) {
-    struct {
-        nlmsghdr header;
-        ifinfomsg link;
-    } request{};
-    request.header.nlmsg_len = sizeof request;
-    request.header.nlmsg_type = RTM_NEWLINK;
-    request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    request.header.nlmsg_seq = 1;
-    request.link.ifi_family = AF_UNSPEC;
-    request.link.ifi_index = static_cast<int>(::if_nametoindex("lo"));
-    request.link.ifi_flags = 0;
-    request.link.ifi_change = IFF_UP;
-    if (::send(fd, &request, sizeof request, 0) != sizeof request) {
-        return -1000;
-    }
-    struct {
-        nlmsghdr header;
-        nlmsgerr error;
-    } answer{};
-    if (::recv(fd, &answer, sizeof answer, 0) < static_cast<ssize_t>(sizeof answer) ||
-        answer.header.nlmsg_type != NLMSG_ERROR) {
-        return -1001;
-    }
-    return answer.error.error;
-}
-
 } // namespace
 
 TEST_CASE("an unprivileged user is refused a socket in a namespace root made") {

@@ -75,33 +75,6 @@ UniqueFd unix_listener(const std::string& path, mode_t mode = 0777) {
     return fd;
 }
 
-// Asks rtnetlink to take lo down through fd: 0 or the kernel's -errno.
-int take_lo_down(int fd) {
-    struct {
-        nlmsghdr header;
-        ifinfomsg link;
-    } request{};
-    request.header.nlmsg_len = sizeof request;
-    request.header.nlmsg_type = RTM_NEWLINK;
-    request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
-    request.header.nlmsg_seq = 1;
-    request.link.ifi_family = AF_UNSPEC;
-    request.link.ifi_index = static_cast<int>(::if_nametoindex("lo"));
-    request.link.ifi_change = IFF_UP;
-    if (::send(fd, &request, sizeof request, 0) != sizeof request) {
-        return -1000;
-    }
-    struct {
-        nlmsghdr header;
-        nlmsgerr error;
-    } answer{};
-    if (::recv(fd, &answer, sizeof answer, 0) < static_cast<ssize_t>(sizeof answer) ||
-        answer.header.nlmsg_type != NLMSG_ERROR) {
-        return -1001;
-    }
-    return answer.error.error;
-}
-
 std::string own_pid_ref() {
     return "{\"pid\": " + std::to_string(::getpid()) + "}";
 }
@@ -236,62 +209,65 @@ TEST_CASE("holding a descriptor of a namespace root made grants nothing") {
 }
 
 TEST_CASE("a namespace made in the user's own nested user namespaces is its own") {
-    Daemon d;
-    CHECK(as_nobody(Nobody::own_netns, [&] {
-              // A second level below the first, as a container in a rootless
-              // container would make: nobody is root in the first.
-              std::ofstream("/proc/self/setgroups") << "deny";
-              std::ofstream("/proc/self/gid_map") << "0 65534 1";
-              std::ofstream("/proc/self/uid_map") << "0 65534 1";
-              if (::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
-                  std::perror("unshare");
-                  return 1;
-              }
-              auto c = Client::connect(d.socket_path());
-              auto s = c->socket(Netns::pid(::getpid()), spec(AF_INET, SOCK_DGRAM));
-              if (!s) {
+    for (RunAs how : run_modes) {
+        CAPTURE(describe(how));
+        Daemon d({}, {}, how);
+        CHECK(as_nobody(Nobody::own_netns, [&] {
+                  // A second level below the first, as a container in a rootless
+                  // container would make: nobody is root in the first.
+                  std::ofstream("/proc/self/setgroups") << "deny";
+                  std::ofstream("/proc/self/gid_map") << "0 65534 1";
+                  std::ofstream("/proc/self/uid_map") << "0 65534 1";
+                  if (::unshare(CLONE_NEWUSER | CLONE_NEWNET) < 0) {
+                      std::perror("unshare");
+                      return 1;
+                  }
+                  auto c = Client::connect(d.socket_path());
+                  auto s = c->socket(Netns::pid(::getpid()), spec(AF_INET, SOCK_DGRAM));
+                  if (!s) {
+                      std::fprintf(stderr, "%s\n", s.error().describe().c_str());
+                      return 2;
+                  }
+                  struct stat mine {};
+                  ::stat("/proc/self/ns/net", &mine);
+                  return socket_netns_inode(s->fd()) == mine.st_ino ? 0 : 3;
+              }) == 0);
+        // Another user's namespace is not nobody's, however it is named.
+        int told[2];
+        int hold[2];
+        REQUIRE(::pipe2(told, O_CLOEXEC) == 0);
+        REQUIRE(::pipe2(hold, O_CLOEXEC) == 0);
+        pid_t owner = ::fork();
+        if (owner == 0) {
+            ::close(hold[1]);
+            int r = as_user(other_user, Nobody::own_netns, [&] {
+                pid_t self = ::getpid();
+                if (::write(told[1], &self, sizeof self) != sizeof self) {
+                    return 1;
+                }
+                char byte = 0;
+                return static_cast<int>(::read(hold[0], &byte, 1));
+            });
+            ::_exit(r);
+        }
+        ::close(told[1]);
+        ::close(hold[0]);
+        UniqueFd release{hold[1]};
+        pid_t theirs = 0;
+        REQUIRE(::read(told[0], &theirs, sizeof theirs) == sizeof theirs);
+        ::close(told[0]);
+        CHECK(as_nobody(Nobody::plain, [&] {
+                  auto c = Client::connect(d.socket_path());
+                  auto s = c->socket(Netns::pid(theirs), spec(AF_INET, SOCK_DGRAM));
+                  if (s) {
+                      return 1;
+                  }
                   std::fprintf(stderr, "%s\n", s.error().describe().c_str());
-                  return 2;
-              }
-              struct stat mine {};
-              ::stat("/proc/self/ns/net", &mine);
-              return socket_netns_inode(s->fd()) == mine.st_ino ? 0 : 3;
-          }) == 0);
-    // Another user's namespace is not nobody's, however it is named.
-    int told[2];
-    int hold[2];
-    REQUIRE(::pipe2(told, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(hold, O_CLOEXEC) == 0);
-    pid_t owner = ::fork();
-    if (owner == 0) {
-        ::close(hold[1]);
-        int r = as_user(other_user, Nobody::own_netns, [&] {
-            pid_t self = ::getpid();
-            if (::write(told[1], &self, sizeof self) != sizeof self) {
-                return 1;
-            }
-            char byte = 0;
-            return static_cast<int>(::read(hold[0], &byte, 1));
-        });
-        ::_exit(r);
+                  return s.error().code == ErrorCode::permission_denied ? 0 : 2;
+              }) == 0);
+        release.reset();
+        ::waitpid(owner, nullptr, 0);
     }
-    ::close(told[1]);
-    ::close(hold[0]);
-    UniqueFd release{hold[1]};
-    pid_t theirs = 0;
-    REQUIRE(::read(told[0], &theirs, sizeof theirs) == sizeof theirs);
-    ::close(told[0]);
-    CHECK(as_nobody(Nobody::plain, [&] {
-              auto c = Client::connect(d.socket_path());
-              auto s = c->socket(Netns::pid(theirs), spec(AF_INET, SOCK_DGRAM));
-              if (s) {
-                  return 1;
-              }
-              std::fprintf(stderr, "%s\n", s.error().describe().c_str());
-              return s.error().code == ErrorCode::permission_denied ? 0 : 2;
-          }) == 0);
-    release.reset();
-    ::waitpid(owner, nullptr, 0);
 }
 
 TEST_CASE("sockets are the caller's: owner, group, ping_group_range and SO_REUSEPORT see it") {
@@ -541,19 +517,22 @@ TEST_CASE("a worker for a namespace reached by pid goes when that process exits"
 }
 
 TEST_CASE("a worker for a namespace reached by descriptor goes after a short idle time") {
-    TestNetns named("kept");
-    Daemon d({"--unnamed-idle-timeout", "1"});
-    auto root = Client::connect(d.socket_path());
-    REQUIRE(root->socket(Netns::name(named.name()), spec(AF_INET, SOCK_DGRAM)));
-    TestNetns by_fd("by-fd");
-    UniqueFd ns{::open(by_fd.path().c_str(), O_RDONLY | O_CLOEXEC)};
-    by_fd.remove(); // nothing names it now but this descriptor
-    REQUIRE(root->socket(Netns::fd(ns.get()), spec(AF_INET, SOCK_DGRAM)));
-    CHECK(root->stats()->workers_live == 2);
-    CHECK(wait_for([&] { return root->stats()->workers_live == 1; }));
-    // The named one stays for the full idle time.
-    CHECK(root->socket(Netns::name(named.name()), spec(AF_INET, SOCK_DGRAM)));
-    CHECK(root->stats()->workers_spawned == 2);
+    for (RunAs how : run_modes) {
+        CAPTURE(describe(how));
+        TestNetns named("kept");
+        Daemon d({"--unnamed-idle-timeout", "1"}, {}, how);
+        auto root = Client::connect(d.socket_path());
+        REQUIRE(root->socket(Netns::name(named.name()), spec(AF_INET, SOCK_DGRAM)));
+        TestNetns by_fd("by-fd");
+        UniqueFd ns{::open(by_fd.path().c_str(), O_RDONLY | O_CLOEXEC)};
+        by_fd.remove(); // nothing names it now but this descriptor
+        REQUIRE(root->socket(Netns::fd(ns.get()), spec(AF_INET, SOCK_DGRAM)));
+        CHECK(root->stats()->workers_live == 2);
+        CHECK(wait_for([&] { return root->stats()->workers_live == 1; }));
+        // The named one stays for the full idle time.
+        CHECK(root->socket(Netns::name(named.name()), spec(AF_INET, SOCK_DGRAM)));
+        CHECK(root->stats()->workers_spawned == 2);
+    }
 }
 
 TEST_CASE("a path reveals nothing about files the caller cannot see") {

@@ -5,7 +5,10 @@
 #include <fcntl.h>
 #include <grp.h>
 #include <linux/capability.h>
+#include <linux/netlink.h>
+#include <linux/rtnetlink.h>
 #include <linux/sockios.h>
+#include <net/if.h>
 #include <netinet/in.h>
 #include <sched.h>
 #include <signal.h>
@@ -451,6 +454,34 @@ bool tcp_connect_from(const std::string& netns_path, const std::string& ip, int 
     int status = 0;
     ::waitpid(child, &status, 0);
     return WIFEXITED(status) && WEXITSTATUS(status) == 0;
+}
+
+// ---- netlink ---------------------------------------------------------------
+
+int take_lo_down(int fd) {
+    struct {
+        nlmsghdr header;
+        ifinfomsg link;
+    } request{};
+    request.header.nlmsg_len = sizeof request;
+    request.header.nlmsg_type = RTM_NEWLINK;
+    request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_ACK;
+    request.header.nlmsg_seq = 1;
+    request.link.ifi_family = AF_UNSPEC;
+    request.link.ifi_index = static_cast<int>(::if_nametoindex("lo"));
+    request.link.ifi_change = IFF_UP;
+    if (::send(fd, &request, sizeof request, 0) != sizeof request) {
+        return -1000;
+    }
+    struct {
+        nlmsghdr header;
+        nlmsgerr error;
+    } answer{};
+    if (::recv(fd, &answer, sizeof answer, 0) < static_cast<ssize_t>(sizeof answer) ||
+        answer.header.nlmsg_type != NLMSG_ERROR) {
+        return -1001;
+    }
+    return answer.error.error;
 }
 
 } // namespace nsbroker::test

@@ -149,6 +149,10 @@ bool tcp_connect_from(const std::string& netns_path, const std::string& ip, int 
 // A connection attempt from the test's own namespace.
 bool tcp_connect_here(const std::string& ip, int port);
 
+// Asks rtnetlink to take lo down through a NETLINK_ROUTE socket; returns the
+// kernel's answer: 0 or a negative errno.
+int take_lo_down(int fd);
+
 // Environment: path of a built program, from meson (fails the test if unset).
 std::string built(const char* variable);
 
