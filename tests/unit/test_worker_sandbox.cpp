@@ -5,6 +5,8 @@
 #include <netinet/in.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -83,5 +85,33 @@ TEST_CASE("a confined worker still makes every kind of socket it serves") {
                         ::bind(tcp, reinterpret_cast<sockaddr*>(&low), sizeof(low)) == 0 &&
                         ::setsockopt(udp, SOL_SOCKET, SO_MARK, &one, sizeof(one)) == 0;
               return ok ? 0 : 1;
+          }) == 0);
+}
+
+TEST_CASE("a confined worker makes sockets as its caller and keeps its own real uid") {
+    CHECK(in_confined_child([](int) {
+              const nsbroker::proto::JobCaller nobody{65534, 65534, {65534, 100}};
+              if (!become_caller(nobody)) {
+                  return 1;
+              }
+              int udp = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+              struct stat owner {};
+              if (udp < 0 || ::fstat(udp, &owner) < 0 || owner.st_uid != 65534 ||
+                  owner.st_gid != 65534) {
+                  return 2;
+              }
+              // The real and saved ids, which decide who may signal it,
+              // cannot become the caller's.
+              if (!refused(static_cast<int>(::syscall(SYS_setresuid, 65534, -1, -1))) ||
+                  !refused(static_cast<int>(::syscall(SYS_setresuid, -1, -1, 65534)))) {
+                  return 3;
+              }
+              // And on to another caller, root here.
+              const nsbroker::proto::JobCaller root{0, 0, {}};
+              if (!become_caller(root)) {
+                  return 4;
+              }
+              int tcp = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+              return tcp >= 0 && ::fstat(tcp, &owner) == 0 && owner.st_uid == 0 ? 0 : 5;
           }) == 0);
 }
