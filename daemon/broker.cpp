@@ -475,28 +475,29 @@ void Broker::forget_client(Connection& c) {
 }
 
 void Broker::retry_waiting() {
-    if (waiting_.empty()) {
-        return;
-    }
-    std::vector<std::shared_ptr<Connection>> ready;
-    for (Connection* raw : waiting_) {
-        auto n = proto::socket_count(raw->waiting->request.specs);
-        if (budget_.admit(raw->account, n)) {
-            ready.push_back(raw->shared_from_this());
-        }
-    }
-    for (auto& c : ready) {
-        waiting_.erase(c.get());
-        auto waiting = std::move(*c->waiting);
-        c->waiting.reset();
-        ScopedLogFields fields{{c->peer.uid, c->peer.pid, {}, {}}};
-        try {
-            submit_socket(c, waiting.request, std::move(waiting.netns_fd));
-            update_events(*c);
-        } catch (const std::exception& e) {
-            spdlog::warn("client pid {} uid {}: {}; disconnected", c->peer.pid, c->peer.uid,
-                         e.what());
-            close_client(*c);
+    // One at a time, looking afresh after each: serving one may close a
+    // connection and come back here.
+    for (bool served = true; served;) {
+        served = false;
+        for (Connection* raw : waiting_) {
+            if (!budget_.admit(raw->account, proto::socket_count(raw->waiting->request.specs))) {
+                continue;
+            }
+            auto c = raw->shared_from_this();
+            waiting_.erase(raw);
+            auto waiting = std::move(*c->waiting);
+            c->waiting.reset();
+            ScopedLogFields fields{{c->peer.uid, c->peer.pid, {}, {}}};
+            try {
+                submit_socket(c, waiting.request, std::move(waiting.netns_fd));
+                update_events(*c);
+            } catch (const std::exception& e) {
+                spdlog::warn("client pid {} uid {}: {}; disconnected", c->peer.pid, c->peer.uid,
+                             e.what());
+                close_client(*c);
+            }
+            served = true;
+            break;
         }
     }
 }

@@ -596,3 +596,34 @@ TEST_CASE("a socket directory others may write to is refused") {
     CHECK(out.find("no one else may write to") != std::string::npos);
     CHECK(::access((shared + "/nsb.sock").c_str(), F_OK) != 0);
 }
+
+TEST_CASE("a user who asks for more than its budget before reading is slowed, not refused") {
+    for (RunAs how : run_modes) {
+        CAPTURE(describe(how));
+        Daemon d({}, {}, how);
+        CHECK(as_nobody(Nobody::own_netns, [&] {
+                  auto c = Client::connect(d.socket_path());
+                  UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+                  const int fds[1] = {own.get()};
+                  // Eight batches of 253 at once: twice what one connection
+                  // may have outstanding.
+                  for (int id = 1; id <= 8; ++id) {
+                      const std::string batch =
+                          R"({"id": )" + std::to_string(id) +
+                          R"(, "op": "socket", "netns": {"fd": 0}, )"
+                          R"("sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
+                      proto::send_message(c->fd(), batch, fds);
+                  }
+                  for (int n = 0; n < 8; ++n) {
+                      auto reply = proto::receive_message(c->fd());
+                      if (reply.status != proto::ReceiveStatus::message ||
+                          reply.message.fds.size() != 253) {
+                          std::fprintf(stderr, "reply %d: %s\n", n, reply.message.data.c_str());
+                          return 1;
+                      }
+                  }
+                  return 0;
+              }) == 0);
+        CHECK(d.log().find("waits for its descriptor budget") != std::string::npos);
+    }
+}
