@@ -251,6 +251,8 @@ Result<MadeSockets> make_sockets(const std::vector<SocketSpec>& specs,
         for (unsigned n = 0; n < specs[i].count; ++n) {
             auto one = make_socket(specs[i], restricted, use);
             if (!one) {
+                // A step that failed may have left its capability raised.
+                (void)use(WorkerCapabilities{false, false, false});
                 Error e = std::move(one).error();
                 e.message = "sockets[" + std::to_string(i) + "]: " + e.message;
                 return e;
