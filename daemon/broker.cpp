@@ -345,7 +345,6 @@ void Broker::accept_clients() {
         c->fd = std::move(fd);
         c->account.uid = c->peer.uid;
         c->account.fd = c->fd.get();
-        budget_.open(c->account);
         sd_event_source* s = nullptr;
         if (sd_event_add_io(loop_.get(), &s, c->fd.get(), EPOLLIN, &Broker::on_client, c.get()) <
             0) {

@@ -34,11 +34,6 @@ DescriptorBudget::DescriptorBudget(DescriptorLimits limits) : limits_(limits) {
     limits_.per_connection = std::clamp(limits_.per_connection, at_least, limits_.per_uid);
 }
 
-void DescriptorBudget::open(Account& account) {
-    account.held = 0;
-    account.unread = 0;
-}
-
 void DescriptorBudget::close(Account& account) {
     release(account, account.held);
 }

@@ -44,7 +44,6 @@ class DescriptorBudget {
 
     [[nodiscard]] const DescriptorLimits& limits() const { return limits_; }
 
-    void open(Account& account);
     // Everything held is released; unread descriptors stay charged (the peer
     // may still hold them) until forget().
     void close(Account& account);

@@ -45,23 +45,20 @@ Error no_process(pid_t pid) {
 // by the policy like any other, and a process's existence is no secret
 // (pidfd_open(2) tells anyone).
 Result<ResolvedNetns> open_netns_of_pidfd(int pidfd, pid_t pid) {
-    {
-        UniqueFd direct{::ioctl(pidfd, PIDFD_GET_NET_NAMESPACE, 0)};
-        if (direct) {
-            auto identity = verify_netns(direct.get());
-            if (!identity) {
-                return std::move(identity).error();
-            }
-            return ResolvedNetns{std::move(direct), *identity, std::nullopt, {}};
+    UniqueFd direct{::ioctl(pidfd, PIDFD_GET_NET_NAMESPACE, 0)};
+    if (direct) {
+        auto identity = verify_netns(direct.get());
+        if (!identity) {
+            return std::move(identity).error();
         }
-        if (errno == ESRCH) {
-            return no_process(pid);
-        }
-        if (errno != ENOTTY && errno != EINVAL && errno != EPERM && errno != EACCES) {
-            return make_error(ErrorCode::kernel,
-                              std::string("PIDFD_GET_NET_NAMESPACE: ") + std::strerror(errno),
-                              errno);
-        }
+        return ResolvedNetns{std::move(direct), *identity, std::nullopt, {}};
+    }
+    if (errno == ESRCH) {
+        return no_process(pid);
+    }
+    if (errno != ENOTTY && errno != EINVAL && errno != EPERM && errno != EACCES) {
+        return make_error(ErrorCode::kernel,
+                          std::string("PIDFD_GET_NET_NAMESPACE: ") + std::strerror(errno), errno);
     }
     auto r = open_netns_path("/proc/" + std::to_string(pid) + "/ns/net");
     if (!r) {

@@ -139,7 +139,7 @@ class Credentials {
 
   private:
     std::optional<proto::JobCaller> caller_; // unknown until the first job
-    WorkerCapabilities held_;                // confine_worker leaves all three effective
+    WorkerCapabilities held_;                // what become() and use() last left effective
 };
 
 // Joins the namespace on fd 4, checks the kernel agrees where we are, and
