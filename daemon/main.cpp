@@ -4,10 +4,10 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "broker.hpp"
-#include "logging.hpp"
+#include "core/core.hpp"
+#include "sys/logging.hpp"
 #include "options.hpp"
-#include "worker_process.hpp"
+#include "workers/worker_main.hpp"
 
 namespace {
 

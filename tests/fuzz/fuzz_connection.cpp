@@ -16,7 +16,7 @@
 #include <spdlog/spdlog.h>
 #include <string>
 
-#include "broker.hpp"
+#include "core/core.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"

@@ -8,7 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "netns.hpp"
+#include "core/netns.hpp"
 #include "support/harness.hpp"
 
 using namespace nsbroker;

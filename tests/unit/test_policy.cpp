@@ -3,7 +3,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "policy.hpp"
+#include "core/policy.hpp"
 
 using namespace nsbroker;
 using namespace nsbroker::daemon;

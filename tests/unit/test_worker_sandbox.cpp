@@ -12,7 +12,7 @@
 
 #include <cerrno>
 
-#include "worker_sandbox.hpp"
+#include "workers/worker_sandbox.hpp"
 
 using namespace nsbroker::daemon;
 

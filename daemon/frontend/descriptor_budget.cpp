@@ -1,5 +1,5 @@
 // Per-connection, per-uid and total bounds on descriptors outstanding.
-#include "descriptor_budget.hpp"
+#include "frontend/descriptor_budget.hpp"
 
 #include <linux/sockios.h>
 #include <sys/ioctl.h>

@@ -3,7 +3,7 @@
 // A call's arguments are turned into the socket protocol's JSON and decoded
 // by the one codec, so that D-Bus callers get exactly the checks, and the
 // error codes and messages, that socket callers get.
-#include "dbus_service.hpp"
+#include "frontend/dbus_service.hpp"
 
 #include <sys/socket.h>
 
@@ -13,8 +13,8 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "broker.hpp"
-#include "logging.hpp"
+#include "core/core.hpp"
+#include "sys/logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
 

@@ -8,7 +8,7 @@
 // The worker enforces the one part of the policy the daemon cannot judge:
 // whether a port is below the namespace's net.ipv4.ip_unprivileged_port_start,
 // a sysctl only a process inside the namespace can read.
-#include "worker_process.hpp"
+#include "workers/worker_main.hpp"
 
 #include <fcntl.h>
 #include <sched.h>
@@ -22,12 +22,12 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
-#include "netns.hpp"
+#include "core/netns.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
-#include "socket_factory.hpp"
-#include "worker_sandbox.hpp"
+#include "workers/socket_factory.hpp"
+#include "workers/worker_sandbox.hpp"
 
 namespace nsbroker::daemon {
 

@@ -1,5 +1,5 @@
 // sd-event helpers.
-#include "event.hpp"
+#include "sys/event.hpp"
 
 #include "nsbroker/error.hpp"
 

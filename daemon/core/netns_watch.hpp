@@ -7,7 +7,7 @@
 #include <functional>
 #include <string>
 
-#include "event.hpp"
+#include "sys/event.hpp"
 #include "nsbroker/unique_fd.hpp"
 
 namespace nsbroker::daemon {

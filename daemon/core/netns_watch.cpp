@@ -1,5 +1,5 @@
 // inotify on the /run/netns directory.
-#include "netns_watch.hpp"
+#include "core/netns_watch.hpp"
 
 #include <sys/inotify.h>
 #include <unistd.h>

@@ -14,7 +14,7 @@
 // The worker keeps the daemon's real uid; without the allowlist, that uid
 // could still open the daemon's files, so the filter is what closes files,
 // exec, setns and namespace creation.
-#include "worker_sandbox.hpp"
+#include "workers/worker_sandbox.hpp"
 
 #include <linux/capability.h>
 #include <linux/sockios.h>

@@ -13,13 +13,13 @@
 #include <string>
 #include <vector>
 
-#include "descriptor_budget.hpp"
-#include "event.hpp"
-#include "netns_watch.hpp"
+#include "frontend/descriptor_budget.hpp"
+#include "sys/event.hpp"
+#include "core/netns_watch.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/protocol.hpp"
-#include "policy.hpp"
-#include "worker_pool.hpp"
+#include "core/policy.hpp"
+#include "workers/worker_pool.hpp"
 
 namespace nsbroker::daemon {
 

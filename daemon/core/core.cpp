@@ -1,5 +1,5 @@
 // Listener, connections and request dispatch.
-#include "broker.hpp"
+#include "core/core.hpp"
 
 #include <dirent.h>
 #include <signal.h>
@@ -12,9 +12,9 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
-#include "dbus_service.hpp"
-#include "listener.hpp"
-#include "logging.hpp"
+#include "frontend/dbus_service.hpp"
+#include "frontend/listener.hpp"
+#include "sys/logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
 

@@ -1,5 +1,5 @@
 // Policy files and the decision for one request.
-#include "policy.hpp"
+#include "core/policy.hpp"
 
 #include <fnmatch.h>
 #include <grp.h>

@@ -1,5 +1,5 @@
 // spdlog sinks for the journal and for workers whose stderr is the journal.
-#include "logging.hpp"
+#include "sys/logging.hpp"
 
 #include <sys/stat.h>
 #include <sys/uio.h>

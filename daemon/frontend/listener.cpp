@@ -1,5 +1,5 @@
 // Creating the daemon's listening socket.
-#include "listener.hpp"
+#include "frontend/listener.hpp"
 
 #include <fcntl.h>
 #include <sys/socket.h>

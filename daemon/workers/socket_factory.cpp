@@ -1,5 +1,5 @@
 // socket(2), options, bind, listen and connect for one spec at a time.
-#include "socket_factory.hpp"
+#include "workers/socket_factory.hpp"
 
 #include <arpa/inet.h>
 #include <fcntl.h>

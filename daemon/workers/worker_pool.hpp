@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "event.hpp"
-#include "netns.hpp"
+#include "sys/event.hpp"
+#include "core/netns.hpp"
 #include "nsbroker/protocol.hpp"
 
 namespace nsbroker::daemon {

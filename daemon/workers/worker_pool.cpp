@@ -1,5 +1,5 @@
 // Worker processes as seen from the daemon's event loop.
-#include "worker_pool.hpp"
+#include "workers/worker_pool.hpp"
 
 #include <fcntl.h>
 #include <signal.h>
@@ -12,10 +12,10 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
-#include "logging.hpp"
+#include "sys/logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
-#include "worker_process.hpp"
+#include "workers/worker_main.hpp"
 
 namespace nsbroker::daemon {
 

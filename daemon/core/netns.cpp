@@ -1,5 +1,5 @@
 // Namespace references: open, verify, identify.
-#include "netns.hpp"
+#include "core/netns.hpp"
 
 #include "nsbroker/codec.hpp"
 

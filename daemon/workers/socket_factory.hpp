@@ -9,7 +9,7 @@
 #include "nsbroker/error.hpp"
 #include "nsbroker/protocol.hpp"
 #include "nsbroker/unique_fd.hpp"
-#include "worker_sandbox.hpp"
+#include "workers/worker_sandbox.hpp"
 
 namespace nsbroker::daemon {
 

@@ -14,7 +14,7 @@
 #include <string>
 #include <unordered_map>
 
-#include "policy.hpp"
+#include "core/policy.hpp"
 
 namespace nsbroker::daemon {
 
