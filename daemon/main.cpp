@@ -5,8 +5,8 @@
 #include <unistd.h>
 
 #include "core/core.hpp"
-#include "sys/logging.hpp"
 #include "options.hpp"
+#include "sys/logging.hpp"
 #include "workers/worker_main.hpp"
 
 namespace {

@@ -14,9 +14,9 @@
 
 #include "frontend/dbus_service.hpp"
 #include "frontend/listener.hpp"
-#include "sys/logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
+#include "sys/logging.hpp"
 
 // From asm-generic/socket.h of Linux 6.5, which Debian 12's headers predate.
 #ifndef SO_PEERPIDFD

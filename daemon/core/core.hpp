@@ -13,12 +13,12 @@
 #include <string>
 #include <vector>
 
-#include "frontend/descriptor_budget.hpp"
-#include "sys/event.hpp"
 #include "core/netns_watch.hpp"
+#include "core/policy.hpp"
+#include "frontend/descriptor_budget.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/protocol.hpp"
-#include "core/policy.hpp"
+#include "sys/event.hpp"
 #include "workers/worker_pool.hpp"
 
 namespace nsbroker::daemon {

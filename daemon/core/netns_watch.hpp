@@ -7,8 +7,8 @@
 #include <functional>
 #include <string>
 
-#include "sys/event.hpp"
 #include "nsbroker/unique_fd.hpp"
+#include "sys/event.hpp"
 
 namespace nsbroker::daemon {
 

@@ -14,9 +14,9 @@
 #include <spdlog/spdlog.h>
 
 #include "core/core.hpp"
-#include "sys/logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
+#include "sys/logging.hpp"
 
 namespace nsbroker::daemon {
 

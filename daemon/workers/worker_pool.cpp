@@ -12,9 +12,9 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
-#include "sys/logging.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "sys/logging.hpp"
 #include "workers/worker_main.hpp"
 
 namespace nsbroker::daemon {

@@ -23,9 +23,9 @@
 #include <string>
 #include <vector>
 
-#include "sys/event.hpp"
 #include "core/netns.hpp"
 #include "nsbroker/protocol.hpp"
+#include "sys/event.hpp"
 
 namespace nsbroker::daemon {
 
