@@ -1,11 +1,17 @@
-// nsbrokerd: the entry point of the daemon, and of exec'd workers.
+// nsbrokerd: the entry point of the daemon, and of exec'd workers. The
+// composition root: the service's loop, the core on it, and the front ends
+// that reach the core.
 #include <spdlog/spdlog.h>
 
 #include <sys/resource.h>
 #include <unistd.h>
 
 #include "core/core.hpp"
+#include "frontend/dbus_service.hpp"
+#include "frontend/socket_frontend.hpp"
+#include "nsbroker_config.h"
 #include "options.hpp"
+#include "service.hpp"
 #include "sys/logging.hpp"
 #include "workers/worker_main.hpp"
 
@@ -43,8 +49,21 @@ int main(int argc, char** argv) {
     }
     raise_descriptor_limit();
     try {
-        Broker broker(std::move(options.broker));
-        return broker.run();
+        Service service;
+        Core core(service.loop(), std::move(options.core));
+        SocketFrontend socket(service.loop(), core, std::move(options.socket));
+        std::vector<Frontend*> frontends{&socket};
+        std::unique_ptr<DbusService> dbus;
+        if (options.dbus) {
+            dbus = std::make_unique<DbusService>(service.loop(), core);
+            frontends.push_back(dbus.get());
+        }
+        const auto& workers = core.config().workers;
+        auto description = fmt::format(
+            "nsbrokerd {} listening on {}{} (worker mode {}, idle timeout {}s)", NSBROKER_VERSION,
+            socket.path(), socket.activated() ? " (from systemd)" : "",
+            workers.mode == WorkerMode::fork ? "fork" : "exec", workers.idle_timeout.count());
+        return service.run(core, std::move(frontends), options.exit_idle_time, description);
     } catch (const std::exception& e) {
         spdlog::critical("{}", e.what());
         return 1;

@@ -7,53 +7,76 @@
 #include <cstdio>
 #include <string_view>
 
+#include <fmt/format.h>
+
 #include "nsbroker_config.h"
 
 namespace nsbroker::daemon {
 
 namespace {
 
-constexpr const char* usage_text = R"(Usage: nsbrokerd [OPTIONS]
+// The help text. Every default is read from the structs that hold it.
+void print_usage() {
+    const Options d;
+    const auto& w = d.core.workers;
+    const auto& limits = d.core.limits;
+    const auto& fds = d.socket.descriptors;
+    std::fputs(fmt::format(
+                   R"(Usage: nsbrokerd [OPTIONS]
 
 Hands out sockets that live in other network namespaces. Started by systemd
 with a socket (LISTEN_FDS), it serves that one instead of --socket.
 
-  --socket PATH               listen on PATH (default %s)
+  --socket PATH               listen on PATH (default {socket})
   --policy PATH               who may have which sockets (default
-                              /etc/nsbroker/policy.json; without it root may
+                              {policy}; without it root may
                               do everything, others get ordinary sockets in
                               namespaces they own)
   --worker-mode fork|exec     start workers by fork (default) or fork+exec
   --worker-idle-timeout SEC   a worker with nothing to do exits after SEC
-                              seconds; 0 keeps it (default 60)
+                              seconds; 0 keeps it (default {idle})
   --unnamed-idle-timeout SEC  the same for a namespace that has no /run/netns
                               name and no live process that was named: the
-                              worker may be all that keeps it (default 5)
+                              worker may be all that keeps it (default {unnamed})
   --worker-timeout SEC        a worker that takes longer than SEC seconds to
                               answer is killed and the request fails with
-                              worker_failed; 0 waits forever (default 10)
+                              worker_failed; 0 waits forever (default {job})
   --max-workers N             workers at once; beyond it the least recently
-                              used idle worker exits (default 512)
+                              used idle worker exits (default {workers})
   --max-workers-per-uid N     workers one user other than root may start for
-                              namespaces it owns (default 16)
-  --max-connections N         connections of users other than root (default 1024)
-  --max-connections-per-uid N connections one uid may hold (default 128)
+                              namespaces it owns (default {workers_per_uid})
+  --max-connections N         connections of users other than root (default {connections})
+  --max-connections-per-uid N connections one uid may hold (default {connections_per_uid})
   --max-requests-in-flight N  unanswered requests on one connection, or D-Bus
-                              calls from one bus client (default 64)
+                              calls from one bus client (default {in_flight})
   --max-fds-per-connection N  sockets made for one connection and not yet read
-                              by it (default 1024; at least 253)
+                              by it (default {fds_per_connection}; at least {max_fds})
   --max-fds-per-uid N         the same for all of one uid's connections
-                              (default 2048)
+                              (default {fds_per_uid})
   --max-fds N                 the same for all users but root together
                               (default a quarter of RLIMIT_NOFILE)
   --exit-idle-time SEC        exit after SEC seconds with no client connected
                               and nothing in flight; for socket activation,
                               which starts the daemon again (default: never)
   --no-dbus                   do not serve org.nsbroker.Broker1 on the system bus
-  --log-level LEVEL           trace, debug, info, warn, error (default info)
+  --log-level LEVEL           trace, debug, info, warn, error (default {level})
   --help                      show this help
   --version                   show the version
-)";
+)",
+                   fmt::arg("socket", d.socket.socket_path), fmt::arg("policy", d.core.policy_path),
+                   fmt::arg("idle", w.idle_timeout.count()),
+                   fmt::arg("unnamed", w.unnamed_idle_timeout.count()),
+                   fmt::arg("job", w.job_timeout.count()), fmt::arg("workers", w.max_workers),
+                   fmt::arg("workers_per_uid", w.max_workers_per_uid),
+                   fmt::arg("connections", limits.connections),
+                   fmt::arg("connections_per_uid", limits.connections_per_uid),
+                   fmt::arg("in_flight", limits.requests_in_flight),
+                   fmt::arg("fds_per_connection", fds.per_connection),
+                   fmt::arg("max_fds", proto::max_fds_per_message),
+                   fmt::arg("fds_per_uid", fds.per_uid), fmt::arg("level", d.log_level))
+                   .c_str(),
+               stdout);
+}
 
 enum : int {
     opt_socket = 256,
@@ -138,7 +161,6 @@ ParsedOptions parse_options(int argc, char** argv) {
         {nullptr, 0, nullptr, 0},
     };
     Options o;
-    o.broker.socket_path = NSBROKER_DEFAULT_SOCKET;
     optind = 1;
     for (;;) {
         int c = ::getopt_long(argc, argv, "", long_options, nullptr);
@@ -151,19 +173,19 @@ ParsedOptions parse_options(int argc, char** argv) {
             if (arg.empty()) {
                 return usage_error("--socket needs a path");
             }
-            o.broker.socket_path = std::string(arg);
+            o.socket.socket_path = std::string(arg);
             break;
         case opt_policy:
             if (arg.empty()) {
                 return usage_error("--policy needs a path");
             }
-            o.broker.policy_path = std::string(arg);
+            o.core.policy_path = std::string(arg);
             break;
         case opt_mode:
             if (arg == "fork") {
-                o.broker.workers.mode = WorkerMode::fork;
+                o.core.workers.mode = WorkerMode::fork;
             } else if (arg == "exec") {
-                o.broker.workers.mode = WorkerMode::exec;
+                o.core.workers.mode = WorkerMode::exec;
             } else {
                 return usage_error("--worker-mode is fork or exec, not \"" + std::string(arg) +
                                    "\"");
@@ -177,15 +199,15 @@ ParsedOptions parse_options(int argc, char** argv) {
             if (!seconds) {
                 return usage_error(option_name(long_options, c) + " needs a number of seconds");
             }
-            auto& target = c == opt_idle           ? o.broker.workers.idle_timeout
-                           : c == opt_unnamed_idle ? o.broker.workers.unnamed_idle_timeout
-                           : c == opt_job_timeout  ? o.broker.workers.job_timeout
-                                                   : o.broker.exit_idle_time;
+            auto& target = c == opt_idle           ? o.core.workers.idle_timeout
+                           : c == opt_unnamed_idle ? o.core.workers.unnamed_idle_timeout
+                           : c == opt_job_timeout  ? o.core.workers.job_timeout
+                                                   : o.exit_idle_time;
             target = std::chrono::seconds(*seconds);
             break;
         }
         case opt_no_dbus:
-            o.broker.dbus = false;
+            o.dbus = false;
             break;
         case opt_max_workers:
         case opt_max_connections:
@@ -199,16 +221,17 @@ ParsedOptions parse_options(int argc, char** argv) {
             if (!n || *n == 0) {
                 return usage_error(option_name(long_options, c) + " needs a number above 0");
             }
-            auto& limits = o.broker.limits;
-            std::size_t& target =
-                c == opt_max_workers              ? o.broker.workers.max_workers
-                : c == opt_max_workers_per_uid    ? o.broker.workers.max_workers_per_uid
-                : c == opt_max_connections        ? limits.connections
-                : c == opt_max_per_uid            ? limits.connections_per_uid
-                : c == opt_max_in_flight          ? limits.requests_in_flight
-                : c == opt_max_fds_per_connection ? limits.descriptors.per_connection
-                : c == opt_max_fds_per_uid        ? limits.descriptors.per_uid
-                                                  : limits.descriptors.total;
+            auto& limits = o.core.limits;
+            auto& fds = o.socket.descriptors;
+            std::size_t& target = c == opt_max_workers ? o.core.workers.max_workers
+                                  : c == opt_max_workers_per_uid
+                                      ? o.core.workers.max_workers_per_uid
+                                  : c == opt_max_connections        ? limits.connections
+                                  : c == opt_max_per_uid            ? limits.connections_per_uid
+                                  : c == opt_max_in_flight          ? limits.requests_in_flight
+                                  : c == opt_max_fds_per_connection ? fds.per_connection
+                                  : c == opt_max_fds_per_uid        ? fds.per_uid
+                                                                    : fds.total;
             target = *n;
             break;
         }
@@ -219,7 +242,7 @@ ParsedOptions parse_options(int argc, char** argv) {
             o.log_level = std::string(arg);
             break;
         case opt_help:
-            std::printf(usage_text, NSBROKER_DEFAULT_SOCKET);
+            print_usage();
             return {std::nullopt, 0};
         case opt_version:
             std::printf("nsbrokerd %s\n", NSBROKER_VERSION);
@@ -234,7 +257,7 @@ ParsedOptions parse_options(int argc, char** argv) {
     if (optind < argc) {
         return usage_error(std::string("unexpected argument \"") + argv[optind] + "\"");
     }
-    o.broker.workers.log_level = o.log_level;
+    o.core.workers.log_level = o.log_level;
     return {std::move(o), 0};
 }
 

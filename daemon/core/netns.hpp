@@ -43,7 +43,7 @@ struct CallerProcess {
 // Resolves any reference. passed_fd is the descriptor sent with the request
 // (used only for NetnsRef::Kind::fd; ownership moves into the result). A pid
 // reference to the caller itself goes through the caller's own pidfd. Paths
-// and pids are opened with the daemon's rights: see Broker::open_sockets for
+// and pids are opened with the daemon's rights: see Core::open_sockets for
 // who may name a namespace by path.
 Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_fd,
                                     const std::string& netns_dir = default_netns_dir,

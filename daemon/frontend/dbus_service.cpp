@@ -13,7 +13,6 @@
 #include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "core/core.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
 #include "sys/logging.hpp"
@@ -269,7 +268,7 @@ const sd_bus_vtable broker_vtable[] = {
 
 } // namespace
 
-DbusService::DbusService(sd_event* loop, Broker& broker) : broker_(broker) {
+DbusService::DbusService(sd_event* loop, Core& core) : core_(core) {
     sd_bus* raw = nullptr;
     int r = sd_bus_open_system_with_description(&raw, "nsbrokerd");
     std::unique_ptr<sd_bus, BusRelease> bus(raw);
@@ -317,7 +316,7 @@ int DbusService::on_disconnected(sd_bus_message*, void* userdata, sd_bus_error*)
     return 0;
 }
 
-void DbusService::release_name() {
+void DbusService::stop() {
     if (bus_ && owns_name_) {
         sd_bus_release_name(bus_.get(), dbus_name);
         owns_name_ = false;
@@ -350,17 +349,24 @@ int DbusService::open_sockets(sd_bus_message* m, void* userdata, sd_bus_error*) 
     return guarded(m, [&] { return static_cast<DbusService*>(userdata)->handle_open(m, true); });
 }
 
+int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    return guarded(m, [&] {
+        return static_cast<DbusService*>(userdata)->handle_plain(m, proto::Op::namespaces);
+    });
+}
+
+int DbusService::ping(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    return guarded(
+        m, [&] { return static_cast<DbusService*>(userdata)->handle_plain(m, proto::Op::ping); });
+}
+
 int DbusService::handle_open(sd_bus_message* m, bool many) {
-    broker_.count_request();
-    if (broker_.stopping()) {
-        return reply_error(m, make_error(ErrorCode::unavailable, "the daemon is shutting down"));
-    }
     auto caller = caller_of(m);
     if (!caller) {
+        core_.count_unreadable(caller.error());
         return reply_error(m, caller.error());
     }
-    std::string sender = sd_bus_message_get_sender(m) ? sd_bus_message_get_sender(m) : "";
-    SocketRequest request;
+    proto::Request request;
     try {
         const char* netns = nullptr;
         int family = 0;
@@ -384,139 +390,133 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
         json j = {{"id", cookie}, {"op", "socket"}, {"netns", netns_json(netns)}, {"socket", spec}};
         auto decoded = proto::decode_request(j.dump());
         if (auto* bad = std::get_if<proto::RequestError>(&decoded)) {
-            broker_.count_error(bad->error.code);
-            return reply_error(m, as_call_error(std::move(bad->error)));
+            throw BadCall{as_call_error(std::move(bad->error))};
         }
-        auto& parsed = std::get<proto::Request>(decoded);
-        request.id = cookie;
-        request.netns = std::move(*parsed.netns);
-        request.specs = std::move(parsed.specs);
+        request = std::move(std::get<proto::Request>(decoded));
     } catch (const BadCall& e) {
-        broker_.count_error(e.error.code);
+        core_.count_unreadable(e.error);
         return reply_error(m, e.error);
     }
-    std::size_t& in_flight = in_flight_by_sender_[sender];
-    if (in_flight >= broker_.limits().requests_in_flight) {
-        broker_.count_error(ErrorCode::limit);
-        return reply_error(m, make_error(ErrorCode::limit, std::to_string(in_flight) +
-                                                               " calls in flight from " + sender +
-                                                               ", the most it may have"));
-    }
-    ++in_flight;
-    ++calls_in_flight_;
-    ScopedLogFields fields{{caller->uid, caller->pid, {}, {}}};
-    request.caller = std::move(*caller);
-    request.process = {request.caller.pid, -1};
-    request.in_flight = in_flight;
-    // Shared, since the callback must be copyable.
-    std::shared_ptr<sd_bus_message> call(sd_bus_message_ref(m), sd_bus_message_unref);
-    std::weak_ptr<int> alive = alive_;
-    broker_.open_sockets(
-        std::move(request), [this, alive, call, sender, many](Result<proto::SocketReply> result,
-                                                              std::vector<UniqueFd> fds) {
-            if (alive.expired()) {
-                return; // the daemon is going; the fds close here
-            }
-            --calls_in_flight_;
-            if (auto it = in_flight_by_sender_.find(sender);
-                it != in_flight_by_sender_.end() && --it->second == 0) {
-                in_flight_by_sender_.erase(it);
-            }
-            if (!result) {
-                broker_.count_error(result.error().code);
-                reply_error(call.get(), as_call_error(std::move(result).error()));
-                return;
-            }
-            sd_bus_message* raw = nullptr;
-            int r = sd_bus_message_new_method_return(call.get(), &raw);
-            MessageRef reply(raw);
-            if (r >= 0 && many) {
-                r = sd_bus_message_open_container(reply.get(), 'a', "h");
-                for (std::size_t i = 0; r >= 0 && i < fds.size(); ++i) {
-                    int fd = fds[i].get();
-                    r = sd_bus_message_append_basic(reply.get(), 'h', &fd); // dups fd
-                }
-                if (r >= 0) {
-                    r = sd_bus_message_close_container(reply.get());
-                }
-            } else if (r >= 0) {
-                int fd = fds.empty() ? -1 : fds.front().get();
-                r = sd_bus_message_append_basic(reply.get(), 'h', &fd);
-            }
-            if (r >= 0) {
-                r = sd_bus_send(nullptr, reply.get(), nullptr);
-            }
-            if (r < 0) {
-                // The sockets close here; the caller learns why rather than
-                // waiting for its call to time out.
-                spdlog::warn("D-Bus: reply to {}: {}", sender, std::strerror(-r));
-                reply_error(call.get(),
-                            make_error(ErrorCode::internal,
-                                       std::string("sending the sockets: ") + std::strerror(-r)));
-            }
-        });
+    serve(m, std::move(*caller), std::move(request), many);
     return 1;
 }
 
-int DbusService::list_namespaces(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    return guarded(m, [&] { return static_cast<DbusService*>(userdata)->reply_namespaces(m); });
-}
-
-int DbusService::reply_namespaces(sd_bus_message* m) {
-    broker_.count_request();
+int DbusService::handle_plain(sd_bus_message* m, proto::Op op) {
     auto caller = caller_of(m);
     if (!caller) {
+        core_.count_unreadable(caller.error());
         return reply_error(m, caller.error());
     }
-    if (caller->uid != 0) {
-        return reply_error(
-            m, make_error(ErrorCode::permission_denied, "namespaces is for root only", EPERM));
-    }
-    auto list = broker_.list_namespaces();
-    sd_bus_message* raw = nullptr;
-    int r = sd_bus_message_new_method_return(m, &raw);
-    MessageRef reply(raw);
-    if (r >= 0) {
-        r = sd_bus_message_open_container(reply.get(), 'a', "(asttsutt)");
-    }
+    proto::Request request;
+    request.op = op;
+    serve(m, std::move(*caller), std::move(request), false);
+    return 1;
+}
+
+namespace {
+
+// a(asttsutt): names, dev, ino, state, worker pid, requests, sockets.
+int append_namespaces(sd_bus_message* reply, const proto::NamespacesReply& list) {
+    int r = sd_bus_message_open_container(reply, 'a', "(asttsutt)");
     for (const auto& ns : list.namespaces) {
         if (r < 0) {
             break;
         }
-        r = sd_bus_message_open_container(reply.get(), 'r', "asttsutt");
+        r = sd_bus_message_open_container(reply, 'r', "asttsutt");
         if (r >= 0) {
-            r = sd_bus_message_open_container(reply.get(), 'a', "s");
+            r = sd_bus_message_open_container(reply, 'a', "s");
         }
         for (const auto& name : ns.names) {
             if (r >= 0) {
-                r = sd_bus_message_append_basic(reply.get(), 's', name.c_str());
+                r = sd_bus_message_append_basic(reply, 's', name.c_str());
             }
         }
         if (r >= 0) {
-            r = sd_bus_message_close_container(reply.get());
+            r = sd_bus_message_close_container(reply);
         }
         if (r >= 0) {
-            r = sd_bus_message_append(reply.get(), "ttsutt", ns.dev, ns.ino, ns.state.c_str(),
+            r = sd_bus_message_append(reply, "ttsutt", ns.dev, ns.ino, ns.state.c_str(),
                                       static_cast<uint32_t>(ns.worker_pid), ns.requests,
                                       ns.sockets);
         }
         if (r >= 0) {
-            r = sd_bus_message_close_container(reply.get());
+            r = sd_bus_message_close_container(reply);
         }
     }
     if (r >= 0) {
-        r = sd_bus_message_close_container(reply.get());
+        r = sd_bus_message_close_container(reply);
     }
-    if (r < 0) {
-        return reply_error(m, make_error(ErrorCode::internal,
-                                         std::string("building the reply: ") + std::strerror(-r)));
-    }
-    return sd_bus_send(nullptr, reply.get(), nullptr);
+    return r;
 }
 
-int DbusService::ping(sd_bus_message* m, void* userdata, sd_bus_error*) {
-    static_cast<DbusService*>(userdata)->broker_.count_request();
-    return sd_bus_reply_method_return(m, "");
+// h, or ah for OpenSockets. sd-bus dups each fd into the message.
+int append_sockets(sd_bus_message* reply, const std::vector<UniqueFd>& fds, bool many) {
+    if (!many) {
+        int fd = fds.empty() ? -1 : fds.front().get();
+        return sd_bus_message_append_basic(reply, 'h', &fd);
+    }
+    int r = sd_bus_message_open_container(reply, 'a', "h");
+    for (std::size_t i = 0; r >= 0 && i < fds.size(); ++i) {
+        int fd = fds[i].get();
+        r = sd_bus_message_append_basic(reply, 'h', &fd);
+    }
+    if (r >= 0) {
+        r = sd_bus_message_close_container(reply);
+    }
+    return r;
+}
+
+} // namespace
+
+void DbusService::serve(sd_bus_message* m, Caller caller, proto::Request request, bool many) {
+    std::string sender = sd_bus_message_get_sender(m) ? sd_bus_message_get_sender(m) : "";
+    auto& channel = channels_[sender];
+    if (!channel) {
+        channel = std::make_shared<Channel>(Channel{"from " + sender, 0});
+    }
+    ++calls_in_flight_;
+    ScopedLogFields fields{{caller.uid, caller.pid, {}, {}}};
+    CallerProcess process{caller.pid, -1};
+    // Shared, since the answer must be copyable.
+    std::shared_ptr<sd_bus_message> call(sd_bus_message_ref(m), sd_bus_message_unref);
+    std::weak_ptr<int> alive = alive_;
+    Answer answer = [this, alive, call, sender, many](proto::ReplyBody body,
+                                                      std::vector<UniqueFd> fds) {
+        if (alive.expired()) {
+            return; // the daemon is going; the fds close here
+        }
+        --calls_in_flight_;
+        if (auto it = channels_.find(sender); it != channels_.end() && it->second->in_flight == 0) {
+            channels_.erase(it);
+        }
+        if (auto* error = std::get_if<Error>(&body)) {
+            reply_error(call.get(), as_call_error(std::move(*error)));
+            return;
+        }
+        sd_bus_message* raw = nullptr;
+        int r = sd_bus_message_new_method_return(call.get(), &raw);
+        MessageRef reply(raw);
+        if (r >= 0) {
+            if (auto* list = std::get_if<proto::NamespacesReply>(&body)) {
+                r = append_namespaces(reply.get(), *list);
+            } else if (std::holds_alternative<proto::SocketReply>(body)) {
+                r = append_sockets(reply.get(), fds, many);
+            }
+        }
+        if (r >= 0) {
+            r = sd_bus_send(nullptr, reply.get(), nullptr);
+        }
+        if (r < 0) {
+            // The sockets close here; the caller learns why rather than
+            // waiting for its call to time out.
+            spdlog::warn("D-Bus: reply to {}: {}", sender, std::strerror(-r));
+            reply_error(call.get(),
+                        make_error(ErrorCode::internal,
+                                   std::string("building the reply: ") + std::strerror(-r)));
+        }
+    };
+    core_.serve({std::move(caller), process, channel, std::move(request), UniqueFd{}},
+                std::move(answer));
 }
 
 int DbusService::property(sd_bus*, const char*, const char*, const char* name,
@@ -525,7 +525,7 @@ int DbusService::property(sd_bus*, const char*, const char*, const char* name,
     if (std::strcmp(name, "Version") == 0) {
         return sd_bus_message_append(reply, "s", NSBROKER_VERSION);
     }
-    auto stats = self->broker_.stats();
+    auto stats = self->core_.stats();
     auto count = std::strcmp(name, "Workers") == 0 ? stats.workers_live : stats.clients;
     return sd_bus_message_append(reply, "u", static_cast<uint32_t>(count));
 }

@@ -14,11 +14,10 @@
 #include <string>
 #include <unordered_map>
 
-#include "core/policy.hpp"
+#include "core/core.hpp"
+#include "frontend/frontend.hpp"
 
 namespace nsbroker::daemon {
-
-class Broker;
 
 inline constexpr const char* dbus_name = "org.nsbroker.Broker1";
 inline constexpr const char* dbus_path = "/org/nsbroker/Broker1";
@@ -27,20 +26,20 @@ inline constexpr const char* dbus_interface = "org.nsbroker.Broker1";
 // max_message_unix_fds), and disconnects a sender that tries more.
 inline constexpr unsigned dbus_max_fds = 16;
 
-class DbusService {
+class DbusService final : public Frontend {
   public:
     // Connects to the system bus (DBUS_SYSTEM_BUS_ADDRESS, when set) and takes
     // the name. Without a bus the daemon goes on serving its socket, and says so.
-    DbusService(sd_event* loop, Broker& broker);
-    ~DbusService();
+    DbusService(sd_event* loop, Core& core);
+    ~DbusService() override;
     DbusService(const DbusService&) = delete;
     DbusService& operator=(const DbusService&) = delete;
 
     // No call is waiting for a worker.
-    [[nodiscard]] bool idle() const { return calls_in_flight_ == 0; }
+    [[nodiscard]] bool idle() const override { return calls_in_flight_ == 0; }
     // Gives the name up, so that calls from now on start a new daemon
     // (D-Bus activation) instead of reaching one that is leaving.
-    void release_name();
+    void stop() override;
 
     // Called back by sd-bus.
     static int open_socket(sd_bus_message* m, void* userdata, sd_bus_error* error);
@@ -53,7 +52,9 @@ class DbusService {
 
   private:
     int handle_open(sd_bus_message* m, bool many);
-    int reply_namespaces(sd_bus_message* m);
+    int handle_plain(sd_bus_message* m, proto::Op op);
+    // Hands a call to the core; answered by the core's answer, converted.
+    void serve(sd_bus_message* m, Caller caller, proto::Request request, bool many);
     // Who sent m. The bus vouches for a connection's credentials when it
     // connects, and never gives its unique name to another, so they are
     // asked for once per connection (the question is a blocking call to the
@@ -68,7 +69,7 @@ class DbusService {
         void operator()(sd_bus_slot* slot) const noexcept { sd_bus_slot_unref(slot); }
     };
 
-    Broker& broker_;
+    Core& core_;
     std::unique_ptr<sd_bus, BusRelease> bus_;
     std::unique_ptr<sd_bus_slot, SlotRelease> object_;
     std::unique_ptr<sd_bus_slot, SlotRelease> disconnected_;
@@ -76,7 +77,8 @@ class DbusService {
     // Replies that arrive after the service is gone find this expired.
     std::shared_ptr<int> alive_ = std::make_shared<int>(0);
     std::size_t calls_in_flight_ = 0;
-    std::map<std::string, std::size_t> in_flight_by_sender_;
+    std::map<std::string, std::shared_ptr<Channel>>
+        channels_; // by sender, while calls are in flight
     std::unordered_map<std::string, Caller> callers_;
 };
 

@@ -1,4 +1,5 @@
-// libFuzzer target: a whole client connection to a real in-process Broker.
+// libFuzzer target: a whole client connection to a real in-process core and
+// socket front end.
 // The input is a sequence of messages, each with up to three descriptors of
 // assorted kinds (a file, a pipe, a socket, a network namespace). Every
 // message must get exactly one well-formed reply, and the broker must keep
@@ -17,15 +18,19 @@
 #include <string>
 
 #include "core/core.hpp"
+#include "frontend/socket_frontend.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "service.hpp"
 
 using namespace nsbroker;
 
 namespace {
 
-std::unique_ptr<daemon::Broker> broker;
+std::unique_ptr<daemon::Service> service;
+std::unique_ptr<daemon::Core> core;
+std::unique_ptr<daemon::SocketFrontend> frontend;
 std::string socket_path;
 
 [[noreturn]] void broken(const char* what) {
@@ -61,12 +66,15 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
         broken("mkdtemp");
     }
     socket_path = std::string(dir) + "/nsbroker.sock";
-    daemon::BrokerConfig config;
-    config.socket_path = socket_path;
+    daemon::CoreConfig config;
     config.workers.idle_timeout = std::chrono::seconds(1);
-    config.dbus = false;
     config.workers.netns_dir = dir; // names resolve here: none exist
-    broker = std::make_unique<daemon::Broker>(std::move(config));
+    service = std::make_unique<daemon::Service>();
+    core = std::make_unique<daemon::Core>(service->loop(), std::move(config));
+    daemon::SocketFrontendConfig listen;
+    listen.socket_path = socket_path;
+    frontend = std::make_unique<daemon::SocketFrontend>(service->loop(), *core, std::move(listen));
+    service->attach(*core, {frontend.get()}, std::chrono::seconds(0));
     return 0;
 }
 
@@ -96,7 +104,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     int replies = 0;
     for (int round = 0; round < 2000 && replies < sent; ++round) {
-        broker->run_once(1000);
+        service->run_once(1000);
         for (;;) {
             auto r = proto::receive_message(client.get(), proto::max_message_size, true);
             if (r.status != proto::ReceiveStatus::message) {
@@ -117,7 +125,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     }
     client.reset();
     for (int round = 0; round < 10; ++round) {
-        broker->run_once(0);
+        service->run_once(0);
     }
     return 0;
 }

@@ -1,0 +1,468 @@
+// Connections to the socket: accepting, reading requests, queuing replies and
+// the descriptors that go with them.
+#include "frontend/socket_frontend.hpp"
+
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <deque>
+#include <spdlog/spdlog.h>
+
+#include "frontend/listener.hpp"
+#include "frontend/peer_creds.hpp"
+#include "nsbroker/codec.hpp"
+#include "nsbroker/fd_passing.hpp"
+#include "sys/logging.hpp"
+
+namespace nsbroker::daemon {
+
+// One client connection. Owned by SocketFrontend::clients_; answers that
+// come after the client left find it gone through a weak_ptr.
+struct Connection : std::enable_shared_from_this<Connection> {
+    [[nodiscard]] Caller caller() const {
+        return {peer.cred.uid, peer.cred.gid, peer.groups, peer.cred.pid};
+    }
+    [[nodiscard]] pid_t pid() const { return peer.cred.pid; }
+    [[nodiscard]] uid_t uid() const { return peer.cred.uid; }
+
+    struct Outgoing {
+        std::string data;
+        std::vector<UniqueFd> fds; // closed once the message is sent
+    };
+
+    // A socket request read but not yet handed to the core: its sockets would
+    // not fit the descriptor budget. Nothing more is read from the connection
+    // until it goes.
+    struct Waiting {
+        proto::Request request;
+        UniqueFd netns_fd;
+    };
+
+    SocketFrontend* frontend = nullptr;
+    UniqueFd fd;
+    PeerCredentials peer;
+    Core::Seat seat;
+    std::shared_ptr<Channel> channel = std::make_shared<Channel>(Channel{"on this connection", 0});
+    EventSource source;
+    std::deque<Outgoing> outbox;
+    DescriptorBudget::Account account;
+    std::optional<Waiting> waiting;
+    bool read_closed = false; // the peer sends no more, and waits for its answers
+    bool closed = false;
+
+    [[nodiscard]] bool answered_all() const {
+        return channel->in_flight == 0 && outbox.empty() && !waiting;
+    }
+};
+
+namespace {
+
+// Pause before accepting again after the process ran out of descriptors.
+constexpr std::uint64_t accept_pause_usec = 200'000;
+// How often connections held back by the descriptor budget are looked at.
+constexpr std::uint64_t budget_retry_usec = 50'000;
+
+} // namespace
+
+SocketFrontend::SocketFrontend(sd_event* loop, Core& core, SocketFrontendConfig config)
+    : loop_(loop), core_(core), config_(std::move(config)), budget_(config_.descriptors) {
+    if (auto activated = activated_socket()) {
+        listener_ = std::move(activated->fd);
+        config_.socket_path = std::move(activated->path);
+        activated_ = true;
+    } else {
+        listener_ = listen_at(config_.socket_path);
+    }
+    sd_event_source* s = nullptr;
+    check_sd(sd_event_add_io(loop_, &s, listener_.get(), EPOLLIN, &SocketFrontend::on_accept, this),
+             "sd_event_add_io(listener)");
+    listener_source_.reset(s);
+}
+
+SocketFrontend::~SocketFrontend() {
+    clients_.clear();
+}
+
+void SocketFrontend::stop() {
+    // A socket from systemd stays where it is, to start the daemon again.
+    listener_source_.reset();
+    listener_.reset();
+    if (!activated_) {
+        ::unlink(config_.socket_path.c_str());
+    }
+}
+
+void SocketFrontend::flush() {
+    std::vector<std::shared_ptr<Connection>> clients;
+    for (auto& [raw, c] : clients_) {
+        clients.push_back(c);
+    }
+    for (auto& c : clients) {
+        try {
+            flush(*c);
+        } catch (const std::exception& e) {
+            spdlog::warn("client pid {} uid {}: {}", c->pid(), c->uid(), e.what());
+        }
+    }
+}
+
+// ---- connections -----------------------------------------------------------
+
+int SocketFrontend::on_accept(sd_event_source*, int, uint32_t, void* userdata) {
+    static_cast<SocketFrontend*>(userdata)->accept_clients();
+    return 0;
+}
+
+void SocketFrontend::accept_clients() {
+    for (;;) {
+        UniqueFd fd{::accept4(listener_.get(), nullptr, nullptr, SOCK_CLOEXEC | SOCK_NONBLOCK)};
+        if (!fd) {
+            if (errno == EMFILE || errno == ENFILE || errno == ENOBUFS || errno == ENOMEM) {
+                pause_accepting();
+            }
+            return;
+        }
+        auto read = read_peer_credentials(fd.get());
+        if (read.outcome == PeerRead::failed) {
+            // Without an identity nothing can be authorized.
+            spdlog::warn("{}: {}; connection refused", read.what, std::strerror(read.error));
+            continue;
+        }
+        auto c = std::make_shared<Connection>();
+        c->peer = std::move(read.creds);
+        auto seat = core_.seat(c->uid());
+        if (!seat) {
+            spdlog::warn("connection from pid {} uid {} refused: {}", c->pid(), c->uid(),
+                         seat.error().message);
+            auto refusal = proto::encode_reply({std::nullopt, seat.error()});
+            (void)proto::send_message(fd.get(), refusal, {}, true);
+            continue;
+        }
+        c->seat = std::move(*seat);
+        c->frontend = this;
+        c->fd = std::move(fd);
+        c->account.uid = c->uid();
+        c->account.fd = c->fd.get();
+        sd_event_source* s = nullptr;
+        if (sd_event_add_io(loop_, &s, c->fd.get(), EPOLLIN, &SocketFrontend::on_client, c.get()) <
+            0) {
+            continue;
+        }
+        c->source.reset(s);
+        core_.note_activity();
+        spdlog::debug("client connected: pid {} uid {} gid {}", c->pid(), c->uid(),
+                      c->peer.cred.gid);
+        clients_.emplace(c.get(), std::move(c));
+    }
+}
+
+// Out of descriptors: stop accepting for a moment instead of spinning on a
+// listener that stays readable.
+void SocketFrontend::pause_accepting() {
+    spdlog::warn("accept: {}; pausing new connections", std::strerror(errno));
+    sd_event_source_set_enabled(listener_source_.get(), SD_EVENT_OFF);
+    sd_event_source* s = nullptr;
+    auto resume = [](sd_event_source*, uint64_t, void* userdata) -> int {
+        auto* self = static_cast<SocketFrontend*>(userdata);
+        if (self->listener_source_) {
+            sd_event_source_set_enabled(self->listener_source_.get(), SD_EVENT_ON);
+        }
+        return 0;
+    };
+    if (sd_event_add_time_relative(loop_, &s, CLOCK_MONOTONIC, accept_pause_usec, 0, resume,
+                                   this) >= 0) {
+        accept_pause_.reset(s);
+    }
+}
+
+int SocketFrontend::on_client(sd_event_source*, int, uint32_t revents, void* userdata) {
+    auto* raw = static_cast<Connection*>(userdata);
+    // Keeps the connection alive to the end of this event, even if it closes.
+    auto c = raw->shared_from_this();
+    c->frontend->client_event(c, revents);
+    return 0;
+}
+
+void SocketFrontend::client_event(const std::shared_ptr<Connection>& c, uint32_t revents) {
+    // What is logged while this client is served says whose it is.
+    ScopedLogFields fields{{c->uid(), c->pid(), {}, {}}};
+    try {
+        if (revents & EPOLLHUP) {
+            // The peer is gone in both directions: what it still had queued
+            // could never be answered.
+            close_client(*c);
+            return;
+        }
+        if (revents & EPOLLOUT) {
+            flush(*c);
+        }
+        // One message per wake-up: the loop calls again while more are queued,
+        // and stops reading while the connection has too much outstanding.
+        if (!c->closed && !c->waiting && (revents & (EPOLLIN | EPOLLHUP | EPOLLERR)) &&
+            c->outbox.size() < config_.unread_replies) {
+            receive(c);
+        }
+        update_events(*c);
+    } catch (const std::exception& e) {
+        spdlog::warn("client pid {} uid {}: {}; disconnected", c->pid(), c->uid(), e.what());
+        close_client(*c);
+    }
+}
+
+void SocketFrontend::receive(const std::shared_ptr<Connection>& c) {
+    auto received = proto::receive_message(c->fd.get(), proto::max_message_size, true);
+    switch (received.status) {
+    case proto::ReceiveStatus::would_block:
+        return;
+    case proto::ReceiveStatus::closed:
+        // shutdown(SHUT_WR) after its requests: they are still answered.
+        if (!c->answered_all()) {
+            c->read_closed = true;
+            return;
+        }
+        close_client(*c);
+        return;
+    case proto::ReceiveStatus::fds_truncated:
+        spdlog::warn("client pid {} uid {}: message with too many descriptors; disconnected",
+                     c->pid(), c->uid());
+        close_client(*c);
+        return;
+    case proto::ReceiveStatus::too_large:
+        refuse(*c, std::nullopt,
+               make_error(ErrorCode::limit, "message larger than " +
+                                                std::to_string(proto::max_message_size) +
+                                                " bytes"));
+        return;
+    case proto::ReceiveStatus::message:
+        handle_message(c, std::move(received.message));
+        return;
+    }
+}
+
+void SocketFrontend::update_events(Connection& c) {
+    if (c.closed) {
+        return;
+    }
+    uint32_t events = 0;
+    if (c.outbox.size() < config_.unread_replies && !c.waiting && !c.read_closed) {
+        events |= EPOLLIN;
+    }
+    if (!c.outbox.empty()) {
+        events |= EPOLLOUT;
+    }
+    sd_event_source_set_io_events(c.source.get(), events);
+}
+
+void SocketFrontend::close_client(Connection& c) {
+    if (c.closed) {
+        return;
+    }
+    c.closed = true;
+    spdlog::debug("client disconnected: pid {} uid {}", c.pid(), c.uid());
+    core_.note_activity();
+    c.source.reset();
+    c.outbox.clear();
+    c.waiting.reset();
+    waiting_.erase(&c);
+    budget_.close(c.account);
+    budget_.refresh(c.account);
+    if (c.account.unread > 0) {
+        // The peer may still hold replies it never read, charged to the
+        // daemon's user until it reads them or closes: they stay counted,
+        // and so does the connection, until then.
+        lingering_.insert(&c);
+        arm_budget_timer();
+        retry_waiting();
+        return;
+    }
+    forget_client(c);
+    retry_waiting();
+}
+
+void SocketFrontend::forget_client(Connection& c) {
+    lingering_.erase(&c);
+    budget_.forget(c.account);
+    c.fd.reset();
+    clients_.erase(&c); // gives up its seat
+}
+
+// ---- requests --------------------------------------------------------------
+
+void SocketFrontend::handle_message(const std::shared_ptr<Connection>& c, proto::Message message) {
+    auto decoded = proto::decode_request(message.data);
+    if (auto* bad = std::get_if<proto::RequestError>(&decoded)) {
+        spdlog::debug("client pid {}: {}", c->pid(), bad->error.message);
+        refuse(*c, bad->id, std::move(bad->error));
+        return; // any fds sent along close with the message
+    }
+    auto& request = std::get<proto::Request>(decoded);
+    bool takes_fd = request.op == proto::Op::socket && request.netns &&
+                    request.netns->kind == proto::NetnsRef::Kind::fd;
+    if (message.fds.size() > 1) {
+        refuse(*c, request.id,
+               make_error(ErrorCode::invalid_request,
+                          "a request carries at most one file descriptor, got " +
+                              std::to_string(message.fds.size())));
+        return;
+    }
+    if (!message.fds.empty() && !takes_fd) {
+        refuse(*c, request.id,
+               make_error(ErrorCode::invalid_request,
+                          "unexpected file descriptor: only a socket request with netns "
+                          "{\"fd\": 0} carries one"));
+        return;
+    }
+    UniqueFd netns_fd = message.fds.empty() ? UniqueFd{} : std::move(message.fds.front());
+    // A request the core will refuse anyway reserves nothing.
+    const std::size_t asked = request.op == proto::Op::socket && !core_.stopping()
+                                  ? proto::socket_count(request.specs)
+                                  : 0;
+    if (asked > 0 && !budget_.admit(c->account, asked)) {
+        spdlog::debug("client pid {} uid {}: request {} waits for its descriptor budget", c->pid(),
+                      c->uid(), request.id);
+        c->waiting = Connection::Waiting{std::move(request), std::move(netns_fd)};
+        waiting_.insert(c.get());
+        arm_budget_timer();
+        return;
+    }
+    submit(c, std::move(request), std::move(netns_fd), asked);
+}
+
+void SocketFrontend::submit(const std::shared_ptr<Connection>& c, proto::Request request,
+                            UniqueFd netns_fd, std::size_t reserved) {
+    std::weak_ptr<Connection> weak = c;
+    const auto id = request.id;
+    Answer answer = [this, weak, id, reserved](proto::ReplyBody body, std::vector<UniqueFd> fds) {
+        auto client = weak.lock();
+        if (!client || client->closed) {
+            return; // the client left; the fds close here
+        }
+        if (reserved > fds.size()) {
+            budget_.release(client->account, reserved - fds.size());
+        }
+        reply(*client, id, std::move(body), std::move(fds));
+    };
+    core_.serve({c->caller(),
+                 {c->pid(), c->peer.pidfd.get()},
+                 c->channel,
+                 std::move(request),
+                 std::move(netns_fd)},
+                std::move(answer));
+}
+
+void SocketFrontend::refuse(Connection& c, std::optional<std::uint64_t> id, Error error) {
+    core_.count_unreadable(error);
+    reply(c, id, std::move(error));
+}
+
+void SocketFrontend::reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
+                           std::vector<UniqueFd> fds) {
+    if (c.closed) {
+        return;
+    }
+    c.outbox.push_back({proto::encode_reply(proto::Reply{id, std::move(body)}), std::move(fds)});
+    flush(c);
+}
+
+void SocketFrontend::flush(Connection& c) {
+    while (!c.closed && !c.outbox.empty()) {
+        auto& next = c.outbox.front();
+        if (!next.fds.empty()) {
+            // Keeps the count of what the peer holds unread close to true.
+            budget_.refresh(c.account);
+        }
+        auto raw = proto::raw_fds(next.fds);
+        auto status = proto::send_message(c.fd.get(), next.data, raw, true);
+        if (status == proto::SendStatus::would_block) {
+            break;
+        }
+        if (status == proto::SendStatus::closed) {
+            close_client(c);
+            return;
+        }
+        budget_.sent(c.account, next.fds.size());
+        c.outbox.pop_front(); // our copies of the fds close here
+    }
+    if (c.read_closed && c.answered_all()) {
+        close_client(c);
+        return;
+    }
+    update_events(c);
+}
+
+// ---- the descriptor budget ---------------------------------------------------
+
+void SocketFrontend::retry_waiting() {
+    // One at a time, looking afresh after each: serving one may close a
+    // connection and come back here.
+    for (bool served = true; served;) {
+        served = false;
+        for (Connection* raw : waiting_) {
+            if (!budget_.admit(raw->account, proto::socket_count(raw->waiting->request.specs))) {
+                continue;
+            }
+            auto c = raw->shared_from_this();
+            const std::size_t asked = proto::socket_count(raw->waiting->request.specs);
+            waiting_.erase(raw);
+            auto waiting = std::move(*c->waiting);
+            c->waiting.reset();
+            ScopedLogFields fields{{c->uid(), c->pid(), {}, {}}};
+            try {
+                submit(c, std::move(waiting.request), std::move(waiting.netns_fd), asked);
+                update_events(*c);
+            } catch (const std::exception& e) {
+                spdlog::warn("client pid {} uid {}: {}; disconnected", c->pid(), c->uid(),
+                             e.what());
+                close_client(*c);
+            }
+            served = true;
+            break;
+        }
+    }
+}
+
+void SocketFrontend::arm_budget_timer() {
+    if (budget_timer_) {
+        if (int enabled = 0;
+            sd_event_source_get_enabled(budget_timer_.get(), &enabled) >= 0 && enabled) {
+            return;
+        }
+        uint64_t now = 0;
+        sd_event_now(loop_, CLOCK_MONOTONIC, &now);
+        sd_event_source_set_time(budget_timer_.get(), now + budget_retry_usec);
+        sd_event_source_set_enabled(budget_timer_.get(), SD_EVENT_ONESHOT);
+        return;
+    }
+    sd_event_source* s = nullptr;
+    check_sd(sd_event_add_time_relative(loop_, &s, CLOCK_MONOTONIC, budget_retry_usec, 0,
+                                        &SocketFrontend::on_budget_timer, this),
+             "sd_event_add_time(budget)");
+    budget_timer_.reset(s);
+}
+
+int SocketFrontend::on_budget_timer(sd_event_source*, uint64_t, void* userdata) {
+    auto* self = static_cast<SocketFrontend*>(userdata);
+    try {
+        self->budget_.refresh_all();
+        std::vector<Connection*> read_all;
+        for (Connection* c : self->lingering_) {
+            if (c->account.unread == 0) {
+                read_all.push_back(c);
+            }
+        }
+        for (Connection* c : read_all) {
+            self->forget_client(*c);
+        }
+        self->retry_waiting();
+        if (!self->waiting_.empty() || !self->lingering_.empty()) {
+            self->arm_budget_timer();
+        }
+    } catch (const std::exception& e) {
+        spdlog::error("descriptor budget: {}", e.what());
+    }
+    return 0;
+}
+
+} // namespace nsbroker::daemon
