@@ -241,7 +241,7 @@ void Core::open_sockets(Request request, Answer answer) {
 // has a worker is found by one stat(2).
 bool Core::send_to_running(Request& request, proto::WorkerJob& job, Answer& answer) {
     const auto& ref = *request.message.netns;
-    auto known = peek_identity(ref, request.netns_fd.get(), config_.workers.netns_dir);
+    auto known = peek_identity(ref, request.netns_fd.borrow(), config_.workers.netns_dir);
     if (!known) {
         return false;
     }

@@ -113,11 +113,11 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
     case Kind::path:
         return open_netns_path(ref.text);
     case Kind::pid:
-        if (caller.pidfd >= 0 && ref.pid == caller.pid) {
+        if (caller.pidfd && ref.pid == caller.pid) {
             // The caller's own process, pinned when it connected.
-            auto r = open_netns_of_pidfd(caller.pidfd, caller.pid);
+            auto r = open_netns_of_pidfd(caller.pidfd.get(), caller.pid);
             if (r) {
-                r->pidfd.reset(::fcntl(caller.pidfd, F_DUPFD_CLOEXEC, 3));
+                r->pidfd = caller.pidfd.duplicate();
             }
             return r;
         }
@@ -137,7 +137,7 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
     return make_error(ErrorCode::internal, "unknown namespace reference");
 }
 
-std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passed_fd,
+std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, BorrowedFd passed_fd,
                                            const std::string& netns_dir) {
     using Kind = proto::NetnsRef::Kind;
     struct stat st {};
@@ -153,7 +153,7 @@ std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passe
         r = ::stat(("/proc/" + std::to_string(ref.pid) + "/ns/net").c_str(), &st);
         break;
     case Kind::fd:
-        r = passed_fd >= 0 ? ::fstat(passed_fd, &st) : -1;
+        r = passed_fd ? ::fstat(passed_fd.get(), &st) : -1;
         break;
     }
     if (r < 0) {

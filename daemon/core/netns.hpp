@@ -34,10 +34,11 @@ struct ResolvedNetns {
 Result<ResolvedNetns> open_netns_path(const std::string& path);
 
 // The process that sent a request: its pid, and a pidfd of it when the
-// kernel gives one with the connection (SO_PEERPIDFD), else -1.
+// kernel gives one with the connection (SO_PEERPIDFD), lent by the
+// connection, which outlives the request.
 struct CallerProcess {
     pid_t pid = 0;
-    int pidfd = -1;
+    BorrowedFd pidfd;
 };
 
 // Resolves any reference. passed_fd is the descriptor sent with the request
@@ -52,7 +53,7 @@ Result<ResolvedNetns> resolve_netns(const proto::NetnsRef& ref, UniqueFd passed_
 // The identity a reference names, found by stat(2) alone, or nothing. It
 // proves nothing about the file by itself; it is only good for finding a
 // running worker, whose namespace cannot be freed and so keeps its identity.
-std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, int passed_fd,
+std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, BorrowedFd passed_fd,
                                            const std::string& netns_dir = default_netns_dir);
 
 // Whether a process of uid, in the daemon's own user namespace, could setns

@@ -476,7 +476,7 @@ void DbusService::serve(sd_bus_message* m, Caller caller, proto::Request request
     }
     ++calls_in_flight_;
     ScopedLogFields fields{{caller.uid, caller.pid, {}, {}}};
-    CallerProcess process{caller.pid, -1};
+    CallerProcess process{caller.pid, {}};
     // Shared, since the answer must be copyable.
     std::shared_ptr<sd_bus_message> call(sd_bus_message_ref(m), sd_bus_message_unref);
     std::weak_ptr<int> alive = alive_;

@@ -7,13 +7,15 @@
 
 #include <algorithm>
 
+#include "nsbroker/protocol.hpp"
+
 namespace nsbroker::daemon {
 
 namespace {
 
 // The smallest budget that still lets one request of the most sockets
 // through, so that nothing waits for ever on an idle connection.
-constexpr std::size_t at_least = 253;
+constexpr std::size_t at_least = proto::max_fds_per_message;
 
 std::size_t default_total() {
     rlimit limit{};
@@ -94,7 +96,7 @@ bool DescriptorBudget::refresh(Account& account) {
         return false;
     }
     int queued = 0;
-    if (account.fd < 0 || ::ioctl(account.fd, SIOCOUTQ, &queued) < 0 || queued > 0) {
+    if (!account.fd || ::ioctl(account.fd.get(), SIOCOUTQ, &queued) < 0 || queued > 0) {
         return false;
     }
     charge(account, account.unread, false);

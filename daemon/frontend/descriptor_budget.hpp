@@ -20,6 +20,8 @@
 #include <map>
 #include <set>
 
+#include "nsbroker/unique_fd.hpp"
+
 namespace nsbroker::daemon {
 
 struct DescriptorLimits {
@@ -34,7 +36,7 @@ class DescriptorBudget {
     // counted for them and they never wait.
     struct Account {
         uid_t uid = 0;
-        int fd = -1;            // the connection, for SIOCOUTQ; borrowed
+        BorrowedFd fd;          // the connection, for SIOCOUTQ
         std::size_t held = 0;   // asked of workers or queued in the daemon
         std::size_t unread = 0; // sent since the peer was last seen to have read all
         [[nodiscard]] bool exempt() const { return uid == 0; }

@@ -33,7 +33,8 @@ std::optional<std::vector<gid_t>> peer_groups(int fd) {
 
 } // namespace
 
-PeerReadResult read_peer_credentials(int fd) {
+PeerReadResult read_peer_credentials(BorrowedFd connection) {
+    const int fd = connection.get();
     PeerReadResult r;
     auto fail = [&r](const char* what) {
         r.outcome = PeerRead::failed;

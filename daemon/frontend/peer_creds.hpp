@@ -34,6 +34,6 @@ struct PeerReadResult {
     int error = 0;         // its errno
 };
 
-PeerReadResult read_peer_credentials(int fd);
+PeerReadResult read_peer_credentials(BorrowedFd connection);
 
 } // namespace nsbroker::daemon

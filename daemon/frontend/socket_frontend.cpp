@@ -124,7 +124,7 @@ void SocketFrontend::accept_clients() {
             }
             return;
         }
-        auto read = read_peer_credentials(fd.get());
+        auto read = read_peer_credentials(fd.borrow());
         if (read.outcome == PeerRead::failed) {
             // Without an identity nothing can be authorized.
             spdlog::warn("{}: {}; connection refused", read.what, std::strerror(read.error));
@@ -144,7 +144,7 @@ void SocketFrontend::accept_clients() {
         c->frontend = this;
         c->fd = std::move(fd);
         c->account.uid = c->uid();
-        c->account.fd = c->fd.get();
+        c->account.fd = c->fd.borrow();
         sd_event_source* s = nullptr;
         if (sd_event_add_io(loop_, &s, c->fd.get(), EPOLLIN, &SocketFrontend::on_client, c.get()) <
             0) {
@@ -345,7 +345,7 @@ void SocketFrontend::submit(const std::shared_ptr<Connection>& c, proto::Request
         reply(*client, id, std::move(body), std::move(fds));
     };
     core_.serve({c->caller(),
-                 {c->pid(), c->peer.pidfd.get()},
+                 {c->pid(), c->peer.pidfd.borrow()},
                  c->channel,
                  std::move(request),
                  std::move(netns_fd)},

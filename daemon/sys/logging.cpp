@@ -12,6 +12,7 @@
 #include <spdlog/sinks/base_sink.h>
 #include <spdlog/sinks/stdout_color_sinks.h>
 #include <spdlog/spdlog.h>
+#include <string_view>
 #include <vector>
 
 namespace nsbroker::daemon {
@@ -19,6 +20,9 @@ namespace nsbroker::daemon {
 thread_local const LogFields* ScopedLogFields::current_ = nullptr;
 
 namespace {
+
+// The journal field that holds the line itself; the others are metadata.
+constexpr std::string_view message_field = "MESSAGE=";
 
 int syslog_priority(spdlog::level::level_enum level) {
     switch (level) {
@@ -41,7 +45,8 @@ class JournalSink final : public spdlog::sinks::base_sink<spdlog::details::null_
     void sink_it_(const spdlog::details::log_msg& msg) override {
         std::vector<std::string> fields;
         fields.reserve(8);
-        fields.push_back("MESSAGE=" + std::string(msg.payload.data(), msg.payload.size()));
+        fields.push_back(std::string(message_field) +
+                         std::string(msg.payload.data(), msg.payload.size()));
         fields.push_back("PRIORITY=" + std::to_string(syslog_priority(msg.level)));
         fields.emplace_back("SYSLOG_IDENTIFIER=nsbrokerd");
         if (const LogFields* f = ScopedLogFields::current()) {
@@ -66,7 +71,7 @@ class JournalSink final : public spdlog::sinks::base_sink<spdlog::details::null_
         if (sd_journal_sendv(iov.data(), static_cast<int>(iov.size())) < 0) {
             // The journal is gone; stderr still reaches someone.
             std::fprintf(stderr, "<%d>%s\n", syslog_priority(msg.level),
-                         fields.front().c_str() + 8);
+                         fields.front().c_str() + message_field.size());
         }
     }
     void flush_() override {}

@@ -73,7 +73,7 @@ Request request_of(const Caller& caller, proto::Op op,
                    std::shared_ptr<Channel> channel = std::make_shared<Channel>()) {
     Request r;
     r.caller = caller;
-    r.process = {caller.pid, -1};
+    r.process = {caller.pid, {}};
     r.channel = std::move(channel);
     r.message.op = op;
     r.message.id = 7;

@@ -1,12 +1,17 @@
-// UniqueFd: the one owner of a file descriptor in nsbroker. Move-only; the
-// descriptor is closed exactly once, by the destructor or reset().
+// Ownership of file descriptors, in the type. UniqueFd is the one owner of a
+// descriptor: move-only, it closes it exactly once, by the destructor or
+// reset(). BorrowedFd is a descriptor someone else owns, lent for a call or
+// for the life of an object that the owner outlives: it never closes it.
 #pragma once
 
+#include <fcntl.h>
 #include <unistd.h>
 
 #include <utility>
 
 namespace nsbroker {
+
+class BorrowedFd;
 
 class UniqueFd {
   public:
@@ -27,6 +32,8 @@ class UniqueFd {
     [[nodiscard]] int get() const noexcept { return fd_; }
     [[nodiscard]] bool valid() const noexcept { return fd_ >= 0; }
     explicit operator bool() const noexcept { return valid(); }
+    // Lends the descriptor; this UniqueFd must outlive the loan.
+    [[nodiscard]] BorrowedFd borrow() const noexcept;
 
     // Gives up ownership; the caller now owns the returned descriptor.
     [[nodiscard]] int release() noexcept { return std::exchange(fd_, -1); }
@@ -42,5 +49,29 @@ class UniqueFd {
   private:
     int fd_ = -1;
 };
+
+class BorrowedFd {
+  public:
+    constexpr BorrowedFd() noexcept = default;
+    // fd is owned elsewhere, and stays open for as long as this is used.
+    constexpr explicit BorrowedFd(int fd) noexcept : fd_(fd) {}
+
+    [[nodiscard]] constexpr int get() const noexcept { return fd_; }
+    [[nodiscard]] constexpr bool valid() const noexcept { return fd_ >= 0; }
+    constexpr explicit operator bool() const noexcept { return valid(); }
+
+    // A descriptor of its own for the same open file, close-on-exec and never
+    // one of 0, 1 or 2; empty (errno set) when the process has none left.
+    [[nodiscard]] UniqueFd duplicate() const noexcept {
+        return UniqueFd{valid() ? ::fcntl(fd_, F_DUPFD_CLOEXEC, 3) : -1};
+    }
+
+  private:
+    int fd_ = -1;
+};
+
+inline BorrowedFd UniqueFd::borrow() const noexcept {
+    return BorrowedFd{fd_};
+}
 
 } // namespace nsbroker
