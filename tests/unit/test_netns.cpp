@@ -91,15 +91,15 @@ TEST_CASE("a pid reference to the caller goes through the caller's pidfd") {
     REQUIRE(expected);
     CHECK(expected->identity != *current_netns());
 
-    auto r =
-        resolve_netns(proto::NetnsRef::by_pid(child), {}, default_netns_dir, {child, pidfd.borrow()});
+    auto r = resolve_netns(proto::NetnsRef::by_pid(child), {}, default_netns_dir,
+                           {child, pidfd.borrow()});
     REQUIRE(r);
     CHECK(r->identity == expected->identity);
 
     ::kill(child, SIGKILL);
     ::waitpid(child, nullptr, 0);
-    auto gone =
-        resolve_netns(proto::NetnsRef::by_pid(child), {}, default_netns_dir, {child, pidfd.borrow()});
+    auto gone = resolve_netns(proto::NetnsRef::by_pid(child), {}, default_netns_dir,
+                              {child, pidfd.borrow()});
     REQUIRE_FALSE(gone);
     CHECK(gone.error().code == ErrorCode::not_found);
 }
