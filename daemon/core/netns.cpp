@@ -57,8 +57,7 @@ Result<ResolvedNetns> open_netns_of_pidfd(int pidfd, pid_t pid) {
         return no_process(pid);
     }
     if (errno != ENOTTY && errno != EINVAL && errno != EPERM && errno != EACCES) {
-        return make_error(ErrorCode::kernel,
-                          std::string("PIDFD_GET_NET_NAMESPACE: ") + std::strerror(errno), errno);
+        return kernel_error("PIDFD_GET_NET_NAMESPACE");
     }
     auto r = open_netns_path("/proc/" + std::to_string(pid) + "/ns/net");
     if (!r) {
@@ -79,8 +78,7 @@ Result<ResolvedNetns> open_netns_of_pid(pid_t pid) {
         if (errno == ESRCH) {
             return no_process(pid);
         }
-        return make_error(ErrorCode::kernel, std::string("pidfd_open: ") + std::strerror(errno),
-                          errno);
+        return kernel_error("pidfd_open");
     }
     auto r = open_netns_of_pidfd(pidfd.get(), pid);
     if (r) {
@@ -165,14 +163,10 @@ std::optional<NetnsIdentity> peek_identity(const proto::NetnsRef& ref, BorrowedF
 
 namespace {
 
-Error ns_ioctl_error(const char* what) {
-    return make_error(ErrorCode::kernel, std::string(what) + ": " + std::strerror(errno), errno);
-}
-
 Result<NetnsIdentity> identity_of(int fd) {
     struct stat st {};
     if (::fstat(fd, &st) < 0) {
-        return ns_ioctl_error("fstat");
+        return kernel_error("fstat");
     }
     return NetnsIdentity{static_cast<std::uint64_t>(st.st_dev),
                          static_cast<std::uint64_t>(st.st_ino)};
@@ -186,13 +180,13 @@ constexpr int max_userns_depth = 33;
 Result<bool> netns_owned_by(int netns_fd, uid_t uid) {
     struct stat own {};
     if (::stat("/proc/self/ns/user", &own) < 0) {
-        return ns_ioctl_error("/proc/self/ns/user");
+        return kernel_error("/proc/self/ns/user");
     }
     const NetnsIdentity daemon_userns{static_cast<std::uint64_t>(own.st_dev),
                                       static_cast<std::uint64_t>(own.st_ino)};
     UniqueFd userns{::ioctl(netns_fd, NS_GET_USERNS)};
     if (!userns) {
-        return ns_ioctl_error("NS_GET_USERNS");
+        return kernel_error("NS_GET_USERNS");
     }
     for (int depth = 0; depth < max_userns_depth; ++depth) {
         auto id = identity_of(userns.get());
@@ -208,7 +202,7 @@ Result<bool> netns_owned_by(int netns_fd, uid_t uid) {
             if (errno == EPERM) {
                 return false;
             }
-            return ns_ioctl_error("NS_GET_PARENT");
+            return kernel_error("NS_GET_PARENT");
         }
         auto parent_id = identity_of(parent.get());
         if (!parent_id) {
@@ -217,7 +211,7 @@ Result<bool> netns_owned_by(int netns_fd, uid_t uid) {
         if (*parent_id == daemon_userns) {
             uid_t owner = 0;
             if (::ioctl(userns.get(), NS_GET_OWNER_UID, &owner) < 0) {
-                return ns_ioctl_error("NS_GET_OWNER_UID");
+                return kernel_error("NS_GET_OWNER_UID");
             }
             return owner == uid;
         }

@@ -61,9 +61,7 @@ class PortFloor {
     Result<void> open() {
         fd_.reset(::open("/proc/sys/net/ipv4/ip_unprivileged_port_start", O_RDONLY | O_CLOEXEC));
         if (!fd_) {
-            return make_error(ErrorCode::kernel,
-                              std::string("ip_unprivileged_port_start: ") + std::strerror(errno),
-                              errno);
+            return kernel_error("ip_unprivileged_port_start");
         }
         return {};
     }
@@ -151,7 +149,7 @@ Result<void> enter_namespace(PortFloor& floor) {
         return std::move(target).error();
     }
     if (::setns(netns.get(), CLONE_NEWNET) < 0) {
-        return make_error(ErrorCode::kernel, std::string("setns: ") + std::strerror(errno), errno);
+        return kernel_error("setns");
     }
     auto now = current_netns();
     if (!now) {

@@ -34,10 +34,6 @@ namespace nsbroker::daemon {
 
 namespace {
 
-Error failed(const char* what, int err) {
-    return make_error(ErrorCode::internal, std::string(what) + ": " + std::strerror(err), err);
-}
-
 bool has_effective(cap_value_t cap) {
     std::unique_ptr<std::remove_pointer_t<cap_t>, int (*)(void*)> caps(cap_get_proc(), cap_free);
     cap_flag_value_t value = CAP_CLEAR;
@@ -51,19 +47,19 @@ Result<void> drop_capabilities() {
     if (has_effective(CAP_SETPCAP)) {
         for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
             if (cap_drop_bound(cap) < 0 && errno != EINVAL) {
-                return failed("PR_CAPBSET_DROP", errno);
+                return kernel_error("PR_CAPBSET_DROP", errno);
             }
         }
     }
     if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
-        return failed("PR_SET_KEEPCAPS", errno);
+        return kernel_error("PR_SET_KEEPCAPS", errno);
     }
     if (cap_reset_ambient() < 0 && errno != EINVAL) {
-        return failed("PR_CAP_AMBIENT_CLEAR_ALL", errno);
+        return kernel_error("PR_CAP_AMBIENT_CLEAR_ALL", errno);
     }
     std::unique_ptr<std::remove_pointer_t<cap_t>, int (*)(void*)> caps(cap_init(), cap_free);
     if (!caps) {
-        return failed("cap_init", errno);
+        return kernel_error("cap_init", errno);
     }
     const cap_value_t keep[] = {CAP_NET_RAW, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SETUID,
                                 CAP_SETGID};
@@ -71,7 +67,7 @@ Result<void> drop_capabilities() {
     if (cap_set_flag(caps.get(), CAP_PERMITTED, kept, keep, CAP_SET) < 0 ||
         cap_set_flag(caps.get(), CAP_EFFECTIVE, kept, keep, CAP_SET) < 0 ||
         cap_set_proc(caps.get()) < 0) {
-        return failed("capset", errno);
+        return kernel_error("capset", errno);
     }
     return {};
 }
@@ -84,7 +80,7 @@ Result<void> install_filter() {
     std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ERRNO(EPERM)),
                                                             seccomp_release);
     if (!filter) {
-        return failed("seccomp_init", ENOMEM);
+        return kernel_error("seccomp_init", ENOMEM);
     }
     const int allowed[] = {
         SCMP_SYS(recvmsg),       SCMP_SYS(sendmsg),
@@ -109,7 +105,7 @@ Result<void> install_filter() {
     };
     for (int call : allowed) {
         if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, call, 0); r < 0) {
-            return failed("seccomp_rule_add", -r);
+            return kernel_error("seccomp_rule_add", -r);
         }
     }
     // ioctl only to turn interface names into indexes and back.
@@ -118,7 +114,7 @@ Result<void> install_filter() {
         if (int r = seccomp_rule_add_array(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
                                            &second_argument);
             r < 0) {
-            return failed("seccomp_rule_add(ioctl)", -r);
+            return kernel_error("seccomp_rule_add(ioctl)", -r);
         }
     }
     // setresuid(-1, euid, -1) and setresgid(-1, egid, -1) only: the real and
@@ -131,14 +127,14 @@ Result<void> install_filter() {
         };
         if (int r = seccomp_rule_add_array(filter.get(), SCMP_ACT_ALLOW, call, 2, keep_ids);
             r < 0) {
-            return failed("seccomp_rule_add(setresuid)", -r);
+            return kernel_error("seccomp_rule_add(setresuid)", -r);
         }
     }
     if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(setgroups), 0); r < 0) {
-        return failed("seccomp_rule_add(setgroups)", -r);
+        return kernel_error("seccomp_rule_add(setgroups)", -r);
     }
     if (int r = seccomp_load(filter.get()); r < 0) {
-        return failed("seccomp_load", -r);
+        return kernel_error("seccomp_load", -r);
     }
     return {};
 }
@@ -158,10 +154,10 @@ Result<void> confine_worker() {
         return r;
     }
     if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-        return failed("PR_SET_NO_NEW_PRIVS", errno);
+        return kernel_error("PR_SET_NO_NEW_PRIVS", errno);
     }
     if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
-        return failed("PR_SET_DUMPABLE", errno);
+        return kernel_error("PR_SET_DUMPABLE", errno);
     }
     return install_filter();
 }
@@ -181,7 +177,7 @@ Result<void> capset_effective(std::uint32_t effective) {
     data[0].permitted = permitted_set;
     data[0].effective = effective;
     if (::syscall(SYS_capset, &header, data) < 0) {
-        return failed("capset", errno);
+        return kernel_error("capset", errno);
     }
     return {};
 }
@@ -202,13 +198,13 @@ Result<void> become_caller(const proto::JobCaller& caller) {
     // try to signal others. Groups and gid first, while CAP_SETGID is still
     // effective; a change of euid away from 0 empties the effective set.
     if (::syscall(SYS_setgroups, caller.groups.size(), caller.groups.data()) < 0) {
-        return failed("setgroups", errno);
+        return kernel_error("setgroups", errno);
     }
     if (::syscall(SYS_setresgid, -1, caller.gid, -1) < 0) {
-        return failed("setresgid", errno);
+        return kernel_error("setresgid", errno);
     }
     if (::syscall(SYS_setresuid, -1, caller.uid, -1) < 0) {
-        return failed("setresuid", errno);
+        return kernel_error("setresuid", errno);
     }
     return capset_effective(0);
 }

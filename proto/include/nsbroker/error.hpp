@@ -8,6 +8,7 @@
 #pragma once
 
 #include <cerrno>
+#include <cstring>
 #include <optional>
 #include <stdexcept>
 #include <string>
@@ -47,6 +48,13 @@ struct Error {
 
 inline Error make_error(ErrorCode code, std::string message, int sys_errno = 0) {
     return Error{code, sys_errno, std::move(message)};
+}
+
+// A system call that failed for a reason the caller cannot act on: `kernel`,
+// "what: strerror(err)", with err. Outcomes a caller can act on (a missing
+// file, a refusal) have codes of their own and are told apart first.
+inline Error kernel_error(std::string_view what, int err = errno) {
+    return make_error(ErrorCode::kernel, std::string(what) + ": " + std::strerror(err), err);
 }
 
 // A failed system call: what was attempted, and the errno it failed with.
