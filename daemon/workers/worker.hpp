@@ -98,7 +98,6 @@ class Worker {
 
     [[nodiscard]] const NetnsIdentity& identity() const { return identity_; }
     [[nodiscard]] pid_t pid() const { return pid_; }
-    [[nodiscard]] State state() const { return state_; }
     [[nodiscard]] std::size_t in_flight() const { return pending_.size(); }
     [[nodiscard]] const std::set<std::string>& names() const { return names_; }
     [[nodiscard]] const std::optional<uid_t>& sponsor() const { return sponsor_; }
