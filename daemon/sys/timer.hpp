@@ -1,6 +1,6 @@
 // A re-armable one-shot timer on the daemon's event loop: one CLOCK_MONOTONIC
-// sd-event time source, made once and then only moved and switched on or
-// off, for deadlines that keep changing (idle checks, job deadlines, grace
+// sd-event time source, made once and then only re-armed or switched off,
+// for deadlines that keep changing (idle checks, job deadlines, grace
 // periods, periodic reports).
 #pragma once
 
