@@ -1,6 +1,8 @@
 // The daemon's side of the workers: one worker process per network namespace
-// identity, started on first use, pipelined jobs, retired when idle, when its
-// /run/netns name is deleted, when it dies, or when the daemon stops.
+// identity, started on first use, pipelined jobs. A worker is exiting (it
+// takes no new jobs, answers those it has, then exits) when idle, when its
+// /run/netns name is deleted, when room is needed for another, or when the
+// daemon stops; one that dies fails the jobs it had.
 //
 // A worker keeps its namespace alive. One for a namespace reached only by
 // descriptor, path or pid therefore goes soon: when the process it was
@@ -13,51 +15,28 @@
 #include <sys/types.h>
 #include <systemd/sd-event.h>
 
-#include <chrono>
-#include <deque>
+#include <cstdint>
 #include <functional>
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <string>
 #include <vector>
 
 #include "core/netns.hpp"
 #include "nsbroker/protocol.hpp"
-#include "sys/event.hpp"
+#include "sys/timer.hpp"
+#include "workers/worker.hpp"
 
 namespace nsbroker::daemon {
 
-enum class WorkerMode { fork, exec };
-
-struct WorkerPoolConfig {
-    WorkerMode mode = WorkerMode::fork;
-    std::chrono::seconds idle_timeout{60}; // 0: workers stay until their namespace goes
-    // For namespaces without a /run/netns name or a live process that names
-    // them: the worker may be all that keeps them alive.
-    std::chrono::seconds unnamed_idle_timeout{5};
-    std::chrono::seconds job_timeout{10}; // a worker that takes longer is killed
+struct WorkerPoolConfig : WorkerSettings {
     std::size_t max_workers = 512;        // beyond it the least recently used idle one goes
     std::size_t max_workers_per_uid = 16; // of workers callers other than root start
-    std::string log_level = "info";       // for exec'd workers
     std::string netns_dir = default_netns_dir;
 };
 
-// Called exactly once per job: with the sockets and their fds (fds owned by
-// the callee from then on), or with an Error and no fds.
-using JobDone = std::function<void(Result<proto::SocketReply>, std::vector<UniqueFd>)>;
-
-// Whose a worker is: a uid other than root's when only that caller's
-// ownership of the namespace lets it be served; none for root's and for
-// namespaces a rule names.
-struct WorkerSponsor {
-    std::optional<uid_t> uid;
-};
-
-class Worker;
-
-class WorkerPool {
+class WorkerPool : private WorkerOwner {
   public:
     WorkerPool(sd_event* loop, WorkerPoolConfig config);
     ~WorkerPool();
@@ -74,38 +53,39 @@ class WorkerPool {
     bool submit_to_running(const NetnsIdentity& identity, const std::optional<std::string>& name,
                            proto::WorkerJob& job, JobDone& done);
 
-    // A /run/netns entry went away: workers that no longer have a name retire.
+    // A /run/netns entry went away: workers that no longer have a name exit.
     void name_deleted(const std::string& name);
 
-    // Retires every worker; calls all_exited once every process is reaped.
+    // Every worker exits; calls all_exited once every process is reaped.
     void stop(std::function<void()> all_exited);
 
     [[nodiscard]] std::vector<proto::NamespaceInfo> describe() const;
     [[nodiscard]] std::uint64_t spawned() const { return spawned_; }
     [[nodiscard]] std::uint64_t exited() const { return exited_; }
-    [[nodiscard]] std::size_t live() const { return live_.size() + draining_.size(); }
+    [[nodiscard]] std::size_t live() const { return live_.size() + exiting_.size(); }
     [[nodiscard]] std::size_t jobs_in_flight() const;
 
   private:
-    friend class Worker;
-    // Worker -> pool notifications.
-    void worker_draining(Worker* worker);
-    void worker_reaped(Worker* worker);
+    void worker_exiting(Worker& worker) override;
+    void worker_reaped(Worker& worker) override;
 
-    Worker* spawn(ResolvedNetns& netns, WorkerSponsor sponsor);
+    Worker* spawn(ResolvedNetns netns, WorkerSponsor sponsor);
     // Makes room for one more worker for sponsor; the reason when it cannot.
     std::optional<std::string> make_room(const WorkerSponsor& sponsor);
+    void on_stop_grace_over();
     void check_stopped();
 
     sd_event* loop_;
     WorkerPoolConfig config_;
+    // The workers that take jobs, one per namespace.
     std::map<NetnsIdentity, std::unique_ptr<Worker>> live_;
-    std::vector<std::unique_ptr<Worker>> draining_;
+    // Exiting or dead workers, kept until their process is reaped.
+    std::vector<std::unique_ptr<Worker>> exiting_;
     std::uint64_t spawned_ = 0;
     std::uint64_t exited_ = 0;
     bool stopping_ = false;
     std::function<void()> all_exited_;
-    EventSource kill_timer_;
+    OneShotTimer kill_timer_;
 };
 
 } // namespace nsbroker::daemon
