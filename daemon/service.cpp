@@ -61,14 +61,15 @@ void Service::attach(Core& core, std::vector<Frontend*> frontends,
     if (int r = sd_event_set_watchdog(loop_.get(), 1); r < 0) {
         spdlog::warn("watchdog: {}; running without it", std::strerror(-r));
     }
-    sd_event_source* s = nullptr;
-    check_sd(sd_event_add_time_relative(loop_.get(), &s, CLOCK_MONOTONIC, status_interval_usec, 0,
-                                        &Service::on_status_timer, this),
-             "sd_event_add_time(status)");
-    status_timer_.reset(s);
+    status_timer_.emplace(loop_.get(), [this](uint64_t) {
+        notify_status();
+        status_timer_->arm_in(status_interval_usec);
+    });
+    status_timer_->arm_in(status_interval_usec);
     if (exit_idle_time_.count() > 0) {
+        idle_timer_.emplace(loop_.get(), [this](uint64_t now) { idle_check(now); });
         core_->note_activity();
-        schedule_idle_check(core_->last_activity() + usec(exit_idle_time_));
+        idle_timer_->arm_at(core_->last_activity() + usec(exit_idle_time_));
     }
 }
 
@@ -106,39 +107,17 @@ bool Service::idle() const {
 
 // Like a worker's idle timer: armed once, and when it fires, armed again from
 // the last activity, so that busy times cost no timer updates.
-int Service::on_idle_check(sd_event_source*, uint64_t now, void* userdata) {
-    auto* self = static_cast<Service*>(userdata);
-    const uint64_t idle_time = usec(self->exit_idle_time_);
-    const uint64_t last = self->core_->last_activity();
-    if (!self->idle()) {
-        self->schedule_idle_check(now + idle_time);
+void Service::idle_check(uint64_t now) {
+    const uint64_t idle_time = usec(exit_idle_time_);
+    const uint64_t last = core_->last_activity();
+    if (!idle()) {
+        idle_timer_->arm_at(now + idle_time);
     } else if (now < last + idle_time) {
-        self->schedule_idle_check(last + idle_time);
+        idle_timer_->arm_at(last + idle_time);
     } else {
-        spdlog::info("idle for {}s: exiting", self->exit_idle_time_.count());
-        self->stop("idle");
+        spdlog::info("idle for {}s: exiting", exit_idle_time_.count());
+        stop("idle");
     }
-    return 0;
-}
-
-void Service::schedule_idle_check(uint64_t when) {
-    if (idle_timer_) {
-        sd_event_source_set_time(idle_timer_.get(), when);
-        sd_event_source_set_enabled(idle_timer_.get(), SD_EVENT_ONESHOT);
-        return;
-    }
-    sd_event_source* s = nullptr;
-    check_sd(
-        sd_event_add_time(loop_.get(), &s, CLOCK_MONOTONIC, when, 0, &Service::on_idle_check, this),
-        "sd_event_add_time(idle)");
-    idle_timer_.reset(s);
-}
-
-int Service::on_status_timer(sd_event_source* source, uint64_t now, void* userdata) {
-    static_cast<Service*>(userdata)->notify_status();
-    sd_event_source_set_time(source, now + status_interval_usec);
-    sd_event_source_set_enabled(source, SD_EVENT_ONESHOT);
-    return 0;
 }
 
 void Service::notify_status() {

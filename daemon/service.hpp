@@ -9,10 +9,12 @@
 
 #include <chrono>
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "sys/event.hpp"
+#include "sys/timer.hpp"
 
 namespace nsbroker::daemon {
 
@@ -46,11 +48,9 @@ class Service {
   private:
     static int on_stop_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
     static int on_reload_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
-    static int on_idle_check(sd_event_source*, uint64_t now, void* userdata);
-    static int on_status_timer(sd_event_source*, uint64_t now, void* userdata);
+    void idle_check(uint64_t now);
     void stop(const char* why);
     [[nodiscard]] bool idle() const;
-    void schedule_idle_check(uint64_t when);
     // Tells systemd (when it started the daemon) a one-line summary.
     void notify_status();
 
@@ -59,8 +59,8 @@ class Service {
     Core* core_ = nullptr;
     std::vector<Frontend*> frontends_;
     std::chrono::seconds exit_idle_time_{0};
-    EventSource idle_timer_;
-    EventSource status_timer_;
+    std::optional<OneShotTimer> idle_timer_;
+    std::optional<OneShotTimer> status_timer_;
     std::string last_status_;
 };
 

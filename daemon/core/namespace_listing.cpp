@@ -6,8 +6,8 @@
 #include <algorithm>
 #include <tuple>
 
-#include "core/netns.hpp"
 #include "nsbroker/codec.hpp"
+#include "sys/netns.hpp"
 
 namespace nsbroker::daemon {
 

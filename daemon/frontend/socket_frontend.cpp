@@ -67,7 +67,15 @@ constexpr std::uint64_t budget_retry_usec = 50'000;
 } // namespace
 
 SocketFrontend::SocketFrontend(sd_event* loop, Core& core, SocketFrontendConfig config)
-    : loop_(loop), core_(core), config_(std::move(config)), budget_(config_.descriptors) {
+    : loop_(loop), core_(core), config_(std::move(config)),
+      accept_pause_(loop,
+                    [this](uint64_t) {
+                        if (listener_source_) {
+                            sd_event_source_set_enabled(listener_source_.get(), SD_EVENT_ON);
+                        }
+                    }),
+      budget_(config_.descriptors),
+      budget_timer_(loop, [this](uint64_t) { budget_timer_elapsed(); }) {
     if (auto activated = activated_socket()) {
         listener_ = std::move(activated->fd);
         config_.socket_path = std::move(activated->path);
@@ -163,18 +171,7 @@ void SocketFrontend::accept_clients() {
 void SocketFrontend::pause_accepting() {
     spdlog::warn("accept: {}; pausing new connections", std::strerror(errno));
     sd_event_source_set_enabled(listener_source_.get(), SD_EVENT_OFF);
-    sd_event_source* s = nullptr;
-    auto resume = [](sd_event_source*, uint64_t, void* userdata) -> int {
-        auto* self = static_cast<SocketFrontend*>(userdata);
-        if (self->listener_source_) {
-            sd_event_source_set_enabled(self->listener_source_.get(), SD_EVENT_ON);
-        }
-        return 0;
-    };
-    if (sd_event_add_time_relative(loop_, &s, CLOCK_MONOTONIC, accept_pause_usec, 0, resume,
-                                   this) >= 0) {
-        accept_pause_.reset(s);
-    }
+    accept_pause_.arm_in(accept_pause_usec);
 }
 
 int SocketFrontend::on_client(sd_event_source*, int, uint32_t revents, void* userdata) {
@@ -424,45 +421,26 @@ void SocketFrontend::retry_waiting() {
 }
 
 void SocketFrontend::arm_budget_timer() {
-    if (budget_timer_) {
-        if (int enabled = 0;
-            sd_event_source_get_enabled(budget_timer_.get(), &enabled) >= 0 && enabled) {
-            return;
-        }
-        uint64_t now = 0;
-        sd_event_now(loop_, CLOCK_MONOTONIC, &now);
-        sd_event_source_set_time(budget_timer_.get(), now + budget_retry_usec);
-        sd_event_source_set_enabled(budget_timer_.get(), SD_EVENT_ONESHOT);
-        return;
+    if (!budget_timer_.armed()) {
+        budget_timer_.arm_in(budget_retry_usec);
     }
-    sd_event_source* s = nullptr;
-    check_sd(sd_event_add_time_relative(loop_, &s, CLOCK_MONOTONIC, budget_retry_usec, 0,
-                                        &SocketFrontend::on_budget_timer, this),
-             "sd_event_add_time(budget)");
-    budget_timer_.reset(s);
 }
 
-int SocketFrontend::on_budget_timer(sd_event_source*, uint64_t, void* userdata) {
-    auto* self = static_cast<SocketFrontend*>(userdata);
-    try {
-        self->budget_.refresh_all();
-        std::vector<Connection*> read_all;
-        for (Connection* c : self->lingering_) {
-            if (c->account.unread == 0) {
-                read_all.push_back(c);
-            }
+void SocketFrontend::budget_timer_elapsed() {
+    budget_.refresh_all();
+    std::vector<Connection*> read_all;
+    for (Connection* c : lingering_) {
+        if (c->account.unread == 0) {
+            read_all.push_back(c);
         }
-        for (Connection* c : read_all) {
-            self->forget_client(*c);
-        }
-        self->retry_waiting();
-        if (!self->waiting_.empty() || !self->lingering_.empty()) {
-            self->arm_budget_timer();
-        }
-    } catch (const std::exception& e) {
-        spdlog::error("descriptor budget: {}", e.what());
     }
-    return 0;
+    for (Connection* c : read_all) {
+        forget_client(*c);
+    }
+    retry_waiting();
+    if (!waiting_.empty() || !lingering_.empty()) {
+        arm_budget_timer();
+    }
 }
 
 } // namespace nsbroker::daemon

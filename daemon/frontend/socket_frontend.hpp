@@ -19,6 +19,7 @@
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/protocol.hpp"
 #include "sys/event.hpp"
+#include "sys/timer.hpp"
 
 namespace nsbroker::daemon {
 
@@ -66,7 +67,7 @@ class SocketFrontend final : public Frontend {
     // again on a timer until the peers read.
     void retry_waiting();
     void arm_budget_timer();
-    static int on_budget_timer(sd_event_source*, uint64_t now, void* userdata);
+    void budget_timer_elapsed();
     void reply(Connection& c, std::optional<std::uint64_t> id, proto::ReplyBody body,
                std::vector<UniqueFd> fds = {});
     // Replies with an error to a request the core never saw, and counts it.
@@ -83,12 +84,12 @@ class SocketFrontend final : public Frontend {
     UniqueFd listener_;
     bool activated_ = false; // the listener is systemd's: never unlink its path
     EventSource listener_source_;
-    EventSource accept_pause_;
+    OneShotTimer accept_pause_;
     std::map<Connection*, std::shared_ptr<Connection>> clients_;
     DescriptorBudget budget_;
     std::set<Connection*> waiting_;   // a request held back by the budget
     std::set<Connection*> lingering_; // closed, with descriptors unread by the peer
-    EventSource budget_timer_;
+    OneShotTimer budget_timer_;
 };
 
 } // namespace nsbroker::daemon

@@ -33,10 +33,10 @@
 #include <string>
 #include <vector>
 
-#include "core/netns.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/protocol.hpp"
 #include "sys/event.hpp"
+#include "sys/netns.hpp"
 #include "sys/timer.hpp"
 
 namespace nsbroker::daemon {

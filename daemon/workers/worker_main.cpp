@@ -22,10 +22,10 @@
 #include <cstring>
 #include <spdlog/spdlog.h>
 
-#include "core/netns.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "sys/netns.hpp"
 #include "workers/socket_factory.hpp"
 #include "workers/worker_sandbox.hpp"
 

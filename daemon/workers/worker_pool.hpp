@@ -23,8 +23,8 @@
 #include <string>
 #include <vector>
 
-#include "core/netns.hpp"
 #include "nsbroker/protocol.hpp"
+#include "sys/netns.hpp"
 #include "sys/timer.hpp"
 #include "workers/worker.hpp"
 

@@ -474,7 +474,7 @@ TEST_CASE("a user's workers are counted against it, and root's never make room f
                   }
                   return 0;
               }) == 0);
-        // Two of nobody's, its oldest retired for the third, and root's,
+        // Two of nobody's, its oldest made to exit for the third, and root's,
         // which made no room for it.
         CHECK(wait_for([&] { return live_workers() == 3; }));
         CHECK(root_worker() == first);

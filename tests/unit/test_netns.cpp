@@ -8,8 +8,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#include "core/netns.hpp"
 #include "support/harness.hpp"
+#include "sys/netns.hpp"
 
 using namespace nsbroker;
 using namespace nsbroker::daemon;

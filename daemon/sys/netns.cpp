@@ -1,5 +1,5 @@
 // Namespace references: open, verify, identify.
-#include "core/netns.hpp"
+#include "sys/netns.hpp"
 
 #include "nsbroker/codec.hpp"
 
