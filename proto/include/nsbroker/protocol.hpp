@@ -23,6 +23,8 @@ inline constexpr std::size_t max_message_size = 64 * 1024;
 // SCM_MAX_FD: the kernel's limit of descriptors in one message.
 inline constexpr std::size_t max_fds_per_message = 253;
 inline constexpr std::size_t max_netns_name_length = 255;
+// PID_MAX_LIMIT of linux/threads.h: no process id is larger.
+inline constexpr pid_t pid_max_limit = 4194304;
 
 enum class Op { hello, ping, socket, namespaces, stats };
 
