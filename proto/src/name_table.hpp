@@ -1,6 +1,7 @@
 // NameTable: a fixed list of names and the values they spell, read both
-// ways. Every vocabulary the protocol spells by name (families, types,
-// protocols, operations, error codes, grants) is one of these.
+// ways. Every vocabulary nsbroker spells by name (families, types,
+// protocols, operations, error codes, grants, kinds of namespace
+// reference, D-Bus error names) is one of these.
 #pragma once
 
 #include <array>
