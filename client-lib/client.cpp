@@ -20,6 +20,7 @@
 #include <mutex>
 #include <unordered_map>
 
+#include "netns_reference.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
@@ -66,36 +67,21 @@ Netns Netns::fd(int f) {
 }
 
 Result<Netns> Netns::parse(std::string_view text) {
-    if (text.starts_with("pid:")) {
-        auto digits = text.substr(4);
-        pid_t p = 0;
-        for (char ch : digits) {
-            if (ch < '0' || ch > '9' || p > 4194304) {
-                p = -1;
-                break;
-            }
-            p = p * 10 + (ch - '0');
-        }
-        if (digits.empty() || p <= 0) {
-            return make_error(ErrorCode::invalid_request,
-                              "\"" + std::string(text) + "\": expected pid:N");
-        }
-        return pid(p);
+    auto ref = proto::parse_netns_reference(text);
+    if (!ref) {
+        return std::move(ref).error();
     }
-    if (text.find('/') != std::string_view::npos) {
-        if (text.front() != '/') {
-            char cwd[4096];
-            if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
-                return make_error(ErrorCode::io, "getcwd failed", errno);
-            }
-            return path(std::string(cwd) + "/" + std::string(text));
+    // A relative path is the caller's, from its own working directory.
+    if (ref->kind == proto::NetnsRef::Kind::path && ref->text.front() != '/') {
+        char cwd[4096];
+        if (::getcwd(cwd, sizeof(cwd)) == nullptr) {
+            return make_error(ErrorCode::io, "getcwd failed", errno);
         }
-        return path(std::string(text));
+        ref->text = std::string(cwd) + "/" + ref->text;
     }
-    if (auto ok = proto::check_netns_name(text); !ok) {
-        return std::move(ok).error();
-    }
-    return name(std::string(text));
+    Netns ns;
+    ns.ref_ = std::move(*ref);
+    return ns;
 }
 
 // ---- Client ----------------------------------------------------------------

@@ -15,8 +15,10 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "name_table.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
+#include "socket_option_table.hpp"
 
 namespace nsbroker::daemon {
 
@@ -24,25 +26,19 @@ using nlohmann::json;
 
 namespace {
 
-std::string_view describe_privilege(Privilege p) {
-    switch (p) {
-    case Privilege::raw:
-        return "raw sockets";
-    case Privilege::packet:
-        return "packet sockets";
-    case Privilege::low_ports:
-        return "low_ports";
-    case Privilege::bindtodevice:
-        return "bindtodevice";
-    case Privilege::mark:
-        return "mark";
-    case Privilege::transparent:
-        return "transparent and freebind";
-    case Privilege::net_admin:
-        return "net_admin";
-    }
-    return "?";
-}
+// How a refusal names what a privilege covers.
+constexpr auto privilege_descriptions = proto::name_table<Privilege>({
+    {"raw sockets", Privilege::raw},
+    {"packet sockets", Privilege::packet},
+    {"low_ports", Privilege::low_ports},
+    {"bindtodevice", Privilege::bindtodevice},
+    {"mark", Privilege::mark},
+    {"transparent and freebind", Privilege::transparent},
+    {"net_admin", Privilege::net_admin},
+});
+static_assert(std::ranges::all_of(proto::all_grants, [](Privilege p) {
+    return privilege_descriptions.name_of(p).has_value();
+}));
 
 // Thrown while parsing; becomes the Error of Policy::parse.
 struct Invalid {
@@ -250,14 +246,10 @@ std::set<Privilege> needed(const proto::SocketSpec& s) {
     if (s.family == AF_PACKET) {
         need.insert(Privilege::packet);
     }
-    if (s.options.bindtodevice) {
-        need.insert(Privilege::bindtodevice);
-    }
-    if (s.options.mark) {
-        need.insert(Privilege::mark);
-    }
-    if (s.options.transparent.value_or(false) || s.options.freebind.value_or(false)) {
-        need.insert(Privilege::transparent);
+    for (const auto& row : proto::socket_option_table) {
+        if (proto::option_needs_grant(row, s.options)) {
+            need.insert(*row.grant);
+        }
     }
     return need;
 }
@@ -317,7 +309,7 @@ std::optional<std::string> refusal(const Rule& r, const NamespaceFacts& ns,
         }
         for (Privilege p : needed(s)) {
             if (!r.privileges.count(p)) {
-                return at + std::string(describe_privilege(p)) + " not granted";
+                return at + std::string(*privilege_descriptions.name_of(p)) + " not granted";
             }
         }
         if (!type_allowed(r, s)) {

@@ -1,50 +1,44 @@
 // org.nsbroker.Broker1: D-Bus arguments in, the broker's requests out.
 //
-// A call's arguments are turned into the socket protocol's JSON and decoded
-// by the one codec, so that D-Bus callers get exactly the checks, and the
-// error codes and messages, that socket callers get.
+// A call's arguments become a typed socket spec and namespace reference
+// through the protocol's own option table, reference grammar and spec check,
+// so that D-Bus callers get exactly the checks, and the error codes, that
+// socket callers get.
 #include "frontend/dbus_service.hpp"
 
 #include <sys/socket.h>
 
-#include <algorithm>
 #include <cerrno>
 #include <cstring>
-#include <nlohmann/json.hpp>
 #include <spdlog/spdlog.h>
 
-#include "nsbroker/codec.hpp"
+#include "name_table.hpp"
+#include "netns_reference.hpp"
 #include "nsbroker_config.h"
 #include "sys/logging.hpp"
+#include "typed_spec.hpp"
 
 namespace nsbroker::daemon {
 
 namespace {
 
-using nlohmann::json;
-
 // org.nsbroker.Broker1.Error.<Code>: the protocol's codes in D-Bus spelling.
-constexpr std::pair<ErrorCode, const char*> error_names[] = {
-    {ErrorCode::invalid_request, "org.nsbroker.Broker1.Error.InvalidRequest"},
-    {ErrorCode::unsupported, "org.nsbroker.Broker1.Error.Unsupported"},
-    {ErrorCode::not_found, "org.nsbroker.Broker1.Error.NotFound"},
-    {ErrorCode::not_a_netns, "org.nsbroker.Broker1.Error.NotANetns"},
-    {ErrorCode::permission_denied, "org.nsbroker.Broker1.Error.PermissionDenied"},
-    {ErrorCode::limit, "org.nsbroker.Broker1.Error.Limit"},
-    {ErrorCode::worker_failed, "org.nsbroker.Broker1.Error.WorkerFailed"},
-    {ErrorCode::kernel, "org.nsbroker.Broker1.Error.Kernel"},
-    {ErrorCode::unavailable, "org.nsbroker.Broker1.Error.Unavailable"},
-    {ErrorCode::internal, "org.nsbroker.Broker1.Error.Internal"},
-    {ErrorCode::io, "org.nsbroker.Broker1.Error.Io"},
-};
+constexpr auto error_names = proto::name_table<ErrorCode>({
+    {"org.nsbroker.Broker1.Error.InvalidRequest", ErrorCode::invalid_request},
+    {"org.nsbroker.Broker1.Error.Unsupported", ErrorCode::unsupported},
+    {"org.nsbroker.Broker1.Error.NotFound", ErrorCode::not_found},
+    {"org.nsbroker.Broker1.Error.NotANetns", ErrorCode::not_a_netns},
+    {"org.nsbroker.Broker1.Error.PermissionDenied", ErrorCode::permission_denied},
+    {"org.nsbroker.Broker1.Error.Limit", ErrorCode::limit},
+    {"org.nsbroker.Broker1.Error.WorkerFailed", ErrorCode::worker_failed},
+    {"org.nsbroker.Broker1.Error.Kernel", ErrorCode::kernel},
+    {"org.nsbroker.Broker1.Error.Unavailable", ErrorCode::unavailable},
+    {"org.nsbroker.Broker1.Error.Internal", ErrorCode::internal},
+    {"org.nsbroker.Broker1.Error.Io", ErrorCode::io},
+});
 
 const char* error_name(ErrorCode code) {
-    for (const auto& [c, name] : error_names) {
-        if (c == code) {
-            return name;
-        }
-    }
-    return "org.nsbroker.Broker1.Error.Internal";
+    return error_names.name_of(code).value_or("org.nsbroker.Broker1.Error.Internal").data();
 }
 
 int reply_error(sd_bus_message* m, const Error& e) {
@@ -65,8 +59,12 @@ struct BadCall {
     Error error;
 };
 
+[[noreturn]] void bad_call(const Error& error) {
+    throw BadCall{error};
+}
+
 [[noreturn]] void bad_call(const std::string& message) {
-    throw BadCall{make_error(ErrorCode::invalid_request, message)};
+    bad_call(make_error(ErrorCode::invalid_request, message));
 }
 
 void check(int r, const char* what) {
@@ -108,33 +106,31 @@ Result<Caller> sender_identity(sd_bus_message* m) {
     return caller;
 }
 
-// "qrouter-1", "/proc/42/ns/net" or "pid:42", as the protocol's netns object.
-json netns_json(std::string_view text) {
-    if (text.starts_with("pid:")) {
-        std::string digits(text.substr(4));
-        if (digits.empty() || digits.size() > 7 ||
-            !std::all_of(digits.begin(), digits.end(),
-                         [](char c) { return c >= '0' && c <= '9'; })) {
-            bad_call("netns \"" + std::string(text) + "\": pid:N needs a process id");
+// "qrouter-1", "/proc/42/ns/net" or "pid:42". A D-Bus caller has no
+// directory of the daemon's to resolve a relative path against.
+proto::NetnsRef netns_argument(std::string_view text) {
+    auto ref = proto::parse_netns_reference(text);
+    if (!ref) {
+        bad_call(make_error(ref.error().code, "netns: " + ref.error().message));
+    }
+    if (ref->kind == proto::NetnsRef::Kind::path) {
+        if (auto ok = proto::check_netns_path(ref->text); !ok) {
+            bad_call(make_error(ok.error().code, "netns: " + ok.error().message));
         }
-        return {{"pid", std::stoi(digits)}};
     }
-    if (text.starts_with("/")) {
-        return {{"path", text}};
-    }
-    return {{"name", text}};
+    return std::move(*ref);
 }
 
 template <typename T>
-json read_integer(sd_bus_message* m, char type) {
-    T value = 0;
+T read_basic(sd_bus_message* m, char type) {
+    T value{};
     check(sd_bus_message_read_basic(m, type, &value), "options");
     return value;
 }
 
-// One a{sv} value as JSON: strings, booleans and integers are what socket
-// options take.
-json variant_json(sd_bus_message* m, const std::string& key) {
+// One a{sv} value: strings, booleans and integers are what socket options
+// and the spec's fields take.
+proto::TypedValue variant_value(sd_bus_message* m, const std::string& key) {
     char type = 0;
     const char* contents = nullptr;
     check(sd_bus_message_peek_type(m, &type, &contents), "options");
@@ -142,40 +138,34 @@ json variant_json(sd_bus_message* m, const std::string& key) {
         bad_call("options." + key + ": expected a string, boolean or integer");
     }
     check(sd_bus_message_enter_container(m, 'v', contents), "options");
-    json value;
+    proto::TypedValue value;
     switch (contents[0]) {
-    case 's': {
-        const char* s = nullptr;
-        check(sd_bus_message_read_basic(m, 's', &s), "options");
-        value = s;
+    case 's':
+        value = std::string(read_basic<const char*>(m, 's'));
         break;
-    }
-    case 'b': {
-        int b = 0;
-        check(sd_bus_message_read_basic(m, 'b', &b), "options");
-        value = b != 0;
+    case 'b':
+        value = read_basic<int>(m, 'b') != 0;
         break;
-    }
     case 'y':
-        value = read_integer<uint8_t>(m, 'y');
+        value = std::uint64_t{read_basic<uint8_t>(m, 'y')};
         break;
     case 'n':
-        value = read_integer<int16_t>(m, 'n');
+        value = std::int64_t{read_basic<int16_t>(m, 'n')};
         break;
     case 'q':
-        value = read_integer<uint16_t>(m, 'q');
+        value = std::uint64_t{read_basic<uint16_t>(m, 'q')};
         break;
     case 'i':
-        value = read_integer<int32_t>(m, 'i');
+        value = std::int64_t{read_basic<int32_t>(m, 'i')};
         break;
     case 'u':
-        value = read_integer<uint32_t>(m, 'u');
+        value = std::uint64_t{read_basic<uint32_t>(m, 'u')};
         break;
     case 'x':
-        value = read_integer<int64_t>(m, 'x');
+        value = std::int64_t{read_basic<int64_t>(m, 'x')};
         break;
     case 't':
-        value = read_integer<uint64_t>(m, 't');
+        value = std::uint64_t{read_basic<uint64_t>(m, 't')};
         break;
     default:
         bad_call("options." + key + ": D-Bus type '" + contents +
@@ -185,12 +175,24 @@ json variant_json(sd_bus_message* m, const std::string& key) {
     return value;
 }
 
+// A field of the spec from its a{sv} value; the error names it.
+template <typename T>
+T spec_field(Result<T> value, const std::string& key) {
+    if (!value) {
+        bad_call(make_error(value.error().code, key + ": " + value.error().message));
+    }
+    return std::move(*value);
+}
+
 // The socket spec of a call: family, type, protocol and the a{sv} options.
 // bind, connect, listen and nonblock are fields of the spec; everything else
-// is a socket option.
-json spec_json(sd_bus_message* m, int family, int type, int protocol) {
-    json spec = {{"family", family}, {"type", type}, {"protocol", protocol}};
-    json options = json::object();
+// is a socket option. A key given twice counts once, with its last value.
+proto::SocketSpec spec_arguments(sd_bus_message* m, int family, int type, int protocol) {
+    proto::SocketSpec spec;
+    spec.family = family;
+    spec.type = type;
+    spec.protocol = protocol;
+    std::map<std::string, proto::TypedValue> values;
     check(sd_bus_message_enter_container(m, 'a', "{sv}"), "options");
     for (;;) {
         int r = sd_bus_message_enter_container(m, 'e', "sv");
@@ -198,27 +200,28 @@ json spec_json(sd_bus_message* m, int family, int type, int protocol) {
         if (r == 0) {
             break;
         }
-        const char* key = nullptr;
-        check(sd_bus_message_read_basic(m, 's', &key), "options");
-        std::string name = key;
-        json value = variant_json(m, name);
+        std::string key = read_basic<const char*>(m, 's');
+        values[key] = variant_value(m, key);
         check(sd_bus_message_exit_container(m), "options");
-        if (name == "bind" || name == "connect" || name == "listen") {
-            spec[name] = std::move(value);
-        } else if (name == "nonblock") {
-            if (!value.is_boolean()) {
-                bad_call("options.nonblock: expected a boolean");
-            }
-            if (value.get<bool>()) {
-                spec["flags"] = {"nonblock"};
-            }
-        } else {
-            options[name] = std::move(value);
-        }
     }
     check(sd_bus_message_exit_container(m), "options");
-    if (!options.empty()) {
-        spec["options"] = std::move(options);
+    for (auto& [key, value] : values) {
+        if (key == "bind") {
+            spec.bind = spec_field(proto::string_value(value), key);
+        } else if (key == "connect") {
+            spec.connect = spec_field(proto::string_value(value), key);
+        } else if (key == "listen") {
+            spec.listen = static_cast<int>(
+                spec_field(proto::integer_value(value, 0, proto::max_listen_backlog), key));
+        } else if (key == "nonblock") {
+            auto nonblock = proto::boolean_value(value);
+            if (!nonblock) {
+                bad_call("options.nonblock: expected a boolean");
+            }
+            spec.nonblock = *nonblock;
+        } else if (auto problem = proto::set_socket_option(spec.options, key, value)) {
+            bad_call(problem->at("options"));
+        }
     }
     return spec;
 }
@@ -233,16 +236,6 @@ int guarded(sd_bus_message* m, Handler handler) {
         spdlog::error("D-Bus: {}: {}", sd_bus_message_get_member(m), e.what());
         return reply_error(m, make_error(ErrorCode::internal, e.what()));
     }
-}
-
-// The codec speaks of the request's "socket" field; a D-Bus caller knows the
-// same things as arguments and options.
-Error as_call_error(Error e) {
-    constexpr std::string_view prefix = "socket.";
-    if (e.message.starts_with(prefix)) {
-        e.message.erase(0, prefix.size());
-    }
-    return e;
 }
 
 const sd_bus_vtable broker_vtable[] = {
@@ -373,7 +366,7 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
         int type = 0;
         int protocol = 0;
         check(sd_bus_message_read(m, "siii", &netns, &family, &type, &protocol), "arguments");
-        json spec = spec_json(m, family, type, protocol);
+        proto::SocketSpec spec = spec_arguments(m, family, type, protocol);
         if (many) {
             uint32_t count = 0;
             check(sd_bus_message_read(m, "u", &count), "count");
@@ -383,16 +376,17 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
                                              " sockets a call, the most the bus passes in one "
                                              "message; the socket protocol gives up to 253")};
             }
-            spec["count"] = count;
+            spec.count = count;
         }
         uint64_t cookie = 0;
         sd_bus_message_get_cookie(m, &cookie);
-        json j = {{"id", cookie}, {"op", "socket"}, {"netns", netns_json(netns)}, {"socket", spec}};
-        auto decoded = proto::decode_request(j.dump());
-        if (auto* bad = std::get_if<proto::RequestError>(&decoded)) {
-            throw BadCall{as_call_error(std::move(bad->error))};
+        request.op = proto::Op::socket;
+        request.id = cookie;
+        request.netns = netns_argument(netns);
+        if (auto problem = proto::check_socket_spec(spec)) {
+            bad_call(problem->at(""));
         }
-        request = std::move(std::get<proto::Request>(decoded));
+        request.specs = {std::move(spec)};
     } catch (const BadCall& e) {
         core_.count_unreadable(e.error);
         return reply_error(m, e.error);
@@ -490,7 +484,7 @@ void DbusService::serve(sd_bus_message* m, Caller caller, proto::Request request
             channels_.erase(it);
         }
         if (auto* error = std::get_if<Error>(&body)) {
-            reply_error(call.get(), as_call_error(std::move(*error)));
+            reply_error(call.get(), *error);
             return;
         }
         sd_bus_message* raw = nullptr;

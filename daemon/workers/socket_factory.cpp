@@ -6,14 +6,15 @@
 #include <linux/if_packet.h>
 #include <net/if.h>
 #include <netinet/in.h>
-#include <netinet/tcp.h>
 #include <sys/socket.h>
 
 #include <cerrno>
 #include <cstring>
+#include <type_traits>
 
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
+#include "socket_option_table.hpp"
 
 namespace nsbroker::daemon {
 
@@ -28,111 +29,125 @@ Error kernel_error(const std::string& step) {
     return make_error(code, step + ": " + std::strerror(err), err);
 }
 
-Result<void> set_int(int fd, int level, int name, int value, const char* label) {
-    if (::setsockopt(fd, level, name, &value, sizeof(value)) < 0) {
-        return kernel_error(std::string("setsockopt ") + label);
+Result<void> set_int(int fd, proto::SockoptName option, int value, std::string_view label) {
+    if (::setsockopt(fd, option.level, option.name, &value, sizeof(value)) < 0) {
+        return kernel_error("setsockopt " + std::string(label));
     }
     return {};
 }
 
-// What each step of making one socket may hold.
-struct StepCapabilities {
-    WorkerCapabilities create;       // socket(2), and listen and connect
-    WorkerCapabilities bindtodevice; // SO_BINDTODEVICE
-    WorkerCapabilities admin_option; // SO_MARK, IP_TRANSPARENT, IP_FREEBIND
-    WorkerCapabilities bind;         // bind(2)
-};
+using proto::Grant;
 
-StepCapabilities step_capabilities(const SocketSpec& s,
-                                   const std::optional<proto::JobRestriction>& restricted) {
-    if (!restricted) {
-        WorkerCapabilities all;
-        return {all, all, all, all};
+// The capability a grant lends, for the step it covers.
+WorkerCapabilities lent_by(Grant grant) {
+    switch (grant) {
+    case Grant::raw:
+    case Grant::packet:
+    case Grant::bindtodevice:
+        return {true, false, false};
+    case Grant::low_ports:
+        return {false, true, false};
+    case Grant::mark:
+    case Grant::transparent:
+    case Grant::net_admin:
+        return {false, false, true};
     }
-    using proto::Grant;
-    auto grants = [&restricted](Grant g) {
-        return restricted->grants_kind(g);
-    };
-    const bool inet_raw = (s.family == AF_INET || s.family == AF_INET6) && s.type == SOCK_RAW;
-    WorkerCapabilities create{(inet_raw && grants(Grant::raw)) ||
-                                  (s.family == AF_PACKET && grants(Grant::packet)),
-                              false, grants(Grant::net_admin)};
-    StepCapabilities steps{create, create, create, create};
-    steps.bindtodevice.net_raw = create.net_raw || grants(Grant::bindtodevice);
-    // mark and transparent each raise CAP_NET_ADMIN only for their own option.
-    const bool mark = s.options.mark && grants(Grant::mark);
-    const bool transparent =
-        (s.options.transparent.value_or(false) || s.options.freebind.value_or(false)) &&
-        grants(Grant::transparent);
-    steps.admin_option.net_admin = create.net_admin || mark || transparent;
-    steps.bind.net_bind_service = grants(Grant::low_ports);
-    return steps;
+    return {false, false, false};
 }
 
+WorkerCapabilities either(const WorkerCapabilities& a, const WorkerCapabilities& b) {
+    return {a.net_raw || b.net_raw, a.net_bind_service || b.net_bind_service,
+            a.net_admin || b.net_admin};
+}
+
+// What each step of making one socket may hold: everything for root,
+// otherwise only what the caller's grants lend to that step.
+class StepCapabilities {
+  public:
+    StepCapabilities(const SocketSpec& s, const std::optional<proto::JobRestriction>& restricted)
+        : spec_(s), restricted_(restricted) {
+        if (!restricted) {
+            return;
+        }
+        const bool inet_raw = (s.family == AF_INET || s.family == AF_INET6) && s.type == SOCK_RAW;
+        create_ = {(inet_raw && grants(Grant::raw)) ||
+                       (s.family == AF_PACKET && grants(Grant::packet)),
+                   false, grants(Grant::net_admin)};
+        bind_ = create_;
+        bind_.net_bind_service = grants(Grant::low_ports);
+    }
+
+    // socket(2), listen and connect.
+    [[nodiscard]] const WorkerCapabilities& create() const { return create_; }
+    // bind(2).
+    [[nodiscard]] const WorkerCapabilities& bind() const { return bind_; }
+
+    // Setting the options whose grants lend what grant lends: the socket's
+    // own capabilities, and that one where an option that asks for it is
+    // granted. Options that share a capability share the step.
+    [[nodiscard]] WorkerCapabilities option(Grant grant) const {
+        if (!restricted_) {
+            return {};
+        }
+        const WorkerCapabilities lent = lent_by(grant);
+        WorkerCapabilities held = create_;
+        for (const auto& row : proto::socket_option_table) {
+            if (row.grant && lent_by(*row.grant) == lent &&
+                proto::option_needs_grant(row, spec_.options) && grants(*row.grant)) {
+                held = either(held, lent);
+            }
+        }
+        return held;
+    }
+
+  private:
+    [[nodiscard]] bool grants(Grant g) const { return restricted_->grants_kind(g); }
+
+    const SocketSpec& spec_;
+    const std::optional<proto::JobRestriction>& restricted_;
+    WorkerCapabilities create_;
+    WorkerCapabilities bind_;
+};
+
+Result<void> set_option(int fd, const proto::SocketOptionRow& row, const SocketSpec& s) {
+    const proto::SockoptName where = row.sockopt_for(s.family);
+    return std::visit(
+        [&](auto member) -> Result<void> {
+            const auto& value = *(s.options.*member);
+            using Value = std::decay_t<decltype(value)>;
+            if constexpr (std::is_same_v<Value, std::string>) {
+                if (::setsockopt(fd, where.level, where.name, value.c_str(),
+                                 static_cast<socklen_t>(value.size() + 1)) < 0) {
+                    return kernel_error("setsockopt " + std::string(row.name) + " " + value);
+                }
+                return {};
+            } else if constexpr (std::is_same_v<Value, bool>) {
+                return set_int(fd, where, value ? 1 : 0, row.name);
+            } else {
+                return set_int(fd, where, static_cast<int>(value), row.name);
+            }
+        },
+        row.field);
+}
+
+// In the table's order. An option a grant covers is set holding what its
+// step may hold, raised once for a run of options that share it; the
+// options no grant covers check no capability and are set under whichever
+// step came before them.
 Result<void> apply_options(int fd, const SocketSpec& s, const StepCapabilities& steps,
                            const UseCapabilities& use) {
-    const auto& o = s.options;
-    bool v6 = s.family == AF_INET6;
-    struct BoolOption {
-        const std::optional<bool>& value;
-        int level;
-        int name;
-        const char* label;
-    };
-    const BoolOption bools[] = {
-        {o.reuseaddr, SOL_SOCKET, SO_REUSEADDR, "reuseaddr"},
-        {o.reuseport, SOL_SOCKET, SO_REUSEPORT, "reuseport"},
-        {o.ipv6_only, IPPROTO_IPV6, IPV6_V6ONLY, "ipv6_only"},
-        {o.keepalive, SOL_SOCKET, SO_KEEPALIVE, "keepalive"},
-        {o.nodelay, IPPROTO_TCP, TCP_NODELAY, "nodelay"},
-        {o.broadcast, SOL_SOCKET, SO_BROADCAST, "broadcast"},
-    };
-    for (const auto& b : bools) {
-        if (b.value) {
-            if (auto r = set_int(fd, b.level, b.name, *b.value ? 1 : 0, b.label); !r) {
-                return r;
+    std::optional<WorkerCapabilities> step_lending; // none: the socket's own step
+    for (const auto& row : proto::socket_option_table) {
+        if (!proto::option_is_set(row, s.options)) {
+            continue;
+        }
+        if (row.grant && lent_by(*row.grant) != step_lending) {
+            step_lending = lent_by(*row.grant);
+            if (auto held = use(steps.option(*row.grant)); !held) {
+                return held;
             }
         }
-    }
-    if (o.bindtodevice) {
-        if (auto held = use(steps.bindtodevice); !held) {
-            return held;
-        }
-        const auto& dev = *o.bindtodevice;
-        if (::setsockopt(fd, SOL_SOCKET, SO_BINDTODEVICE, dev.c_str(),
-                         static_cast<socklen_t>(dev.size() + 1)) < 0) {
-            return kernel_error("setsockopt bindtodevice " + dev);
-        }
-    }
-    if (o.mark || o.transparent || o.freebind) {
-        if (auto held = use(steps.admin_option); !held) {
-            return held;
-        }
-    }
-    if (o.mark) {
-        if (auto r = set_int(fd, SOL_SOCKET, SO_MARK, static_cast<int>(*o.mark), "mark"); !r) {
-            return r;
-        }
-    }
-    const BoolOption admin_bools[] = {
-        {o.freebind, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_FREEBIND : IP_FREEBIND, "freebind"},
-        {o.transparent, v6 ? IPPROTO_IPV6 : IPPROTO_IP, v6 ? IPV6_TRANSPARENT : IP_TRANSPARENT,
-         "transparent"},
-    };
-    for (const auto& b : admin_bools) {
-        if (b.value) {
-            if (auto r = set_int(fd, b.level, b.name, *b.value ? 1 : 0, b.label); !r) {
-                return r;
-            }
-        }
-    }
-    if (o.rcvbuf) {
-        if (auto r = set_int(fd, SOL_SOCKET, SO_RCVBUF, *o.rcvbuf, "rcvbuf"); !r) {
-            return r;
-        }
-    }
-    if (o.sndbuf) {
-        if (auto r = set_int(fd, SOL_SOCKET, SO_SNDBUF, *o.sndbuf, "sndbuf"); !r) {
+        if (auto r = set_option(fd, row, s); !r) {
             return r;
         }
     }
@@ -176,8 +191,8 @@ int effective_protocol(const SocketSpec& s) {
 Result<std::pair<UniqueFd, proto::SocketInfo>>
 make_socket(const SocketSpec& s, const std::optional<proto::JobRestriction>& restricted,
             const UseCapabilities& use) {
-    const StepCapabilities steps = step_capabilities(s, restricted);
-    if (auto held = use(steps.create); !held) {
+    const StepCapabilities steps(s, restricted);
+    if (auto held = use(steps.create()); !held) {
         return std::move(held).error();
     }
     // AF_PACKET takes its protocol (an EtherType) in network byte order.
@@ -198,7 +213,7 @@ make_socket(const SocketSpec& s, const std::optional<proto::JobRestriction>& res
         if (!address) {
             return std::move(address).error();
         }
-        if (auto held = use(steps.bind); !held) {
+        if (auto held = use(steps.bind()); !held) {
             return std::move(held).error();
         }
         if (::bind(fd.get(), address->get(), address->length) < 0) {
@@ -206,7 +221,7 @@ make_socket(const SocketSpec& s, const std::optional<proto::JobRestriction>& res
         }
     }
     // Back to what the socket was made with, for listen and connect.
-    if (auto held = use(steps.create); !held) {
+    if (auto held = use(steps.create()); !held) {
         return std::move(held).error();
     }
     if (s.listen) {

@@ -12,7 +12,10 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "nsbroker/address.hpp"
+#include "name_table.hpp"
+#include "netns_reference.hpp"
+#include "socket_option_table.hpp"
+#include "typed_spec.hpp"
 
 namespace nsbroker::proto {
 
@@ -24,27 +27,22 @@ namespace {
 // more than four levels.
 constexpr int max_json_depth = 16;
 
-struct Named {
-    std::string_view name;
-    int value;
-};
-
-constexpr std::array<Named, 5> family_names{{
+constexpr auto family_names = name_table<int>({
     {"unix", AF_UNIX},
     {"inet", AF_INET},
     {"inet6", AF_INET6},
     {"netlink", AF_NETLINK},
     {"packet", AF_PACKET},
-}};
+});
 
-constexpr std::array<Named, 4> type_names{{
+constexpr auto type_names = name_table<int>({
     {"stream", SOCK_STREAM},
     {"dgram", SOCK_DGRAM},
     {"raw", SOCK_RAW},
     {"seqpacket", SOCK_SEQPACKET},
-}};
+});
 
-constexpr std::array<Named, 7> inet_protocols{{
+constexpr auto inet_protocols = name_table<int>({
     {"ip", 0},
     {"icmp", IPPROTO_ICMP},
     {"tcp", IPPROTO_TCP},
@@ -52,9 +50,9 @@ constexpr std::array<Named, 7> inet_protocols{{
     {"icmpv6", IPPROTO_ICMPV6},
     {"sctp", IPPROTO_SCTP},
     {"udplite", IPPROTO_UDPLITE},
-}};
+});
 
-constexpr std::array<Named, 16> netlink_protocols{{
+constexpr auto netlink_protocols = name_table<int>({
     {"route", NETLINK_ROUTE},
     {"usersock", NETLINK_USERSOCK},
     {"firewall", NETLINK_FIREWALL},
@@ -71,43 +69,23 @@ constexpr std::array<Named, 16> netlink_protocols{{
     {"generic", NETLINK_GENERIC},
     {"crypto", NETLINK_CRYPTO},
     {"rdma", NETLINK_RDMA},
-}};
+});
 
-constexpr std::array<Named, 5> packet_protocols{{
+constexpr auto packet_protocols = name_table<int>({
     {"all", ETH_P_ALL},
     {"ip", ETH_P_IP},
     {"ipv6", ETH_P_IPV6},
     {"arp", ETH_P_ARP},
     {"none", 0},
-}};
+});
 
-template <std::size_t N>
-std::optional<int> lookup(const std::array<Named, N>& table, std::string_view name) {
-    for (const auto& entry : table) {
-        if (entry.name == name) {
-            return entry.value;
-        }
-    }
-    return std::nullopt;
-}
-
-template <std::size_t N>
-std::optional<std::string_view> reverse_lookup(const std::array<Named, N>& table, int value) {
-    for (const auto& entry : table) {
-        if (entry.value == value) {
-            return entry.name;
-        }
-    }
-    return std::nullopt;
-}
-
-constexpr std::array<std::pair<Op, std::string_view>, 5> op_names{{
-    {Op::hello, "hello"},
-    {Op::ping, "ping"},
-    {Op::socket, "socket"},
-    {Op::namespaces, "namespaces"},
-    {Op::stats, "stats"},
-}};
+constexpr auto op_names = name_table<Op>({
+    {"hello", Op::hello},
+    {"ping", Op::ping},
+    {"socket", Op::socket},
+    {"namespaces", Op::namespaces},
+    {"stats", Op::stats},
+});
 
 // Thrown inside the decoder only; turned into an Error at its boundary.
 struct DecodeFailure {
@@ -181,12 +159,16 @@ class Fields {
 
     // Every key must be one of the known ones.
     void allow_only(std::initializer_list<std::string_view> known, ErrorCode code) const {
+        allow_only_if(
+            [known](std::string_view key) {
+                return std::find(known.begin(), known.end(), key) != known.end();
+            },
+            code);
+    }
+    template <typename IsKnown>
+    void allow_only_if(IsKnown is_known, ErrorCode code) const {
         for (const auto& [key, value] : object_.items()) {
-            bool found = false;
-            for (auto k : known) {
-                found = found || k == key;
-            }
-            if (!found) {
+            if (!is_known(key)) {
                 fail(code, path_, "unknown field \"" + key + "\"");
             }
         }
@@ -479,51 +461,58 @@ int decode_named_number(const json& j, const Path& where, std::string_view what,
     return Fields::as_integer<int>(j, where, 0, max);
 }
 
+// A JSON value as the typed value that socket options and spec fields take.
+TypedValue typed_value(const json& j) {
+    switch (j.type()) {
+    case json::value_t::boolean:
+        return j.get<bool>();
+    case json::value_t::number_unsigned:
+        return j.get<std::uint64_t>();
+    case json::value_t::number_integer:
+        return j.get<std::int64_t>();
+    case json::value_t::string:
+        return j.get<std::string>();
+    default:
+        return OtherValue{type_of(j)};
+    }
+}
+
+[[noreturn]] void fail_at(const Path& where, const FieldError& problem) {
+    fail(problem.error.code, Path(where, problem.field), problem.error.message);
+}
+
 SocketOptions decode_options(const json& j, const Path& where) {
     Fields f(j, where);
-    f.allow_only({"reuseaddr", "reuseport", "ipv6_only", "keepalive", "nodelay", "broadcast",
-                  "freebind", "transparent", "bindtodevice", "mark", "rcvbuf", "sndbuf"},
-                 ErrorCode::unsupported);
+    f.allow_only_if([](std::string_view key) { return find_socket_option(key) != nullptr; },
+                    ErrorCode::unsupported);
     SocketOptions o;
-    o.reuseaddr = f.opt_bool("reuseaddr");
-    o.reuseport = f.opt_bool("reuseport");
-    o.ipv6_only = f.opt_bool("ipv6_only");
-    o.keepalive = f.opt_bool("keepalive");
-    o.nodelay = f.opt_bool("nodelay");
-    o.broadcast = f.opt_bool("broadcast");
-    o.freebind = f.opt_bool("freebind");
-    o.transparent = f.opt_bool("transparent");
-    o.bindtodevice = f.opt_string("bindtodevice");
-    if (o.bindtodevice && (o.bindtodevice->empty() || o.bindtodevice->size() >= 16 ||
-                           o.bindtodevice->find('\0') != std::string::npos)) {
-        fail(ErrorCode::invalid_request, f.path("bindtodevice"), "expected an interface name");
+    for (const auto& row : socket_option_table) {
+        // Option names are string literals, NUL-terminated.
+        if (const json* value = f.find(row.name.data())) {
+            if (auto problem = set_socket_option(o, row.name, typed_value(*value))) {
+                fail_at(where, *problem);
+            }
+        }
     }
-    o.mark = f.opt_integer<std::uint32_t>("mark", 0, UINT32_MAX);
-    o.rcvbuf = f.opt_integer<int>("rcvbuf", 0, INT32_MAX / 2);
-    o.sndbuf = f.opt_integer<int>("sndbuf", 0, INT32_MAX / 2);
     return o;
 }
 
+// Reads each field as its type and range say, then checks the spec whole.
 SocketSpec decode_spec(const json& j, const Path& where) {
     Fields f(j, where);
     f.allow_only(
         {"family", "type", "protocol", "flags", "options", "bind", "listen", "connect", "count"},
         ErrorCode::invalid_request);
     SocketSpec s;
-    s.family =
-        decode_named_number(f.require("family"), f.path("family"), "family", family_from_name, 255);
-    if (s.family == AF_UNSPEC) {
-        fail(ErrorCode::invalid_request, f.path("family"), "must not be 0");
-    }
-    s.type = decode_named_number(f.require("type"), f.path("type"), "type", type_from_name, 15);
-    if (s.type == 0) {
-        fail(ErrorCode::invalid_request, f.path("type"), "must not be 0");
-    }
+    s.family = decode_named_number(f.require("family"), f.path("family"), "family",
+                                   family_from_name, max_family);
+    s.type =
+        decode_named_number(f.require("type"), f.path("type"), "type", type_from_name, max_type);
     if (const json* p = f.find("protocol")) {
         int family = s.family;
         s.protocol = decode_named_number(
             *p, f.path("protocol"), "protocol for family " + family_name(family),
-            [family](std::string_view n) { return protocol_from_name(family, n); }, 65535);
+            [family](std::string_view n) { return protocol_from_name(family, n); }, max_protocol);
     }
     if (const json* flags = f.find("flags")) {
         if (!flags->is_array()) {
@@ -545,47 +534,26 @@ SocketSpec decode_spec(const json& j, const Path& where) {
         s.options = decode_options(*o, f.path("options"));
     }
     s.bind = f.opt_string("bind");
-    if (s.bind) {
-        if (auto ok = check_address(s.family, *s.bind); !ok) {
-            fail(ok.error().code, f.path("bind"), ok.error().message);
-        }
-    }
-    s.listen = f.opt_integer<int>("listen", 0, 65535);
+    s.listen = f.opt_integer<int>("listen", 0, max_listen_backlog);
     s.connect = f.opt_string("connect");
-    if (s.connect) {
-        if (s.family == AF_PACKET) {
-            fail(ErrorCode::unsupported, f.path("connect"), "packet sockets cannot connect");
-        }
-        if (auto ok = check_address(s.family, *s.connect); !ok) {
-            fail(ok.error().code, f.path("connect"), ok.error().message);
-        }
-    }
-    if (s.listen && s.connect) {
-        fail(ErrorCode::invalid_request, where, "\"listen\" and \"connect\" exclude each other");
-    }
     s.count = f.opt_integer<unsigned>("count", 1, max_fds_per_message).value_or(1);
+    if (auto problem = check_socket_spec(s)) {
+        fail_at(where, *problem);
+    }
     return s;
 }
 
 json encode_options(const SocketOptions& o) {
     json j = json::object();
-    auto put = [&j](const char* key, const auto& v) {
-        if (v) {
-            j[key] = *v;
-        }
-    };
-    put("reuseaddr", o.reuseaddr);
-    put("reuseport", o.reuseport);
-    put("ipv6_only", o.ipv6_only);
-    put("keepalive", o.keepalive);
-    put("nodelay", o.nodelay);
-    put("broadcast", o.broadcast);
-    put("freebind", o.freebind);
-    put("transparent", o.transparent);
-    put("bindtodevice", o.bindtodevice);
-    put("mark", o.mark);
-    put("rcvbuf", o.rcvbuf);
-    put("sndbuf", o.sndbuf);
+    for (const auto& row : socket_option_table) {
+        std::visit(
+            [&](auto member) {
+                if (const auto& value = o.*member) {
+                    j[std::string(row.name)] = *value;
+                }
+            },
+            row.field);
+    }
     return j;
 }
 
@@ -661,40 +629,50 @@ std::vector<SocketSpec> decode_specs(const Fields& f) {
 NetnsRef decode_netns(const json& j) {
     Fields f(j, "netns");
     if (j.size() != 1) {
-        fail(ErrorCode::invalid_request, "netns",
-             "expected exactly one of \"name\", \"path\", \"pid\", \"fd\"");
-    }
-    f.allow_only({"name", "path", "pid", "fd"}, ErrorCode::invalid_request);
-    if (auto name = f.opt_string("name")) {
-        if (auto ok = check_netns_name(*name); !ok) {
-            fail(ok.error().code, "netns.name", ok.error().message);
+        std::string kinds;
+        for (const auto& kind : netns_kind_names) {
+            kinds += (kinds.empty() ? "\"" : ", \"") + std::string(kind.name) + "\"";
         }
-        return NetnsRef::by_name(*name);
+        fail(ErrorCode::invalid_request, "netns", "expected exactly one of " + kinds);
     }
-    if (auto path = f.opt_string("path")) {
-        if (path->empty() || path->front() != '/' || path->size() > 4096 ||
-            path->find('\0') != std::string::npos) {
-            fail(ErrorCode::invalid_request, "netns.path", "expected an absolute path");
+    f.allow_only_if([](std::string_view key) { return netns_kind_names.value_of(key).has_value(); },
+                    ErrorCode::invalid_request);
+    const auto& key = j.begin().key();
+    const Path where = f.path(key);
+    switch (*netns_kind_names.value_of(key)) {
+    case NetnsRef::Kind::name: {
+        auto name = Fields::as_string(j.front(), where);
+        if (auto ok = check_netns_name(name); !ok) {
+            fail(ok.error().code, where, ok.error().message);
         }
-        return NetnsRef::by_path(*path);
+        return NetnsRef::by_name(std::move(name));
     }
-    if (auto pid = f.opt_integer<pid_t>("pid", 1, 4194304)) {
-        return NetnsRef::by_pid(*pid);
+    case NetnsRef::Kind::path: {
+        auto path = Fields::as_string(j.front(), where);
+        if (auto ok = check_netns_path(path); !ok) {
+            fail(ok.error().code, where, ok.error().message);
+        }
+        return NetnsRef::by_path(std::move(path));
     }
-    (void)f.integer<int>("fd", 0, 0);
-    return NetnsRef::by_fd();
+    case NetnsRef::Kind::pid:
+        return NetnsRef::by_pid(Fields::as_integer<pid_t>(j.front(), where, 1, pid_max_limit));
+    case NetnsRef::Kind::fd:
+        (void)Fields::as_integer<int>(j.front(), where, 0, 0);
+        return NetnsRef::by_fd();
+    }
+    fail(ErrorCode::internal, "netns", "unknown kind of reference");
 }
 
 json encode_netns(const NetnsRef& ref) {
+    std::string key(netns_kind_names.name_of(ref.kind).value_or("?"));
     switch (ref.kind) {
     case NetnsRef::Kind::name:
-        return {{"name", ref.text}};
     case NetnsRef::Kind::path:
-        return {{"path", ref.text}};
+        return {{key, ref.text}};
     case NetnsRef::Kind::pid:
-        return {{"pid", ref.pid}};
+        return {{key, ref.pid}};
     case NetnsRef::Kind::fd:
-        return {{"fd", ref.fd_index}};
+        return {{key, ref.fd_index}};
     }
     return nullptr;
 }
@@ -1107,26 +1085,7 @@ std::optional<Reply> decode_socket_reply_fast(std::string_view bytes) {
 // ---- public ----------------------------------------------------------------
 
 std::string_view to_string(Op op) noexcept {
-    for (const auto& [o, name] : op_names) {
-        if (o == op) {
-            return name;
-        }
-    }
-    return "unknown";
-}
-
-std::string NetnsRef::describe() const {
-    switch (kind) {
-    case Kind::name:
-        return "name:" + text;
-    case Kind::path:
-        return "path:" + text;
-    case Kind::pid:
-        return "pid:" + std::to_string(pid);
-    case Kind::fd:
-        return "fd";
-    }
-    return "?";
+    return op_names.name_of(op).value_or("unknown");
 }
 
 std::size_t socket_count(const std::vector<SocketSpec>& specs) noexcept {
@@ -1138,51 +1097,34 @@ std::size_t socket_count(const std::vector<SocketSpec>& specs) noexcept {
 }
 
 std::optional<int> family_from_name(std::string_view name) {
-    return lookup(family_names, name);
+    return family_names.value_of(name);
 }
 std::optional<int> type_from_name(std::string_view name) {
-    return lookup(type_names, name);
+    return type_names.value_of(name);
 }
 
 std::optional<int> protocol_from_name(int family, std::string_view name) {
     switch (family) {
     case AF_INET:
     case AF_INET6:
-        return lookup(inet_protocols, name);
+        return inet_protocols.value_of(name);
     case AF_NETLINK:
-        return lookup(netlink_protocols, name);
+        return netlink_protocols.value_of(name);
     case AF_PACKET:
-        return lookup(packet_protocols, name);
+        return packet_protocols.value_of(name);
     default:
         return std::nullopt;
     }
 }
 
 std::string family_name(int family) {
-    auto n = reverse_lookup(family_names, family);
+    auto n = family_names.name_of(family);
     return n ? std::string(*n) : std::to_string(family);
 }
 
 std::string type_name(int type) {
-    auto n = reverse_lookup(type_names, type);
+    auto n = type_names.name_of(type);
     return n ? std::string(*n) : std::to_string(type);
-}
-
-Result<void> check_netns_name(std::string_view name) {
-    if (name.empty()) {
-        return make_error(ErrorCode::invalid_request, "namespace name is empty");
-    }
-    if (name == "." || name == "..") {
-        return make_error(ErrorCode::invalid_request, "namespace name must not be \".\" or \"..\"");
-    }
-    if (name.size() > max_netns_name_length) {
-        return make_error(ErrorCode::invalid_request, "namespace name longer than 255 bytes");
-    }
-    if (name.find('/') != std::string_view::npos || name.find('\0') != std::string_view::npos) {
-        return make_error(ErrorCode::invalid_request,
-                          "namespace name must be a single path component (no '/' or NUL)");
-    }
-    return {};
 }
 
 std::string encode_request(const Request& r) {
@@ -1204,16 +1146,11 @@ std::variant<Request, RequestError> decode_request(std::string_view bytes) {
         Request r;
         r.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
         auto op_name = f.string("op");
-        bool known = false;
-        for (const auto& [o, name] : op_names) {
-            if (name == op_name) {
-                r.op = o;
-                known = true;
-            }
-        }
-        if (!known) {
+        auto op = op_names.value_of(op_name);
+        if (!op) {
             fail(ErrorCode::unsupported, "op", "unknown operation \"" + op_name + "\"");
         }
+        r.op = *op;
         if (r.op == Op::socket) {
             f.allow_only({"id", "op", "netns", "socket", "sockets"}, ErrorCode::invalid_request);
             r.netns = decode_netns(f.require("netns"));
@@ -1279,15 +1216,26 @@ std::optional<std::uint64_t> reply_id(std::string_view bytes) {
 
 namespace {
 
-constexpr std::array<std::pair<Grant, std::string_view>, 7> grant_names{{
-    {Grant::raw, "raw"},
-    {Grant::packet, "packet"},
-    {Grant::low_ports, "low_ports"},
-    {Grant::bindtodevice, "bindtodevice"},
-    {Grant::mark, "mark"},
-    {Grant::transparent, "transparent"},
-    {Grant::net_admin, "net_admin"},
-}};
+constexpr auto grant_names = name_table<Grant>({
+    {"raw", Grant::raw},
+    {"packet", Grant::packet},
+    {"low_ports", Grant::low_ports},
+    {"bindtodevice", Grant::bindtodevice},
+    {"mark", Grant::mark},
+    {"transparent", Grant::transparent},
+    {"net_admin", Grant::net_admin},
+});
+
+// all_grants lists the same grants, in the same order.
+static_assert([] {
+    std::size_t i = 0;
+    for (const auto& entry : grant_names) {
+        if (i >= std::size(all_grants) || all_grants[i++] != entry.value) {
+            return false;
+        }
+    }
+    return i == std::size(all_grants);
+}());
 
 // uid_t and gid_t: 32 bits, and -1 is never an identity.
 constexpr std::uint64_t max_id = 0xfffffffeU;
@@ -1334,21 +1282,11 @@ JobRestriction decode_job_restriction(const json& j, const Path& where) {
 } // namespace
 
 std::string_view to_string(Grant grant) noexcept {
-    for (const auto& [g, name] : grant_names) {
-        if (g == grant) {
-            return name;
-        }
-    }
-    return "unknown";
+    return grant_names.name_of(grant).value_or("unknown");
 }
 
 std::optional<Grant> grant_from_name(std::string_view name) noexcept {
-    for (const auto& [g, n] : grant_names) {
-        if (n == name) {
-            return g;
-        }
-    }
-    return std::nullopt;
+    return grant_names.value_of(name);
 }
 
 bool JobRestriction::grants_kind(Grant g) const noexcept {

@@ -1,45 +1,36 @@
 // ErrorCode names and the formatting of errors.
 #include "nsbroker/error.hpp"
 
-#include <array>
 #include <cstring>
+
+#include "name_table.hpp"
 
 namespace nsbroker {
 
 namespace {
 
-constexpr std::array<std::pair<ErrorCode, std::string_view>, 11> code_names{{
-    {ErrorCode::invalid_request, "invalid_request"},
-    {ErrorCode::unsupported, "unsupported"},
-    {ErrorCode::not_found, "not_found"},
-    {ErrorCode::not_a_netns, "not_a_netns"},
-    {ErrorCode::permission_denied, "permission_denied"},
-    {ErrorCode::limit, "limit"},
-    {ErrorCode::worker_failed, "worker_failed"},
-    {ErrorCode::kernel, "kernel"},
-    {ErrorCode::unavailable, "unavailable"},
-    {ErrorCode::internal, "internal"},
-    {ErrorCode::io, "io"},
-}};
+constexpr auto code_names = proto::name_table<ErrorCode>({
+    {"invalid_request", ErrorCode::invalid_request},
+    {"unsupported", ErrorCode::unsupported},
+    {"not_found", ErrorCode::not_found},
+    {"not_a_netns", ErrorCode::not_a_netns},
+    {"permission_denied", ErrorCode::permission_denied},
+    {"limit", ErrorCode::limit},
+    {"worker_failed", ErrorCode::worker_failed},
+    {"kernel", ErrorCode::kernel},
+    {"unavailable", ErrorCode::unavailable},
+    {"internal", ErrorCode::internal},
+    {"io", ErrorCode::io},
+});
 
 } // namespace
 
 std::string_view to_string(ErrorCode code) noexcept {
-    for (const auto& [c, name] : code_names) {
-        if (c == code) {
-            return name;
-        }
-    }
-    return "internal";
+    return code_names.name_of(code).value_or("internal");
 }
 
 std::optional<ErrorCode> error_code_from_string(std::string_view name) noexcept {
-    for (const auto& [c, n] : code_names) {
-        if (n == name) {
-            return c;
-        }
-    }
-    return std::nullopt;
+    return code_names.value_of(name);
 }
 
 std::string Error::describe() const {

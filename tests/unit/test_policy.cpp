@@ -4,6 +4,8 @@
 #include <sys/socket.h>
 
 #include "core/policy.hpp"
+#include "socket_option_table.hpp"
+#include "typed_spec.hpp"
 
 using namespace nsbroker;
 using namespace nsbroker::daemon;
@@ -188,4 +190,42 @@ TEST_CASE("a request that binds a port prefers a rule that grants low ports") {
     REQUIRE(bound.allowed);
     CHECK(bound.rule->name == "servers");
     CHECK(job_restriction(*bound.rule).grants_kind(Privilege::low_ports));
+}
+
+TEST_CASE("each socket option a grant covers is refused without that grant, and served with it") {
+    const std::string grant_all_but = R"({"rules": [{"name": "r", "users": [1000],
+        "namespaces": {"any": true}, "grant": [GRANTS]}]})";
+    auto policy_granting = [&](std::optional<Privilege> left_out) {
+        std::string names;
+        for (Privilege p : proto::all_grants) {
+            if (p != left_out) {
+                names += (names.empty() ? "\"" : ", \"") + std::string(proto::to_string(p)) + "\"";
+            }
+        }
+        std::string text = grant_all_but;
+        text.replace(text.find("GRANTS"), 6, names);
+        auto policy = Policy::parse(text);
+        REQUIRE_MESSAGE(policy, policy.error().message);
+        return std::move(*policy);
+    };
+    for (const auto& row : proto::socket_option_table) {
+        CAPTURE(row.name);
+        auto s = spec(AF_INET, SOCK_DGRAM);
+        proto::TypedValue value = true;
+        if (std::holds_alternative<std::optional<std::string> proto::SocketOptions::*>(row.field)) {
+            value = std::string("eth0");
+        } else if (!std::holds_alternative<std::optional<bool> proto::SocketOptions::*>(
+                       row.field)) {
+            value = row.max;
+        }
+        REQUIRE_FALSE(proto::set_socket_option(s.options, row.name, value));
+        CHECK(policy_granting(std::nullopt).decide(user(1000), named("a"), {s}).allowed);
+        if (!row.grant) {
+            continue;
+        }
+        auto refused = policy_granting(*row.grant).decide(user(1000), named("a"), {s});
+        CHECK_FALSE(refused.allowed);
+        CHECK(refused.reason.starts_with("rule \"r\": sockets[0]: "));
+        CHECK(refused.reason.ends_with(" not granted"));
+    }
 }

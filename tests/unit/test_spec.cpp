@@ -84,4 +84,9 @@ TEST_CASE("namespace references from the command line") {
     CHECK_FALSE(Netns::parse("pid:x1"));
     CHECK_FALSE(Netns::parse(".."));
     CHECK_FALSE(Netns::parse(std::string(256, 'a')));
+    // The range the daemon accepts, checked before anything is sent.
+    CHECK(Netns::parse("pid:4194304"));
+    CHECK(Netns::parse("pid:4194305").error().message == "\"pid:4194305\": expected pid:N");
+    CHECK(Netns::parse("pid:x1").error().message == "\"pid:x1\": expected pid:N");
+    CHECK(Netns::parse("..").error().message == "namespace name must not be \".\" or \"..\"");
 }

@@ -23,6 +23,8 @@ inline constexpr std::size_t max_message_size = 64 * 1024;
 // SCM_MAX_FD: the kernel's limit of descriptors in one message.
 inline constexpr std::size_t max_fds_per_message = 253;
 inline constexpr std::size_t max_netns_name_length = 255;
+// PID_MAX_LIMIT of linux/threads.h: no process id is larger.
+inline constexpr pid_t pid_max_limit = 4194304;
 
 enum class Op { hello, ping, socket, namespaces, stats };
 
@@ -46,6 +48,8 @@ struct NetnsRef {
 };
 
 // Socket options applied by the worker before a socket is handed over.
+// Each member has its row in proto/src/socket_option_table.hpp, through
+// which the codec, the policy and the worker read it.
 struct SocketOptions {
     std::optional<bool> reuseaddr, reuseport, ipv6_only, keepalive, nodelay, broadcast, freebind,
         transparent;
