@@ -7,6 +7,7 @@
 #include <utility>
 
 #include "core/namespace_listing.hpp"
+#include "netns_reference.hpp"
 #include "nsbroker_config.h"
 #include "sys/logging.hpp"
 
@@ -37,15 +38,13 @@ bool for_root_only(proto::Op op) {
 }
 
 std::vector<std::string> features(WorkerMode mode) {
-    return {"socket",
-            "batch",
-            "netns-name",
-            "netns-path",
-            "netns-pid",
-            "netns-fd",
-            "namespaces",
-            "stats",
-            mode == WorkerMode::fork ? "worker-mode-fork" : "worker-mode-exec"};
+    std::vector<std::string> out{"socket", "batch"};
+    for (const auto& kind : proto::netns_kind_names) {
+        out.push_back("netns-" + std::string(kind.name));
+    }
+    out.insert(out.end(), {"namespaces", "stats",
+                           mode == WorkerMode::fork ? "worker-mode-fork" : "worker-mode-exec"});
+    return out;
 }
 
 } // namespace
