@@ -8,9 +8,11 @@
 
 #include <sys/socket.h>
 
+#include <cctype>
 #include <cerrno>
 #include <cstring>
 #include <spdlog/spdlog.h>
+#include <type_traits>
 
 #include "name_table.hpp"
 #include "netns_reference.hpp"
@@ -22,27 +24,24 @@ namespace nsbroker::daemon {
 
 namespace {
 
-// org.nsbroker.Broker1.Error.<Code>: the protocol's codes in D-Bus spelling.
-constexpr auto error_names = proto::name_table<ErrorCode>({
-    {"org.nsbroker.Broker1.Error.InvalidRequest", ErrorCode::invalid_request},
-    {"org.nsbroker.Broker1.Error.Unsupported", ErrorCode::unsupported},
-    {"org.nsbroker.Broker1.Error.NotFound", ErrorCode::not_found},
-    {"org.nsbroker.Broker1.Error.NotANetns", ErrorCode::not_a_netns},
-    {"org.nsbroker.Broker1.Error.PermissionDenied", ErrorCode::permission_denied},
-    {"org.nsbroker.Broker1.Error.Limit", ErrorCode::limit},
-    {"org.nsbroker.Broker1.Error.WorkerFailed", ErrorCode::worker_failed},
-    {"org.nsbroker.Broker1.Error.Kernel", ErrorCode::kernel},
-    {"org.nsbroker.Broker1.Error.Unavailable", ErrorCode::unavailable},
-    {"org.nsbroker.Broker1.Error.Internal", ErrorCode::internal},
-    {"org.nsbroker.Broker1.Error.Io", ErrorCode::io},
-});
-
-const char* error_name(ErrorCode code) {
-    return error_names.name_of(code).value_or("org.nsbroker.Broker1.Error.Internal").data();
+// org.nsbroker.Broker1.Error.<Code>: the protocol's code in D-Bus spelling,
+// "not_a_netns" as "NotANetns".
+std::string error_name(ErrorCode code) {
+    std::string name = "org.nsbroker.Broker1.Error.";
+    bool word_start = true;
+    for (char c : to_string(code)) {
+        if (c == '_') {
+            word_start = true;
+            continue;
+        }
+        name += word_start ? static_cast<char>(std::toupper(static_cast<unsigned char>(c))) : c;
+        word_start = false;
+    }
+    return name;
 }
 
 int reply_error(sd_bus_message* m, const Error& e) {
-    return sd_bus_reply_method_errorf(m, error_name(e.code), "%s", e.message.c_str());
+    return sd_bus_reply_method_errorf(m, error_name(e.code).c_str(), "%s", e.message.c_str());
 }
 
 struct MessageRelease {
@@ -128,6 +127,44 @@ T read_basic(sd_bus_message* m, char type) {
     return value;
 }
 
+// An integer of D-Bus type `type`, read as T and widened.
+template <typename T>
+proto::TypedValue read_integer(sd_bus_message* m, char type) {
+    const T value = read_basic<T>(m, type);
+    if constexpr (std::is_signed_v<T>) {
+        return std::int64_t{value};
+    } else {
+        return std::uint64_t{value};
+    }
+}
+
+// What a variant of one-letter signature `type` holds, or nothing when
+// options take no such type.
+std::optional<proto::TypedValue> read_contents(sd_bus_message* m, char type) {
+    switch (type) {
+    case 's':
+        return std::string(read_basic<const char*>(m, 's'));
+    case 'b':
+        return read_basic<int>(m, 'b') != 0;
+    case 'y':
+        return read_integer<std::uint8_t>(m, 'y');
+    case 'n':
+        return read_integer<std::int16_t>(m, 'n');
+    case 'q':
+        return read_integer<std::uint16_t>(m, 'q');
+    case 'i':
+        return read_integer<std::int32_t>(m, 'i');
+    case 'u':
+        return read_integer<std::uint32_t>(m, 'u');
+    case 'x':
+        return read_integer<std::int64_t>(m, 'x');
+    case 't':
+        return read_integer<std::uint64_t>(m, 't');
+    default:
+        return std::nullopt;
+    }
+}
+
 // One a{sv} value: strings, booleans and integers are what socket options
 // and the spec's fields take.
 proto::TypedValue variant_value(sd_bus_message* m, const std::string& key) {
@@ -138,41 +175,13 @@ proto::TypedValue variant_value(sd_bus_message* m, const std::string& key) {
         bad_call("options." + key + ": expected a string, boolean or integer");
     }
     check(sd_bus_message_enter_container(m, 'v', contents), "options");
-    proto::TypedValue value;
-    switch (contents[0]) {
-    case 's':
-        value = std::string(read_basic<const char*>(m, 's'));
-        break;
-    case 'b':
-        value = read_basic<int>(m, 'b') != 0;
-        break;
-    case 'y':
-        value = std::uint64_t{read_basic<uint8_t>(m, 'y')};
-        break;
-    case 'n':
-        value = std::int64_t{read_basic<int16_t>(m, 'n')};
-        break;
-    case 'q':
-        value = std::uint64_t{read_basic<uint16_t>(m, 'q')};
-        break;
-    case 'i':
-        value = std::int64_t{read_basic<int32_t>(m, 'i')};
-        break;
-    case 'u':
-        value = std::uint64_t{read_basic<uint32_t>(m, 'u')};
-        break;
-    case 'x':
-        value = std::int64_t{read_basic<int64_t>(m, 'x')};
-        break;
-    case 't':
-        value = std::uint64_t{read_basic<uint64_t>(m, 't')};
-        break;
-    default:
+    auto value = read_contents(m, contents[0]);
+    if (!value) {
         bad_call("options." + key + ": D-Bus type '" + contents +
                  "' is not accepted; expected a string, boolean or integer");
     }
     check(sd_bus_message_exit_container(m), "options");
-    return value;
+    return std::move(*value);
 }
 
 // A field of the spec from its a{sv} value; the error names it.
