@@ -49,8 +49,6 @@ Service::Service() {
     signal_sources_.emplace_back(hup);
 }
 
-Service::~Service() = default;
-
 void Service::attach(Core& core, std::vector<Frontend*> frontends,
                      std::chrono::seconds exit_idle_time) {
     core_ = &core;

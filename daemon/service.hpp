@@ -26,7 +26,6 @@ class Service {
     // Makes the loop and blocks the signals it handles (SIGCHLD too, for
     // sd_event_add_child). Throws SystemError.
     Service();
-    ~Service();
     Service(const Service&) = delete;
     Service& operator=(const Service&) = delete;
 

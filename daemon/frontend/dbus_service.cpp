@@ -127,42 +127,40 @@ T read_basic(sd_bus_message* m, char type) {
     return value;
 }
 
-// An integer of D-Bus type `type`, read as T and widened.
-template <typename T>
-proto::TypedValue read_integer(sd_bus_message* m, char type) {
-    const T value = read_basic<T>(m, type);
-    if constexpr (std::is_signed_v<T>) {
+// Readers of a variant's contents, by the contents' one-letter signature.
+// Integers are widened to 64 bits, keeping their sign.
+template <typename T, char Type>
+proto::TypedValue read_as(sd_bus_message* m) {
+    const T value = read_basic<T>(m, Type);
+    if constexpr (std::is_same_v<T, const char*>) {
+        return std::string(value);
+    } else if constexpr (Type == 'b') {
+        return value != 0;
+    } else if constexpr (std::is_signed_v<T>) {
         return std::int64_t{value};
     } else {
         return std::uint64_t{value};
     }
 }
 
+using ContentsReader = proto::TypedValue (*)(sd_bus_message*);
+constexpr std::pair<char, ContentsReader> contents_readers[] = {
+    {'s', &read_as<const char*, 's'>},   {'b', &read_as<int, 'b'>},
+    {'y', &read_as<std::uint8_t, 'y'>},  {'n', &read_as<std::int16_t, 'n'>},
+    {'q', &read_as<std::uint16_t, 'q'>}, {'i', &read_as<std::int32_t, 'i'>},
+    {'u', &read_as<std::uint32_t, 'u'>}, {'x', &read_as<std::int64_t, 'x'>},
+    {'t', &read_as<std::uint64_t, 't'>},
+};
+
 // What a variant of one-letter signature `type` holds, or nothing when
 // options take no such type.
 std::optional<proto::TypedValue> read_contents(sd_bus_message* m, char type) {
-    switch (type) {
-    case 's':
-        return std::string(read_basic<const char*>(m, 's'));
-    case 'b':
-        return read_basic<int>(m, 'b') != 0;
-    case 'y':
-        return read_integer<std::uint8_t>(m, 'y');
-    case 'n':
-        return read_integer<std::int16_t>(m, 'n');
-    case 'q':
-        return read_integer<std::uint16_t>(m, 'q');
-    case 'i':
-        return read_integer<std::int32_t>(m, 'i');
-    case 'u':
-        return read_integer<std::uint32_t>(m, 'u');
-    case 'x':
-        return read_integer<std::int64_t>(m, 'x');
-    case 't':
-        return read_integer<std::uint64_t>(m, 't');
-    default:
-        return std::nullopt;
+    for (const auto& [letter, read] : contents_readers) {
+        if (letter == type) {
+            return read(m);
+        }
     }
+    return std::nullopt;
 }
 
 // One a{sv} value: strings, booleans and integers are what socket options
