@@ -41,9 +41,9 @@ inline constexpr std::size_t max_interface_name_length = 15;
 struct SocketOptionRow {
     std::string_view name;
     OptionField field;
+    SockoptName sockopt;
     std::int64_t min = 0; // integers only
     std::int64_t max = 0;
-    SockoptName sockopt;
     // Where an inet6 socket knows the option by another name.
     std::optional<SockoptName> inet6_sockopt = std::nullopt;
     // What a caller other than root needs granted to set it; a boolean set
@@ -58,31 +58,22 @@ struct SocketOptionRow {
 // In the order the worker applies them: a socket's plain options, then each
 // privileged one under the capability its grant lends, then buffer sizes.
 inline constexpr SocketOptionRow socket_option_table[] = {
-    {.name = "reuseaddr",
-     .field = &SocketOptions::reuseaddr,
-     .sockopt = {SOL_SOCKET, SO_REUSEADDR}},
-    {.name = "reuseport",
-     .field = &SocketOptions::reuseport,
-     .sockopt = {SOL_SOCKET, SO_REUSEPORT}},
-    {.name = "ipv6_only",
-     .field = &SocketOptions::ipv6_only,
-     .sockopt = {IPPROTO_IPV6, IPV6_V6ONLY}},
-    {.name = "keepalive",
-     .field = &SocketOptions::keepalive,
-     .sockopt = {SOL_SOCKET, SO_KEEPALIVE}},
-    {.name = "nodelay", .field = &SocketOptions::nodelay, .sockopt = {IPPROTO_TCP, TCP_NODELAY}},
-    {.name = "broadcast",
-     .field = &SocketOptions::broadcast,
-     .sockopt = {SOL_SOCKET, SO_BROADCAST}},
+    // Booleans anyone may set: name, member, setsockopt level and name.
+    {"reuseaddr", &SocketOptions::reuseaddr, {SOL_SOCKET, SO_REUSEADDR}},
+    {"reuseport", &SocketOptions::reuseport, {SOL_SOCKET, SO_REUSEPORT}},
+    {"ipv6_only", &SocketOptions::ipv6_only, {IPPROTO_IPV6, IPV6_V6ONLY}},
+    {"keepalive", &SocketOptions::keepalive, {SOL_SOCKET, SO_KEEPALIVE}},
+    {"nodelay", &SocketOptions::nodelay, {IPPROTO_TCP, TCP_NODELAY}},
+    {"broadcast", &SocketOptions::broadcast, {SOL_SOCKET, SO_BROADCAST}},
     {.name = "bindtodevice",
      .field = &SocketOptions::bindtodevice,
      .sockopt = {SOL_SOCKET, SO_BINDTODEVICE},
      .grant = Grant::bindtodevice},
     {.name = "mark",
      .field = &SocketOptions::mark,
+     .sockopt = {SOL_SOCKET, SO_MARK},
      .min = 0,
      .max = UINT32_MAX,
-     .sockopt = {SOL_SOCKET, SO_MARK},
      .grant = Grant::mark},
     {.name = "freebind",
      .field = &SocketOptions::freebind,
@@ -96,14 +87,14 @@ inline constexpr SocketOptionRow socket_option_table[] = {
      .grant = Grant::transparent},
     {.name = "rcvbuf",
      .field = &SocketOptions::rcvbuf,
+     .sockopt = {SOL_SOCKET, SO_RCVBUF},
      .min = 0,
-     .max = INT32_MAX / 2,
-     .sockopt = {SOL_SOCKET, SO_RCVBUF}},
+     .max = INT32_MAX / 2},
     {.name = "sndbuf",
      .field = &SocketOptions::sndbuf,
+     .sockopt = {SOL_SOCKET, SO_SNDBUF},
      .min = 0,
-     .max = INT32_MAX / 2,
-     .sockopt = {SOL_SOCKET, SO_SNDBUF}},
+     .max = INT32_MAX / 2},
 };
 
 // The row called name, or nullptr.
