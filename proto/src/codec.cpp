@@ -758,12 +758,21 @@ std::vector<std::string> string_list(const json& j, const Path& where) {
     return out;
 }
 
-const json& require_array(const Fields& f, const char* key) {
-    const json& j = f.require(key);
-    if (!j.is_array()) {
-        fail(ErrorCode::invalid_request, f.path(key), "expected an array, got " + type_of(j));
+// The array f[key], each element read as an object by decode(Fields&).
+template <typename Decode>
+auto decode_each(const Fields& f, const char* key, Decode decode) {
+    const json& list = f.require(key);
+    if (!list.is_array()) {
+        fail(ErrorCode::invalid_request, f.path(key), "expected an array, got " + type_of(list));
     }
-    return j;
+    const Path list_path(key);
+    std::vector<std::invoke_result_t<Decode, Fields&>> out;
+    out.reserve(list.size());
+    for (std::size_t i = 0; i < list.size(); ++i) {
+        Fields item(list[i], Path(list_path, i));
+        out.push_back(decode(item));
+    }
+    return out;
 }
 
 ReplyBody decode_body(const Fields& f, Op op) {
@@ -779,10 +788,7 @@ ReplyBody decode_body(const Fields& f, Op op) {
         return PongReply{};
     case Op::socket: {
         SocketReply r;
-        const json& list = require_array(f, "sockets");
-        const Path list_path("sockets");
-        for (std::size_t i = 0; i < list.size(); ++i) {
-            Fields s(list[i], Path(list_path, i));
+        r.sockets = decode_each(f, "sockets", [](Fields& s) {
             SocketInfo info;
             info.family = decode_named_number(s.require("family"), s.path("family"), "family",
                                               family_from_name, 255);
@@ -790,16 +796,13 @@ ReplyBody decode_body(const Fields& f, Op op) {
                 decode_named_number(s.require("type"), s.path("type"), "type", type_from_name, 15);
             info.protocol = s.integer<int>("protocol", 0, 65535);
             info.local = s.opt_string("local").value_or("");
-            r.sockets.push_back(std::move(info));
-        }
+            return info;
+        });
         return r;
     }
     case Op::namespaces: {
         NamespacesReply r;
-        const json& list = require_array(f, "namespaces");
-        const Path list_path("namespaces");
-        for (std::size_t i = 0; i < list.size(); ++i) {
-            Fields n(list[i], Path(list_path, i));
+        r.namespaces = decode_each(f, "namespaces", [](Fields& n) {
             NamespaceInfo info;
             info.dev = n.integer<std::uint64_t>("dev", 0, UINT64_MAX);
             info.ino = n.integer<std::uint64_t>("ino", 0, UINT64_MAX);
@@ -808,8 +811,8 @@ ReplyBody decode_body(const Fields& f, Op op) {
             info.state = n.string("state");
             info.requests = n.integer<std::uint64_t>("requests", 0, UINT64_MAX);
             info.sockets = n.integer<std::uint64_t>("sockets", 0, UINT64_MAX);
-            r.namespaces.push_back(std::move(info));
-        }
+            return info;
+        });
         r.truncated = f.opt_bool("truncated").value_or(false);
         return r;
     }
@@ -955,23 +958,18 @@ class SocketReplySax {
         if (level_ != Level::entry) {
             return false;
         }
+        // A name this reader does not know sends the reply to the full decoder.
+        auto set_named = [](int& target, std::optional<int> v) {
+            if (v) {
+                target = *v;
+            }
+            return v.has_value();
+        };
         switch (field_) {
-        case Field::family: {
-            auto v = family_from_name(value);
-            if (!v) {
-                return false;
-            }
-            current_.family = *v;
-            return true;
-        }
-        case Field::type: {
-            auto v = type_from_name(value);
-            if (!v) {
-                return false;
-            }
-            current_.type = *v;
-            return true;
-        }
+        case Field::family:
+            return set_named(current_.family, family_from_name(value));
+        case Field::type:
+            return set_named(current_.type, type_from_name(value));
         case Field::local:
             current_.local = std::move(value);
             return true;
