@@ -412,7 +412,9 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
     r.netns = target.ref();
     r.specs = specs;
     if (specs.empty() || proto::socket_count(specs) > proto::max_fds_per_message) {
-        return make_error(ErrorCode::limit, "a request asks for 1 to 253 sockets");
+        return make_error(ErrorCode::limit, "a request asks for 1 to " +
+                                                std::to_string(proto::max_fds_per_message) +
+                                                " sockets");
     }
     for (std::size_t i = 0; i < r.specs.size(); ++i) {
         if (!unix_steps_here(r.specs[i])) {

@@ -381,7 +381,8 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
                 throw BadCall{make_error(ErrorCode::limit,
                                          "count: at most " + std::to_string(dbus_max_fds) +
                                              " sockets a call, the most the bus passes in one "
-                                             "message; the socket protocol gives up to 253")};
+                                             "message; the socket protocol gives up to " +
+                                             std::to_string(proto::max_fds_per_message))};
             }
             spec.count = count;
         }

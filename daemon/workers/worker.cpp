@@ -201,7 +201,9 @@ int Worker::on_exit(sd_event_source*, const siginfo_t* si, void* userdata) {
     if (self->state_ != State::dead) {
         try {
             self->read_replies();
-        } catch (const std::exception&) {
+        } catch (const std::exception& e) {
+            // What could not be read fails below with the rest.
+            spdlog::warn("worker {}: its last replies: {}", self->pid_, e.what());
         }
         self->fail("worker " + self->exit_reason_);
     }

@@ -607,7 +607,8 @@ std::vector<SocketSpec> decode_specs(const Fields& f) {
             fail(ErrorCode::invalid_request, "sockets", "must not be empty");
         }
         if (many->size() > max_fds_per_message) {
-            fail(ErrorCode::limit, "sockets", "at most 253 sockets in one request");
+            fail(ErrorCode::limit, "sockets",
+                 "at most " + std::to_string(max_fds_per_message) + " sockets in one request");
         }
         const Path sockets_path("sockets");
         for (std::size_t i = 0; i < many->size(); ++i) {
@@ -618,8 +619,8 @@ std::vector<SocketSpec> decode_specs(const Fields& f) {
     }
     if (socket_count(specs) > max_fds_per_message) {
         fail(ErrorCode::limit, "sockets",
-             "asks for " + std::to_string(socket_count(specs)) +
-                 " sockets; at most 253 in one request");
+             "asks for " + std::to_string(socket_count(specs)) + " sockets; at most " +
+                 std::to_string(max_fds_per_message) + " in one request");
     }
     return specs;
 }

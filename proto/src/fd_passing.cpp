@@ -107,7 +107,8 @@ Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
 
 SendStatus send_message(int fd, std::string_view data, std::span<const int> fds, bool dont_wait) {
     if (fds.size() > max_fds_per_message) {
-        throw std::invalid_argument("send_message: more than 253 file descriptors");
+        throw std::invalid_argument("send_message: more than " +
+                                    std::to_string(max_fds_per_message) + " file descriptors");
     }
     iovec iov{const_cast<char*>(data.data()), data.size()};
     msghdr msg{};
