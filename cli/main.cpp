@@ -81,18 +81,10 @@ int cmd_ping(Client& client, bool json) {
     return 0;
 }
 
-int cmd_ns(Client& client, bool json) {
-    auto list = client.namespaces();
-    if (!list) {
-        return refused(list.error());
-    }
-    if (json) {
-        print_json(*list);
-        return 0;
-    }
+void print_namespaces(const NamespacesReply& list) {
     std::printf("%-24s %-18s %8s %-9s %9s %9s\n", "NAME", "NETNS", "WORKER", "STATE", "REQUESTS",
                 "SOCKETS");
-    for (const auto& n : list->namespaces) {
+    for (const auto& n : list.namespaces) {
         std::string names;
         for (const auto& name : n.names) {
             names += (names.empty() ? "" : ",") + name;
@@ -104,33 +96,45 @@ int cmd_ns(Client& client, bool json) {
                     static_cast<unsigned long long>(n.requests),
                     static_cast<unsigned long long>(n.sockets));
     }
-    if (list->truncated) {
+    if (list.truncated) {
         std::printf("(list truncated to fit one message)\n");
+    }
+}
+
+void print_stats(const StatsReply& s) {
+    std::printf("uptime           %.1f s\n", s.uptime_seconds);
+    std::printf("requests         %llu\n", static_cast<unsigned long long>(s.requests));
+    std::printf("sockets          %llu\n", static_cast<unsigned long long>(s.sockets));
+    std::printf("clients          %llu\n", static_cast<unsigned long long>(s.clients));
+    std::printf("workers          %llu live, %llu spawned, %llu exited\n",
+                static_cast<unsigned long long>(s.workers_live),
+                static_cast<unsigned long long>(s.workers_spawned),
+                static_cast<unsigned long long>(s.workers_exited));
+    for (const auto& [code, count] : s.errors) {
+        std::printf("errors %-9s %llu\n", code.c_str(), static_cast<unsigned long long>(count));
+    }
+}
+
+// The daemon's reply as JSON when asked for, else as text for a person.
+template <typename Reply>
+int print_reply(const Result<Reply>& reply, bool json, void (*print_text)(const Reply&)) {
+    if (!reply) {
+        return refused(reply.error());
+    }
+    if (json) {
+        print_json(*reply);
+    } else {
+        print_text(*reply);
     }
     return 0;
 }
 
+int cmd_ns(Client& client, bool json) {
+    return print_reply(client.namespaces(), json, print_namespaces);
+}
+
 int cmd_stats(Client& client, bool json) {
-    auto s = client.stats();
-    if (!s) {
-        return refused(s.error());
-    }
-    if (json) {
-        print_json(*s);
-        return 0;
-    }
-    std::printf("uptime           %.1f s\n", s->uptime_seconds);
-    std::printf("requests         %llu\n", static_cast<unsigned long long>(s->requests));
-    std::printf("sockets          %llu\n", static_cast<unsigned long long>(s->sockets));
-    std::printf("clients          %llu\n", static_cast<unsigned long long>(s->clients));
-    std::printf("workers          %llu live, %llu spawned, %llu exited\n",
-                static_cast<unsigned long long>(s->workers_live),
-                static_cast<unsigned long long>(s->workers_spawned),
-                static_cast<unsigned long long>(s->workers_exited));
-    for (const auto& [code, count] : s->errors) {
-        std::printf("errors %-9s %llu\n", code.c_str(), static_cast<unsigned long long>(count));
-    }
-    return 0;
+    return print_reply(client.stats(), json, print_stats);
 }
 
 struct NamedSpec {

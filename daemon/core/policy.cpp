@@ -15,7 +15,6 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
-#include "name_table.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "socket_option_table.hpp"
@@ -26,19 +25,26 @@ using nlohmann::json;
 
 namespace {
 
-// How a refusal names what a privilege covers.
-constexpr auto privilege_descriptions = proto::name_table<Privilege>({
-    {"raw sockets", Privilege::raw},
-    {"packet sockets", Privilege::packet},
-    {"low_ports", Privilege::low_ports},
-    {"bindtodevice", Privilege::bindtodevice},
-    {"mark", Privilege::mark},
-    {"transparent and freebind", Privilege::transparent},
-    {"net_admin", Privilege::net_admin},
-});
-static_assert(std::ranges::all_of(proto::all_grants, [](Privilege p) {
-    return privilege_descriptions.name_of(p).has_value();
-}));
+// How a refusal names what a privilege covers: by its grant's name, which
+// for raw and packet names a kind of socket, and for transparent also
+// covers freebind. Every grant is listed so that a new one is described on
+// purpose.
+std::string privilege_description(Privilege p) {
+    std::string name(proto::to_string(p));
+    switch (p) {
+    case Privilege::raw:
+    case Privilege::packet:
+        return name + " sockets";
+    case Privilege::transparent:
+        return name + " and freebind";
+    case Privilege::low_ports:
+    case Privilege::bindtodevice:
+    case Privilege::mark:
+    case Privilege::net_admin:
+        break;
+    }
+    return name;
+}
 
 // Thrown while parsing; becomes the Error of Policy::parse.
 struct Invalid {
@@ -91,32 +97,36 @@ std::size_t limit(const json& object, const char* key, const std::string& where,
     return static_cast<std::size_t>(v.get<std::uint64_t>());
 }
 
-uid_t user_id(const json& v, const std::string& where) {
+// A user or a group, by number or by the name the account database knows;
+// kind ("user") and number ("uid") say in an error which was expected.
+template <typename Id, typename Lookup>
+Id account_id(const json& v, const std::string& where, const std::string& kind,
+              const std::string& number, Lookup by_name) {
     if (v.is_number_unsigned()) {
-        return static_cast<uid_t>(v.get<std::uint64_t>());
+        return static_cast<Id>(v.get<std::uint64_t>());
     }
     if (!v.is_string()) {
-        invalid(where, "expected a user name or uid");
+        invalid(where, "expected a " + kind + " name or " + number);
     }
     std::string name = v.get<std::string>();
-    if (passwd* pw = ::getpwnam(name.c_str())) {
-        return pw->pw_uid;
+    if (std::optional<Id> id = by_name(name.c_str())) {
+        return *id;
     }
-    invalid(where, "no user named \"" + name + "\"");
+    invalid(where, "no " + kind + " named \"" + name + "\"");
+}
+
+uid_t user_id(const json& v, const std::string& where) {
+    return account_id<uid_t>(v, where, "user", "uid", [](const char* name) {
+        const passwd* pw = ::getpwnam(name);
+        return pw ? std::optional(pw->pw_uid) : std::nullopt;
+    });
 }
 
 gid_t group_id(const json& v, const std::string& where) {
-    if (v.is_number_unsigned()) {
-        return static_cast<gid_t>(v.get<std::uint64_t>());
-    }
-    if (!v.is_string()) {
-        invalid(where, "expected a group name or gid");
-    }
-    std::string name = v.get<std::string>();
-    if (group* gr = ::getgrnam(name.c_str())) {
-        return gr->gr_gid;
-    }
-    invalid(where, "no group named \"" + name + "\"");
+    return account_id<gid_t>(v, where, "group", "gid", [](const char* name) {
+        const group* gr = ::getgrnam(name);
+        return gr ? std::optional(gr->gr_gid) : std::nullopt;
+    });
 }
 
 template <typename Lookup>
@@ -309,7 +319,7 @@ std::optional<std::string> refusal(const Rule& r, const NamespaceFacts& ns,
         }
         for (Privilege p : needed(s)) {
             if (!r.privileges.count(p)) {
-                return at + std::string(*privilege_descriptions.name_of(p)) + " not granted";
+                return at + privilege_description(p) + " not granted";
             }
         }
         if (!type_allowed(r, s)) {

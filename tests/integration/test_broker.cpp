@@ -106,6 +106,32 @@ int in_child(const std::function<int()>& body) {
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
+// A namespace of the test's own, a daemon started after it and a
+// connection to the daemon.
+struct DaemonAndNetns {
+    explicit DaemonAndNetns(const std::string& netns_tag, std::vector<std::string> daemon_args = {})
+        : ns(netns_tag), d(std::move(daemon_args)), c(connect(d)) {}
+
+    // Sockets of spec in ns, reached by its name.
+    Result<Socket> socket(const SocketSpec& s) { return c.socket(Netns::name(ns.name()), s); }
+    Result<std::vector<Socket>> sockets(const std::vector<SocketSpec>& specs) {
+        return c.sockets(Netns::name(ns.name()), specs);
+    }
+    Result<Socket> udp() { return socket(spec(AF_INET, SOCK_DGRAM)); }
+
+    // The worker serving ns, or 0.
+    pid_t worker() { return worker_of(c, ns.inode()); }
+    // Makes a first socket in ns, which starts its worker; the worker, or 0.
+    pid_t start_worker() {
+        REQUIRE(udp());
+        return worker();
+    }
+
+    TestNetns ns;
+    Daemon d;
+    Client c;
+};
+
 const std::vector<std::vector<std::string>> worker_modes = {{"--worker-mode", "fork"},
                                                             {"--worker-mode", "exec"}};
 
@@ -124,9 +150,7 @@ TEST_CASE("hello and ping") {
 TEST_CASE("every family and type, made in the namespace asked for, in both worker modes") {
     for (const auto& mode : worker_modes) {
         CAPTURE(mode[1]);
-        TestNetns ns("kinds");
-        Daemon d(mode);
-        auto c = connect(d);
+        DaemonAndNetns t("kinds", mode);
         struct Kind {
             int family, type, protocol;
         };
@@ -148,7 +172,7 @@ TEST_CASE("every family and type, made in the namespace asked for, in both worke
         for (const auto& k : kinds) {
             CAPTURE(k.family);
             CAPTURE(k.type);
-            auto s = c.socket(Netns::name(ns.name()), spec(k.family, k.type, k.protocol));
+            auto s = t.socket(spec(k.family, k.type, k.protocol));
             REQUIRE_MESSAGE(s, s.error().describe());
             CHECK(socket_option(s->fd(), SO_DOMAIN) == k.family);
             CHECK(socket_option(s->fd(), SO_TYPE) == k.type);
@@ -156,31 +180,27 @@ TEST_CASE("every family and type, made in the namespace asked for, in both worke
                 CHECK(socket_option(s->fd(), SO_PROTOCOL) == k.protocol);
             }
             CHECK((::fcntl(s->fd(), F_GETFD) & FD_CLOEXEC) != 0);
-            CHECK(socket_netns_inode(s->fd()) == ns.inode());
+            CHECK(socket_netns_inode(s->fd()) == t.ns.inode());
         }
     }
 }
 
 TEST_CASE("a listening socket is reachable inside the namespace and not outside") {
-    TestNetns ns("listen");
-    Daemon d;
-    auto c = connect(d);
+    DaemonAndNetns t("listen");
     auto tcp = parse_socket_spec("tcp-listen:127.0.0.1:0");
-    auto s = c.socket(Netns::name(ns.name()), *tcp);
+    auto s = t.socket(*tcp);
     REQUIRE_MESSAGE(s, s.error().describe());
     auto colon = s->local_address().rfind(':');
     int port = std::stoi(s->local_address().substr(colon + 1));
     CHECK(port > 0);
     CHECK(s->local_address().starts_with("127.0.0.1:"));
-    CHECK(tcp_connect_from(ns.path(), "127.0.0.1", port));
+    CHECK(tcp_connect_from(t.ns.path(), "127.0.0.1", port));
     CHECK_FALSE(tcp_connect_here("127.0.0.1", port));
 }
 
 TEST_CASE("options, nonblock and connect are applied before the socket is handed over") {
-    TestNetns ns("options");
-    Daemon d;
-    auto c = connect(d);
-    auto server = c.socket(Netns::name(ns.name()), *parse_socket_spec("tcp-listen:127.0.0.1:0"));
+    DaemonAndNetns t("options");
+    auto server = t.socket(*parse_socket_spec("tcp-listen:127.0.0.1:0"));
     REQUIRE(server);
 
     SocketSpec s = spec(AF_INET, SOCK_STREAM, IPPROTO_TCP);
@@ -191,7 +211,7 @@ TEST_CASE("options, nonblock and connect are applied before the socket is handed
     s.options.mark = 42;
     s.options.rcvbuf = 65536;
     s.connect = server->local_address();
-    auto client = c.socket(Netns::name(ns.name()), s);
+    auto client = t.socket(s);
     REQUIRE_MESSAGE(client, client.error().describe());
     CHECK((::fcntl(client->fd(), F_GETFL) & O_NONBLOCK) != 0);
     CHECK(socket_option(client->fd(), SO_REUSEPORT) == 1);
@@ -203,7 +223,7 @@ TEST_CASE("options, nonblock and connect are applied before the socket is handed
     SocketSpec v6 = spec(AF_INET6, SOCK_DGRAM, IPPROTO_UDP);
     v6.options.ipv6_only = true;
     v6.bind = "[::1]:0";
-    auto u = c.socket(Netns::name(ns.name()), v6);
+    auto u = t.socket(v6);
     REQUIRE_MESSAGE(u, u.error().describe());
     CHECK(u->local_address().starts_with("[::1]:"));
     CHECK(u->local_address() != "[::1]:0");
@@ -211,20 +231,18 @@ TEST_CASE("options, nonblock and connect are applied before the socket is handed
     // A blocking connect that is still in progress is not an error either.
     SocketSpec blocking = spec(AF_INET, SOCK_STREAM, IPPROTO_TCP);
     blocking.connect = server->local_address();
-    auto b = c.socket(Netns::name(ns.name()), blocking);
+    auto b = t.socket(blocking);
     REQUIRE(b);
     CHECK((::fcntl(b->fd(), F_GETFL) & O_NONBLOCK) == 0);
 }
 
 TEST_CASE("the kernel's refusals come back with their errno") {
-    TestNetns ns("refusal");
-    Daemon d;
-    auto c = connect(d);
-    auto first = c.socket(Netns::name(ns.name()), *parse_socket_spec("tcp-listen:127.0.0.1:0"));
+    DaemonAndNetns t("refusal");
+    auto first = t.socket(*parse_socket_spec("tcp-listen:127.0.0.1:0"));
     REQUIRE(first);
     SocketSpec again = spec(AF_INET, SOCK_STREAM, IPPROTO_TCP);
     again.bind = first->local_address();
-    auto second = c.socket(Netns::name(ns.name()), again);
+    auto second = t.socket(again);
     REQUIRE_FALSE(second);
     CHECK(second.error().code == ErrorCode::kernel);
     CHECK(second.error().sys_errno == EADDRINUSE);
@@ -232,22 +250,20 @@ TEST_CASE("the kernel's refusals come back with their errno") {
 
     SocketSpec dev = spec(AF_INET, SOCK_DGRAM);
     dev.options.bindtodevice = "nosuchdev0";
-    auto d2 = c.socket(Netns::name(ns.name()), dev);
+    auto d2 = t.socket(dev);
     REQUIRE_FALSE(d2);
     CHECK(d2.error().sys_errno == ENODEV);
 }
 
 TEST_CASE("a unix listener on a path is bound and listened on by the caller itself") {
-    TestNetns ns("unix-path");
+    DaemonAndNetns t("unix-path");
     TempDir dir;
-    Daemon d;
-    auto c = connect(d);
     const std::string path = dir.path() + "/listener.sock";
-    auto listener = c.socket(Netns::name(ns.name()), *parse_socket_spec("unix-listen:" + path));
+    auto listener = t.socket(*parse_socket_spec("unix-listen:" + path));
     REQUIRE_MESSAGE(listener, listener.error().describe());
     CHECK(listener->local_address() == path);
     CHECK(socket_option(listener->fd(), SO_ACCEPTCONN) == 1);
-    CHECK(socket_netns_inode(listener->fd()) == ns.inode());
+    CHECK(socket_netns_inode(listener->fd()) == t.ns.inode());
     struct stat st {};
     REQUIRE(::stat(path.c_str(), &st) == 0);
     CHECK(S_ISSOCK(st.st_mode));
@@ -258,7 +274,7 @@ TEST_CASE("a unix listener on a path is bound and listened on by the caller itse
     int err = 0;
     UniqueFd peer = unix_stream_to(path, &err);
     REQUIRE_MESSAGE(peer, std::strerror(err));
-    pid_t worker = worker_of(c, ns.inode());
+    pid_t worker = t.worker();
     REQUIRE(worker > 0);
     CHECK(peer_pid(peer.get()) == ::getpid());
     UniqueFd accepted{::accept4(listener->fd(), nullptr, nullptr, SOCK_CLOEXEC)};
@@ -267,7 +283,7 @@ TEST_CASE("a unix listener on a path is bound and listened on by the caller itse
     // And a listener sees those connect(2) recorded.
     SocketSpec dialer = spec(AF_UNIX, SOCK_STREAM);
     dialer.connect = path;
-    auto dialed = c.socket(Netns::name(ns.name()), dialer);
+    auto dialed = t.socket(dialer);
     REQUIRE_MESSAGE(dialed, dialed.error().describe());
     CHECK((::fcntl(dialed->fd(), F_GETFL) & O_NONBLOCK) == 0);
     UniqueFd second{::accept4(listener->fd(), nullptr, nullptr, SOCK_CLOEXEC)};
@@ -277,11 +293,11 @@ TEST_CASE("a unix listener on a path is bound and listened on by the caller itse
 
     // A relative path is the caller's, from its working directory.
     CHECK(in_child([&] {
-              auto own = Client::connect(d.socket_path());
+              auto own = Client::connect(t.d.socket_path());
               if (!own || ::chdir(dir.path().c_str()) < 0) {
                   return 10;
               }
-              auto relative = own->socket(Netns::name(ns.name()),
+              auto relative = own->socket(Netns::name(t.ns.name()),
                                           *parse_socket_spec("unix-listen:relative.sock"));
               if (!relative) {
                   std::fprintf(stderr, "%s\n", relative.error().describe().c_str());
@@ -293,20 +309,18 @@ TEST_CASE("a unix listener on a path is bound and listened on by the caller itse
 }
 
 TEST_CASE("a unix abstract name belongs to the namespace of the socket") {
-    TestNetns ns("unix-abstract");
-    Daemon d;
-    auto c = connect(d);
+    DaemonAndNetns t("unix-abstract");
     const std::string name = "@" + unique_name("abstract");
     SocketSpec listening = spec(AF_UNIX, SOCK_STREAM);
     listening.bind = name;
     listening.listen = 16;
-    auto listener = c.socket(Netns::name(ns.name()), listening);
+    auto listener = t.socket(listening);
     REQUIRE_MESSAGE(listener, listener.error().describe());
     CHECK(listener->local_address() == name);
     CHECK(socket_option(listener->fd(), SO_ACCEPTCONN) == 1);
 
     CHECK(in_child([&] {
-              UniqueFd nsfd{::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC)};
+              UniqueFd nsfd{::open(t.ns.path().c_str(), O_RDONLY | O_CLOEXEC)};
               if (!nsfd || ::setns(nsfd.get(), CLONE_NEWNET) < 0) {
                   return 10;
               }
@@ -322,7 +336,7 @@ TEST_CASE("a unix abstract name belongs to the namespace of the socket") {
     SocketSpec dialer = spec(AF_UNIX, SOCK_STREAM);
     dialer.connect = name;
     dialer.nonblock = true;
-    auto inside = c.socket(Netns::name(ns.name()), dialer);
+    auto inside = t.socket(dialer);
     REQUIRE_MESSAGE(inside, inside.error().describe());
     CHECK((::fcntl(inside->fd(), F_GETFL) & O_NONBLOCK) != 0);
     UniqueFd accepted{::accept4(listener->fd(), nullptr, nullptr, SOCK_CLOEXEC)};
@@ -332,12 +346,12 @@ TEST_CASE("a unix abstract name belongs to the namespace of the socket") {
     SocketSpec full = listening;
     full.bind = name + "-full";
     full.listen = 0;
-    auto small = c.socket(Netns::name(ns.name()), full);
+    auto small = t.socket(full);
     REQUIRE_MESSAGE(small, small.error().describe());
     SocketSpec eager = dialer;
     eager.connect = full.bind;
-    REQUIRE(c.socket(Netns::name(ns.name()), eager));
-    auto turned_away = c.socket(Netns::name(ns.name()), eager);
+    REQUIRE(t.socket(eager));
+    auto turned_away = t.socket(eager);
     REQUIRE_FALSE(turned_away);
     CHECK(turned_away.error().code == ErrorCode::kernel);
     CHECK(turned_away.error().sys_errno == EAGAIN);
@@ -348,7 +362,7 @@ TEST_CASE("a unix abstract name belongs to the namespace of the socket") {
     SocketSpec other = listening;
     other.bind = name + "-other";
     std::size_t fds_before = open_fd_count();
-    auto outside = c.sockets(Netns::pid(::getpid()), {spec(AF_INET, SOCK_DGRAM), other, dialer});
+    auto outside = t.c.sockets(Netns::pid(::getpid()), {spec(AF_INET, SOCK_DGRAM), other, dialer});
     REQUIRE_FALSE(outside);
     CHECK(outside.error().code == ErrorCode::kernel);
     CHECK(outside.error().sys_errno == ECONNREFUSED);
@@ -411,24 +425,22 @@ TEST_CASE("a unix path is checked against the caller's own rights") {
 }
 
 TEST_CASE("a batch of 253 sockets in one reply, and batches of different specs") {
-    TestNetns ns("batch");
-    Daemon d;
-    auto c = connect(d);
+    DaemonAndNetns t("batch");
     SocketSpec udp = spec(AF_INET, SOCK_DGRAM, IPPROTO_UDP);
     udp.count = 253;
-    auto many = c.sockets(Netns::name(ns.name()), {udp});
+    auto many = t.sockets({udp});
     REQUIRE_MESSAGE(many, many.error().describe());
     REQUIRE(many->size() == 253);
     std::set<int> distinct;
     for (auto& s : *many) {
-        CHECK(socket_netns_inode(s.fd()) == ns.inode());
+        CHECK(socket_netns_inode(s.fd()) == t.ns.inode());
         distinct.insert(s.fd());
     }
     CHECK(distinct.size() == 253);
 
-    auto mixed = c.sockets(Netns::name(ns.name()), {*parse_socket_spec("tcp-listen:127.0.0.1:0"),
-                                                    *parse_socket_spec("netlink:route"),
-                                                    *parse_socket_spec("udp6:[::1]:0")});
+    auto mixed =
+        t.sockets({*parse_socket_spec("tcp-listen:127.0.0.1:0"),
+                   *parse_socket_spec("netlink:route"), *parse_socket_spec("udp6:[::1]:0")});
     REQUIRE(mixed);
     REQUIRE(mixed->size() == 3);
     CHECK(socket_option((*mixed)[0].fd(), SO_ACCEPTCONN) == 1);
@@ -438,44 +450,42 @@ TEST_CASE("a batch of 253 sockets in one reply, and batches of different specs")
     // All or nothing: one bad spec fails the whole request, and says which.
     SocketSpec bad = spec(AF_INET, SOCK_STREAM);
     bad.bind = "192.0.2.1:1"; // not an address of this namespace
-    auto failed = c.sockets(Netns::name(ns.name()), {spec(AF_INET, SOCK_DGRAM), bad});
+    auto failed = t.sockets({spec(AF_INET, SOCK_DGRAM), bad});
     REQUIRE_FALSE(failed);
     CHECK(failed.error().sys_errno == EADDRNOTAVAIL);
     CHECK(failed.error().message.starts_with("sockets[1]: "));
 }
 
 TEST_CASE("references by name, path, pid and fd reach the same namespace") {
-    TestNetns ns("refs");
-    Daemon d;
-    auto c = connect(d);
-    auto by_path = c.socket(Netns::path(ns.path()), spec(AF_INET, SOCK_DGRAM));
+    DaemonAndNetns t("refs");
+    auto by_path = t.c.socket(Netns::path(t.ns.path()), spec(AF_INET, SOCK_DGRAM));
     REQUIRE(by_path);
-    CHECK(socket_netns_inode(by_path->fd()) == ns.inode());
+    CHECK(socket_netns_inode(by_path->fd()) == t.ns.inode());
 
-    UniqueFd nsfd{::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC)};
-    auto by_fd = c.socket(Netns::fd(nsfd.get()), spec(AF_INET, SOCK_DGRAM));
+    UniqueFd nsfd{::open(t.ns.path().c_str(), O_RDONLY | O_CLOEXEC)};
+    auto by_fd = t.c.socket(Netns::fd(nsfd.get()), spec(AF_INET, SOCK_DGRAM));
     REQUIRE_MESSAGE(by_fd, by_fd.error().describe());
-    CHECK(socket_netns_inode(by_fd->fd()) == ns.inode());
+    CHECK(socket_netns_inode(by_fd->fd()) == t.ns.inode());
 
     // A process living in the namespace.
     pid_t sleeper = ::fork();
     if (sleeper == 0) {
-        int fd = ::open(ns.path().c_str(), O_RDONLY);
+        int fd = ::open(t.ns.path().c_str(), O_RDONLY);
         ::setns(fd, CLONE_NEWNET);
         ::pause();
         ::_exit(0);
     }
     REQUIRE(wait_for([&] {
         return run("test $(stat -L -c %i /proc/" + std::to_string(sleeper) +
-                   "/ns/net) = " + std::to_string(ns.inode())) == 0;
+                   "/ns/net) = " + std::to_string(t.ns.inode())) == 0;
     }));
-    auto by_pid = c.socket(Netns::pid(sleeper), spec(AF_INET, SOCK_DGRAM));
+    auto by_pid = t.c.socket(Netns::pid(sleeper), spec(AF_INET, SOCK_DGRAM));
     ::kill(sleeper, SIGKILL);
     ::waitpid(sleeper, nullptr, 0);
     REQUIRE(by_pid);
-    CHECK(socket_netns_inode(by_pid->fd()) == ns.inode());
+    CHECK(socket_netns_inode(by_pid->fd()) == t.ns.inode());
 
-    auto stats = c.stats();
+    auto stats = t.c.stats();
     REQUIRE(stats);
     CHECK(stats->workers_spawned == 1);
 }
@@ -517,11 +527,8 @@ TEST_CASE("two names for one namespace share one worker") {
 TEST_CASE("a worker killed mid-request fails that request; the next one gets a new worker") {
     for (const auto& mode : worker_modes) {
         CAPTURE(mode[1]);
-        TestNetns ns("kill");
-        Daemon d(mode);
-        auto c = connect(d);
-        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-        pid_t worker = worker_of(c, ns.inode());
+        DaemonAndNetns t("kill", mode);
+        pid_t worker = t.start_worker();
         REQUIRE(worker > 0);
 
         // Stopped, the worker holds the request; killed, it never answers.
@@ -529,7 +536,7 @@ TEST_CASE("a worker killed mid-request fails that request; the next one gets a n
         std::atomic<bool> done{false};
         Result<Socket> pending = make_error(ErrorCode::internal, "not run");
         std::thread caller([&] {
-            pending = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+            pending = t.udp();
             done = true;
         });
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
@@ -539,17 +546,17 @@ TEST_CASE("a worker killed mid-request fails that request; the next one gets a n
         REQUIRE_FALSE(pending);
         CHECK(pending.error().code == ErrorCode::worker_failed);
 
-        auto next = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        auto next = t.udp();
         REQUIRE_MESSAGE(next, next.error().describe());
-        CHECK(socket_netns_inode(next->fd()) == ns.inode());
-        pid_t replacement = worker_of(c, ns.inode());
+        CHECK(socket_netns_inode(next->fd()) == t.ns.inode());
+        pid_t replacement = t.worker();
         CHECK(replacement > 0);
         CHECK(replacement != worker);
         // The killed worker was reaped: no zombie is left behind.
         CHECK(wait_for([&] {
             return !process_alive(worker) && run("test -e /proc/" + std::to_string(worker)) != 0;
         }));
-        CHECK(c.stats()->workers_exited == 1);
+        CHECK(t.c.stats()->workers_exited == 1);
     }
 }
 
@@ -592,50 +599,43 @@ TEST_CASE("16 threads x 1000 requests on one Client, every socket checked") {
 TEST_CASE("ip netns delete makes its worker exit") {
     for (const auto& mode : worker_modes) {
         CAPTURE(mode[1]);
-        auto ns = std::make_unique<TestNetns>("delete");
-        Daemon d(mode);
-        auto c = connect(d);
-        REQUIRE(c.socket(Netns::name(ns->name()), spec(AF_INET, SOCK_DGRAM)));
-        ino_t ino = ns->inode();
-        pid_t worker = worker_of(c, ino);
+        DaemonAndNetns t("delete", mode);
+        REQUIRE(t.udp());
+        ino_t ino = t.ns.inode();
+        pid_t worker = worker_of(t.c, ino);
         REQUIRE(worker > 0);
-        ns->remove();
+        t.ns.remove();
         CHECK(wait_for([&] { return !process_alive(worker); }));
-        CHECK(wait_for([&] { return worker_of(c, ino) == 0; }));
-        CHECK(c.stats()->workers_live == 0);
+        CHECK(wait_for([&] { return worker_of(t.c, ino) == 0; }));
+        CHECK(t.c.stats()->workers_live == 0);
     }
 }
 
 TEST_CASE("an idle worker exits after its timeout, and comes back on demand") {
-    TestNetns ns("idle");
-    Daemon d({"--worker-idle-timeout", "1"});
-    auto c = connect(d);
-    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-    pid_t worker = worker_of(c, ns.inode());
+    DaemonAndNetns t("idle", {"--worker-idle-timeout", "1"});
+    pid_t worker = t.start_worker();
     REQUIRE(worker > 0);
     CHECK(wait_for([&] { return !process_alive(worker); }, std::chrono::seconds(5)));
     // Gone is not yet reaped: the daemon counts the exit when it reaps.
-    CHECK(wait_for([&] { return c.stats()->workers_exited == 1; }));
-    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-    CHECK(c.stats()->workers_spawned == 2);
+    CHECK(wait_for([&] { return t.c.stats()->workers_exited == 1; }));
+    REQUIRE(t.udp());
+    CHECK(t.c.stats()->workers_spawned == 2);
 }
 
 TEST_CASE("hostile input gets clear errors and the daemon keeps serving, leaking nothing") {
-    TestNetns ns("hostile");
-    Daemon d;
-    // One observer connection stays open throughout, so that the counts
-    // before and after compare the same set of connections.
-    auto c = connect(d);
-    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    // t.c is the one observer connection that stays open throughout, so that
+    // the counts before and after compare the same set of connections.
+    DaemonAndNetns t("hostile");
+    REQUIRE(t.udp());
     // The daemon closes its copy of a socket right after sending it; the
     // answer to a later request proves that has happened.
-    REQUIRE(c.ping());
-    int fds_before = d.fd_count();
-    const std::string before = d.fd_list();
+    REQUIRE(t.c.ping());
+    int fds_before = t.d.fd_count();
+    const std::string before = t.d.fd_list();
     INFO("descriptors before:\n" << before);
 
     {
-        RawConnection raw(d);
+        RawConnection raw(t.d);
         auto check_error = [](const nlohmann::json& reply, const char* code) {
             CAPTURE(reply.dump());
             CHECK(reply["ok"] == false);
@@ -690,42 +690,39 @@ TEST_CASE("hostile input gets clear errors and the daemon keeps serving, leaking
     }
     {
         // A client that sends and leaves without reading, with fds in flight.
-        RawConnection rude(d);
+        RawConnection rude(t.d);
         for (int i = 0; i < 20; ++i) {
             std::string req = R"({"id":)" + std::to_string(i) +
-                              R"(,"op":"socket","netns":{"name":")" + ns.name() +
+                              R"(,"op":"socket","netns":{"name":")" + t.ns.name() +
                               R"("},"socket":{"family":"inet","type":"dgram","count":50}})";
             REQUIRE(proto::send_message(rude.fd.get(), req) == proto::SendStatus::sent);
         }
     }
-    CHECK(c.ping());
+    CHECK(t.c.ping());
     // Once the rude connection is gone no new job can start; one more request
     // through the same worker (which answers in order) outlasts every earlier one.
-    CHECK(wait_for([&] { return c.stats()->clients == 1; }));
-    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-    auto stats = c.stats();
+    CHECK(wait_for([&] { return t.c.stats()->clients == 1; }));
+    REQUIRE(t.udp());
+    auto stats = t.c.stats();
     REQUIRE(stats);
     CHECK(stats->errors.at("invalid_request") >= 7);
     CHECK(stats->errors.at("not_a_netns") == 3);
-    CHECK(d.running());
+    CHECK(t.d.running());
     // Every client fd and every socket in flight was closed.
-    const std::string after = d.fd_list();
+    const std::string after = t.d.fd_list();
     INFO("descriptors after:\n" << after);
-    CHECK(d.fd_count() == fds_before);
+    CHECK(t.d.fd_count() == fds_before);
 }
 
 TEST_CASE("SIGTERM: the daemon answers what is in flight, stops its workers and exits 0") {
-    TestNetns ns("term");
-    auto d = std::make_unique<Daemon>();
-    auto c = connect(*d);
-    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-    pid_t worker = worker_of(c, ns.inode());
+    DaemonAndNetns t("term");
+    pid_t worker = t.start_worker();
     REQUIRE(worker > 0);
-    std::string path = d->socket_path();
-    CHECK(d->stop(SIGTERM) == 0);
+    std::string path = t.d.socket_path();
+    CHECK(t.d.stop(SIGTERM) == 0);
     CHECK_FALSE(process_alive(worker));
     CHECK(run("test -e " + path) != 0);
-    auto after = c.ping();
+    auto after = t.c.ping();
     REQUIRE_FALSE(after);
     CHECK(after.error().code == ErrorCode::io);
 }
@@ -741,14 +738,11 @@ TEST_CASE("a second daemon refuses a socket that is in use") {
 TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does not need") {
     for (const auto& mode : worker_modes) {
         CAPTURE(mode[1]);
-        TestNetns ns("fds");
-        Daemon d(mode);
-        auto c = connect(d);
+        DaemonAndNetns t("fds", mode);
         // A few clients and sockets open in the daemon when the worker starts.
-        auto other = connect(d);
+        auto other = connect(t.d);
         REQUIRE(other.ping());
-        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-        pid_t worker = worker_of(c, ns.inode());
+        pid_t worker = t.start_worker();
         REQUIRE(worker > 0);
         auto fds =
             run_output("ls /proc/" + std::to_string(worker) + "/fd | sort -n | tr '\\n' ' '");
@@ -770,24 +764,20 @@ TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does
         CHECK(status.find("CapAmb: 0000000000000000\n") != std::string::npos);
         // And it lives where it was sent.
         CHECK(run("test $(stat -L -c %i /proc/" + std::to_string(worker) +
-                  "/ns/net) = " + std::to_string(ns.inode())) == 0);
+                  "/ns/net) = " + std::to_string(t.ns.inode())) == 0);
     }
 }
 
 TEST_CASE("SIGTERM with a request stuck at a worker answers it, then exits 0") {
-    TestNetns ns("stuck");
-    Daemon d;
-    auto c = connect(d);
-    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-    pid_t worker = worker_of(c, ns.inode());
+    DaemonAndNetns t("stuck");
+    pid_t worker = t.start_worker();
     REQUIRE(worker > 0);
     ::kill(worker, SIGSTOP);
     Result<Socket> pending = make_error(ErrorCode::internal, "not run");
-    std::thread caller(
-        [&] { pending = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)); });
+    std::thread caller([&] { pending = t.udp(); });
     std::this_thread::sleep_for(std::chrono::milliseconds(200));
     // The daemon waits for the worker, then kills it; the request fails cleanly.
-    CHECK(d.stop(SIGTERM, std::chrono::seconds(20)) == 0);
+    CHECK(t.d.stop(SIGTERM, std::chrono::seconds(20)) == 0);
     caller.join();
     REQUIRE_FALSE(pending);
     CHECK(pending.error().code == ErrorCode::worker_failed);
@@ -812,18 +802,14 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         CHECK(a.ping());
     }
     SUBCASE("requests in flight on one connection") {
-        TestNetns ns("inflight");
-        Daemon d({"--max-requests-in-flight", "1"});
-        auto c = connect(d);
-        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-        pid_t worker = worker_of(c, ns.inode());
+        DaemonAndNetns t("inflight", {"--max-requests-in-flight", "1"});
+        pid_t worker = t.start_worker();
         ::kill(worker, SIGSTOP);
         Result<Socket> first = make_error(ErrorCode::internal, "not run");
-        std::thread holder(
-            [&] { first = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)); });
+        std::thread holder([&] { first = t.udp(); });
         // The stopped worker holds the first request.
         std::this_thread::sleep_for(std::chrono::milliseconds(200));
-        auto second = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        auto second = t.udp();
         REQUIRE_FALSE(second);
         CHECK(second.error().code == ErrorCode::limit);
         ::kill(worker, SIGCONT);
@@ -851,36 +837,31 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         holder.join();
     }
     SUBCASE("a worker that does not answer in time is killed; the next request is served") {
-        TestNetns ns("slow");
-        Daemon d({"--worker-timeout", "1"});
-        auto c = connect(d);
-        REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
-        pid_t worker = worker_of(c, ns.inode());
+        DaemonAndNetns t("slow", {"--worker-timeout", "1"});
+        pid_t worker = t.start_worker();
         ::kill(worker, SIGSTOP);
-        auto late = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        auto late = t.udp();
         REQUIRE_FALSE(late);
         CHECK(late.error().code == ErrorCode::worker_failed);
         CHECK(late.error().message == "worker did not answer within 1 s");
         CHECK(wait_for([&] { return !process_alive(worker); }));
-        auto next = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+        auto next = t.udp();
         REQUIRE_MESSAGE(next, next.error().describe());
-        CHECK(socket_netns_inode(next->fd()) == ns.inode());
+        CHECK(socket_netns_inode(next->fd()) == t.ns.inode());
     }
 }
 
 TEST_CASE("a client that shuts down its sending side still gets its answers") {
-    TestNetns ns("half-closed");
-    Daemon d;
-    auto c = connect(d);
+    DaemonAndNetns t("half-closed");
     const std::string request =
-        R"({"id": 5, "op": "socket", "netns": {"name": ")" + ns.name() +
+        R"({"id": 5, "op": "socket", "netns": {"name": ")" + t.ns.name() +
         R"("}, "sockets": [{"family": "inet", "type": "dgram", "count": 3}]})";
-    REQUIRE(proto::send_message(c.fd(), request) == proto::SendStatus::sent);
-    REQUIRE(::shutdown(c.fd(), SHUT_WR) == 0);
-    auto reply = proto::receive_message(c.fd());
+    REQUIRE(proto::send_message(t.c.fd(), request) == proto::SendStatus::sent);
+    REQUIRE(::shutdown(t.c.fd(), SHUT_WR) == 0);
+    auto reply = proto::receive_message(t.c.fd());
     REQUIRE(reply.status == proto::ReceiveStatus::message);
     CHECK(reply.message.data.find("\"ok\":true") != std::string::npos);
     CHECK(reply.message.fds.size() == 3);
     // Then the daemon closes its end.
-    CHECK(proto::receive_message(c.fd()).status == proto::ReceiveStatus::closed);
+    CHECK(proto::receive_message(t.c.fd()).status == proto::ReceiveStatus::closed);
 }

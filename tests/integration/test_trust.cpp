@@ -19,6 +19,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <functional>
 
 #include "nsbroker/client.hpp"
 #include "nsbroker/codec.hpp"
@@ -86,6 +87,62 @@ std::size_t count_of(const std::string& text, const std::string& what) {
     }
     return n;
 }
+
+// A process in a network namespace that nothing else names, living until
+// the test lets it go. The forked child runs enter, which makes the
+// namespace and in it calls hold_on: that tells the test the pid of the
+// process it runs in, then waits for the release.
+class NetnsHolder {
+  public:
+    using Enter = std::function<int(const std::function<int()>& hold_on)>;
+
+    explicit NetnsHolder(const Enter& enter) {
+        int told[2];
+        int hold[2];
+        REQUIRE(::pipe2(told, O_CLOEXEC) == 0);
+        REQUIRE(::pipe2(hold, O_CLOEXEC) == 0);
+        UniqueFd told_read{told[0]};
+        UniqueFd told_write{told[1]};
+        UniqueFd hold_read{hold[0]};
+        release_.reset(hold[1]);
+        child_ = ::fork();
+        if (child_ == 0) {
+            // Every process below this one sees the release as end of file.
+            release_.reset();
+            ::_exit(enter([&] {
+                pid_t self = ::getpid();
+                if (::write(told_write.get(), &self, sizeof self) != sizeof self) {
+                    return 1;
+                }
+                char byte = 0;
+                return static_cast<int>(::read(hold_read.get(), &byte, 1));
+            }));
+        }
+        told_write.reset();
+        hold_read.reset();
+        REQUIRE(::read(told_read.get(), &pid_, sizeof pid_) == sizeof pid_);
+    }
+
+    ~NetnsHolder() { release(); }
+    NetnsHolder(const NetnsHolder&) = delete;
+    NetnsHolder& operator=(const NetnsHolder&) = delete;
+
+    // The process that lives in the namespace.
+    [[nodiscard]] pid_t pid() const { return pid_; }
+
+    // Lets the process go and waits for the child the test forked.
+    void release() {
+        if (release_) {
+            release_.reset();
+            ::waitpid(child_, nullptr, 0);
+        }
+    }
+
+  private:
+    UniqueFd release_;
+    pid_t child_ = -1;
+    pid_t pid_ = 0;
+};
 
 } // namespace
 
@@ -233,40 +290,19 @@ TEST_CASE("a namespace made in the user's own nested user namespaces is its own"
                   return socket_netns_inode(s->fd()) == mine.st_ino ? 0 : 3;
               }) == 0);
         // Another user's namespace is not nobody's, however it is named.
-        int told[2];
-        int hold[2];
-        REQUIRE(::pipe2(told, O_CLOEXEC) == 0);
-        REQUIRE(::pipe2(hold, O_CLOEXEC) == 0);
-        pid_t owner = ::fork();
-        if (owner == 0) {
-            ::close(hold[1]);
-            int r = as_user(other_user, Nobody::own_netns, [&] {
-                pid_t self = ::getpid();
-                if (::write(told[1], &self, sizeof self) != sizeof self) {
-                    return 1;
-                }
-                char byte = 0;
-                return static_cast<int>(::read(hold[0], &byte, 1));
-            });
-            ::_exit(r);
-        }
-        ::close(told[1]);
-        ::close(hold[0]);
-        UniqueFd release{hold[1]};
-        pid_t theirs = 0;
-        REQUIRE(::read(told[0], &theirs, sizeof theirs) == sizeof theirs);
-        ::close(told[0]);
+        NetnsHolder theirs([](const std::function<int()>& hold_on) {
+            return as_user(other_user, Nobody::own_netns, hold_on);
+        });
         CHECK(as_nobody(Nobody::plain, [&] {
                   auto c = Client::connect(d.socket_path());
-                  auto s = c->socket(Netns::pid(theirs), spec(AF_INET, SOCK_DGRAM));
+                  auto s = c->socket(Netns::pid(theirs.pid()), spec(AF_INET, SOCK_DGRAM));
                   if (s) {
                       return 1;
                   }
                   std::fprintf(stderr, "%s\n", s.error().describe().c_str());
                   return s.error().code == ErrorCode::permission_denied ? 0 : 2;
               }) == 0);
-        release.reset();
-        ::waitpid(owner, nullptr, 0);
+        theirs.release();
     }
 }
 
@@ -486,32 +522,16 @@ TEST_CASE("a worker for a namespace reached by pid goes when that process exits"
     Daemon d({"--unnamed-idle-timeout", "600"});
     auto root = Client::connect(d.socket_path());
     // A process in a namespace nothing else names.
-    int hold[2];
-    int told[2];
-    REQUIRE(::pipe2(hold, O_CLOEXEC) == 0);
-    REQUIRE(::pipe2(told, O_CLOEXEC) == 0);
-    pid_t child = ::fork();
-    if (child == 0) {
-        ::close(hold[1]);
-        char byte = 0;
-        if (::unshare(CLONE_NEWNET) < 0 || ::write(told[1], &byte, 1) != 1) {
-            ::_exit(1);
-        }
-        ::_exit(static_cast<int>(::read(hold[0], &byte, 1)));
-    }
-    ::close(hold[0]);
-    ::close(told[1]);
-    UniqueFd release{hold[1]};
-    char byte = 0;
-    REQUIRE(::read(told[0], &byte, 1) == 1);
-    ::close(told[0]);
+    NetnsHolder holder([](const std::function<int()>& hold_on) {
+        return ::unshare(CLONE_NEWNET) < 0 ? 1 : hold_on();
+    });
     // In the protocol's words, so that the daemon resolves the pid itself.
     CHECK(raw_request(d.socket_path(),
-                      R"({"id": 1, "op": "socket", "netns": {"pid": )" + std::to_string(child) +
+                      R"({"id": 1, "op": "socket", "netns": {"pid": )" +
+                          std::to_string(holder.pid()) +
                           R"(}, "sockets": [{"family": "inet", "type": "dgram"}]})") == "ok");
     CHECK(root->stats()->workers_live == 1);
-    release.reset();
-    ::waitpid(child, nullptr, 0);
+    holder.release();
     // Long before the 600 s idle time.
     CHECK(wait_for([&] { return root->stats()->workers_live == 0; }));
 }

@@ -312,19 +312,23 @@ TEST_CASE("the JSON decoder refuses a spec with the spec check's words, under th
 }
 
 TEST_CASE("namespace references as text: one grammar") {
-    auto name = parse_netns_reference("blue");
-    REQUIRE(name);
-    CHECK(name->kind == NetnsRef::Kind::name);
-    CHECK(name->text == "blue");
-    auto path = parse_netns_reference("/proc/1/ns/net");
-    REQUIRE(path);
-    CHECK(path->kind == NetnsRef::Kind::path);
-    CHECK(path->text == "/proc/1/ns/net");
-    // Relative paths are the caller's to resolve.
-    auto relative = parse_netns_reference("ns/blue");
-    REQUIRE(relative);
-    CHECK(relative->kind == NetnsRef::Kind::path);
-    CHECK(relative->text == "ns/blue");
+    struct Named {
+        std::string text;
+        NetnsRef::Kind kind;
+    };
+    const Named named[] = {
+        {"blue", NetnsRef::Kind::name},
+        {"/proc/1/ns/net", NetnsRef::Kind::path},
+        // Relative paths are the caller's to resolve.
+        {"ns/blue", NetnsRef::Kind::path},
+    };
+    for (const auto& n : named) {
+        CAPTURE(n.text);
+        auto ref = parse_netns_reference(n.text);
+        REQUIRE(ref);
+        CHECK(ref->kind == n.kind);
+        CHECK(ref->text == n.text);
+    }
     auto pid = parse_netns_reference("pid:42");
     REQUIRE(pid);
     CHECK(pid->kind == NetnsRef::Kind::pid);

@@ -63,7 +63,7 @@ class NamedNetns {
   public:
     // A new namespace.
     NamedNetns(const std::string& dir, const std::string& name)
-        : name_(name), path_(dir + "/" + name) {
+        : dir_(dir), name_(name), path_(dir + "/" + name) {
         make_mount_point();
         UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
         REQUIRE(own);
@@ -77,7 +77,7 @@ class NamedNetns {
 
     // Another name for the namespace of other.
     NamedNetns(const std::string& dir, const std::string& name, const NamedNetns& other)
-        : name_(name), path_(dir + "/" + name) {
+        : dir_(dir), name_(name), path_(dir + "/" + name) {
         make_mount_point();
         REQUIRE(::mount(other.path_.c_str(), path_.c_str(), nullptr, MS_BIND, nullptr) == 0);
         finish();
@@ -91,8 +91,8 @@ class NamedNetns {
     [[nodiscard]] const NetnsIdentity& identity() const { return identity_; }
 
     // Reached by its name, as the daemon resolves {"name": ...}.
-    [[nodiscard]] ResolvedNetns by_name(const std::string& netns_dir) const {
-        auto r = resolve_netns(proto::NetnsRef::by_name(name_), UniqueFd{}, netns_dir);
+    [[nodiscard]] ResolvedNetns by_name() const {
+        auto r = resolve_netns(proto::NetnsRef::by_name(name_), UniqueFd{}, dir_);
         REQUIRE(r);
         return std::move(*r);
     }
@@ -127,6 +127,7 @@ class NamedNetns {
         identity_ = opened->identity;
     }
 
+    std::string dir_;
     std::string name_;
     std::string path_;
     bool mounted_ = false;
@@ -168,6 +169,30 @@ WorkerPoolConfig quick_config() {
     config.unnamed_idle_timeout = 0s; // the idle timeout, for every worker
     config.job_timeout = 10s;
     return config;
+}
+
+// quick_config with one setting changed.
+template <typename Setting, typename Value>
+WorkerPoolConfig quick_config(Setting setting, Value value) {
+    WorkerPoolConfig config = quick_config();
+    config.*setting = value;
+    return config;
+}
+
+// The answer carries exactly one socket, made in the namespace of identity.
+void check_one_socket_in(const Answer& answer, const NetnsIdentity& identity) {
+    REQUIRE(answer.done);
+    REQUIRE_FALSE(answer.error);
+    REQUIRE(answer.fds.size() == 1);
+    CHECK(test::socket_netns_inode(answer.fds[0].get()) == identity.ino);
+}
+
+void check_refused(const Answer& answer, ErrorCode code, const std::string& says) {
+    REQUIRE(answer.done);
+    REQUIRE(answer.error);
+    CHECK(answer.error->code == code);
+    CHECK(answer.error->message.find(says) != std::string::npos);
+    CHECK(answer.fds.empty());
 }
 
 // A WorkerPool on its own event loop, with a private netns_dir.
@@ -225,6 +250,16 @@ class PoolUnderTest {
         return answer;
     }
 
+    // A job for ns, reached by its name, is answered with one socket made there.
+    void check_socket_by_name(const NamedNetns& ns) {
+        check_one_socket_in(*make_socket(ns.by_name()), ns.identity());
+    }
+
+    // Turns the loop until the pool has reaped n workers in all.
+    bool run_until_exited(std::uint64_t n) {
+        return run_until([&] { return pool_->exited() == n; });
+    }
+
     // The worker state describe() reports for a namespace; empty without one.
     [[nodiscard]] std::string state_of(const NetnsIdentity& identity) const {
         for (const auto& info : pool_->describe()) {
@@ -250,6 +285,15 @@ class PoolUnderTest {
         return 0;
     }
 
+    // Stops the namespace's worker with SIGSTOP: it reads and answers
+    // nothing, and SIGKILL still ends it.
+    pid_t stop_worker(const NetnsIdentity& identity) {
+        pid_t pid = worker_pid(identity);
+        REQUIRE(pid > 0);
+        REQUIRE(::kill(pid, SIGSTOP) == 0);
+        return pid;
+    }
+
     // Stops the pool and turns the loop until every worker is reaped.
     void stop_all() {
         int calls = 0;
@@ -265,21 +309,17 @@ class PoolUnderTest {
     std::unique_ptr<WorkerPool> pool_;
 };
 
-// The answer carries exactly one socket, made in the namespace of identity.
-void check_one_socket_in(const Answer& answer, const NetnsIdentity& identity) {
-    REQUIRE(answer.done);
-    REQUIRE_FALSE(answer.error);
-    REQUIRE(answer.fds.size() == 1);
-    CHECK(test::socket_netns_inode(answer.fds[0].get()) == identity.ino);
-}
-
-void check_refused(const Answer& answer, ErrorCode code, const std::string& says) {
-    REQUIRE(answer.done);
-    REQUIRE(answer.error);
-    CHECK(answer.error->code == code);
-    CHECK(answer.error->message.find(says) != std::string::npos);
-    CHECK(answer.fds.empty());
-}
+// A pool with one limit at two workers (max_workers or max_workers_per_uid)
+// and namespaces "a", "b" and "c": one more than the limit.
+template <std::size_t WorkerPoolConfig::*limit>
+struct AtTwoWorkers {
+    PoolUnderTest t{quick_config(limit, 2)};
+    NamedNetns a{t.netns_dir(), "a"};
+    NamedNetns b{t.netns_dir(), "b"};
+    NamedNetns c{t.netns_dir(), "c"};
+};
+using TwoWorkers = AtTwoWorkers<&WorkerPoolConfig::max_workers>;
+using TwoWorkersPerUid = AtTwoWorkers<&WorkerPoolConfig::max_workers_per_uid>;
 
 } // namespace
 
@@ -292,7 +332,7 @@ TEST_CASE("a job's sockets are made in its namespace, by one worker per namespac
     REQUIRE(a.identity() != *own);
     REQUIRE(a.identity() != b.identity());
 
-    check_one_socket_in(*t.make_socket(a.by_name(t.netns_dir())), a.identity());
+    t.check_socket_by_name(a);
     check_one_socket_in(*t.make_socket(b.by_fd()), b.identity());
     check_one_socket_in(*t.make_socket(a.by_fd()), a.identity());
     CHECK(t.pool().spawned() == 2);
@@ -324,18 +364,16 @@ TEST_CASE("a job's sockets are made in its namespace, by one worker per namespac
 }
 
 TEST_CASE("an idle worker exits after idle_timeout, and the next job starts another") {
-    WorkerPoolConfig config = quick_config();
-    config.idle_timeout = 1s;
-    PoolUnderTest t(config);
+    PoolUnderTest t(quick_config(&WorkerPoolConfig::idle_timeout, 1s));
     NamedNetns a(t.netns_dir(), "a");
 
-    check_one_socket_in(*t.make_socket(a.by_name(t.netns_dir())), a.identity());
+    t.check_socket_by_name(a);
     CHECK(t.pool().live() == 1);
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 1; }));
+    REQUIRE(t.run_until_exited(1));
     CHECK(t.pool().live() == 0);
     CHECK(t.pool().describe().empty());
 
-    check_one_socket_in(*t.make_socket(a.by_name(t.netns_dir())), a.identity());
+    t.check_socket_by_name(a);
     CHECK(t.pool().spawned() == 2);
     CHECK(t.pool().live() == 1);
     t.stop_all();
@@ -368,10 +406,10 @@ TEST_CASE("a worker only a descriptor reached goes after unnamed_idle_timeout") 
     through_process.pidfd.reset(static_cast<int>(::syscall(SYS_pidfd_open, holder, 0)));
     REQUIRE(through_process.pidfd);
 
-    check_one_socket_in(*t.make_socket(named.by_name(t.netns_dir())), named.identity());
+    t.check_socket_by_name(named);
     check_one_socket_in(*t.make_socket(unnamed.by_fd()), unnamed.identity());
     check_one_socket_in(*t.make_socket(std::move(through_process)), of_process.identity());
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 1; }));
+    REQUIRE(t.run_until_exited(1));
     CHECK(t.state_of(unnamed.identity()).empty());
     // Past the time the other two would have gone without a name or process.
     t.run_for(1500ms);
@@ -380,29 +418,24 @@ TEST_CASE("a worker only a descriptor reached goes after unnamed_idle_timeout") 
 
     hold_write.reset();
     ::waitpid(holder, nullptr, 0);
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 2; }));
+    REQUIRE(t.run_until_exited(2));
     CHECK(t.state_of(of_process.identity()).empty());
     CHECK(t.state_of(named.identity()) == "ready");
     t.stop_all();
 }
 
 TEST_CASE("a worker that does not answer within job_timeout is killed and its job fails") {
-    WorkerPoolConfig config = quick_config();
-    config.job_timeout = 1s;
-    PoolUnderTest t(config);
+    PoolUnderTest t(quick_config(&WorkerPoolConfig::job_timeout, 1s));
     NamedNetns a(t.netns_dir(), "a");
 
-    check_one_socket_in(*t.make_socket(a.by_name(t.netns_dir())), a.identity());
-    pid_t pid = t.worker_pid(a.identity());
-    REQUIRE(pid > 0);
-    // A stopped process reads nothing and answers nothing; SIGKILL still ends it.
-    REQUIRE(::kill(pid, SIGSTOP) == 0);
-    auto late = t.make_socket(a.by_name(t.netns_dir()));
+    t.check_socket_by_name(a);
+    t.stop_worker(a.identity());
+    auto late = t.make_socket(a.by_name());
     check_refused(*late, ErrorCode::worker_failed, "did not answer within 1 s");
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 1; }));
+    REQUIRE(t.run_until_exited(1));
     CHECK(t.pool().live() == 0);
 
-    check_one_socket_in(*t.make_socket(a.by_name(t.netns_dir())), a.identity());
+    t.check_socket_by_name(a);
     CHECK(t.pool().spawned() == 2);
     t.stop_all();
 }
@@ -411,54 +444,40 @@ TEST_CASE("a worker killed from outside fails its jobs; the next job starts anot
     PoolUnderTest t(quick_config());
     NamedNetns a(t.netns_dir(), "a");
 
-    check_one_socket_in(*t.make_socket(a.by_name(t.netns_dir())), a.identity());
-    pid_t pid = t.worker_pid(a.identity());
-    REQUIRE(pid > 0);
-    REQUIRE(::kill(pid, SIGSTOP) == 0);
-    auto lost = t.submit(a.by_name(t.netns_dir()));
+    t.check_socket_by_name(a);
+    pid_t pid = t.stop_worker(a.identity());
+    auto lost = t.submit(a.by_name());
     REQUIRE(::kill(pid, SIGKILL) == 0);
     REQUIRE(t.run_until([&] { return lost->done; }));
     // Whether the closed channel or the exit is seen first, the job fails.
     check_refused(*lost, ErrorCode::worker_failed, "worker");
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 1; }));
+    REQUIRE(t.run_until_exited(1));
 
-    check_one_socket_in(*t.make_socket(a.by_name(t.netns_dir())), a.identity());
+    t.check_socket_by_name(a);
     CHECK(t.pool().spawned() == 2);
     t.stop_all();
 }
 
-TEST_CASE("at max_workers, the least recently used idle worker exits for a new namespace") {
-    WorkerPoolConfig config = quick_config();
-    config.max_workers = 2;
-    PoolUnderTest t(config);
-    NamedNetns a(t.netns_dir(), "a");
-    NamedNetns b(t.netns_dir(), "b");
-    NamedNetns c(t.netns_dir(), "c");
-
-    t.make_socket(a.by_name(t.netns_dir()));
-    t.make_socket(b.by_name(t.netns_dir()));
-    t.make_socket(a.by_name(t.netns_dir())); // b is now the least recently used
-    check_one_socket_in(*t.make_socket(c.by_name(t.netns_dir())), c.identity());
+TEST_CASE_FIXTURE(TwoWorkers,
+                  "at max_workers, the least recently used idle worker exits for a new namespace") {
+    t.make_socket(a.by_name());
+    t.make_socket(b.by_name());
+    t.make_socket(a.by_name()); // b is now the least recently used
+    t.check_socket_by_name(c);
     CHECK(t.pool().spawned() == 3);
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 1; }));
+    REQUIRE(t.run_until_exited(1));
     CHECK(t.state_of(b.identity()).empty());
     CHECK(t.state_of(a.identity()) == "ready");
     CHECK(t.state_of(c.identity()) == "ready");
     t.stop_all();
 }
 
-TEST_CASE("at max_workers with every worker busy, a job for another namespace is refused") {
-    WorkerPoolConfig config = quick_config();
-    config.max_workers = 2;
-    PoolUnderTest t(config);
-    NamedNetns a(t.netns_dir(), "a");
-    NamedNetns b(t.netns_dir(), "b");
-    NamedNetns c(t.netns_dir(), "c");
-
+TEST_CASE_FIXTURE(TwoWorkers,
+                  "at max_workers with every worker busy, a job for another namespace is refused") {
     // Not yet answered: a worker that is starting or has a job is busy.
-    auto for_a = t.submit(a.by_name(t.netns_dir()));
-    auto for_b = t.submit(b.by_name(t.netns_dir()));
-    auto for_c = t.submit(c.by_name(t.netns_dir()));
+    auto for_a = t.submit(a.by_name());
+    auto for_b = t.submit(b.by_name());
+    auto for_c = t.submit(c.by_name());
     check_refused(*for_c, ErrorCode::limit, "all 2 workers are busy");
     CHECK(t.pool().spawned() == 2);
     REQUIRE(t.run_until([&] { return for_a->done && for_b->done; }));
@@ -467,23 +486,18 @@ TEST_CASE("at max_workers with every worker busy, a job for another namespace is
     t.stop_all();
 }
 
-TEST_CASE("max_workers_per_uid: a uid's own least recently used idle worker makes room") {
-    WorkerPoolConfig config = quick_config();
-    config.max_workers_per_uid = 2;
-    PoolUnderTest t(config);
+TEST_CASE_FIXTURE(TwoWorkersPerUid,
+                  "max_workers_per_uid: a uid's own least recently used idle worker makes room") {
     NamedNetns root_ns(t.netns_dir(), "root");
-    NamedNetns a(t.netns_dir(), "a");
-    NamedNetns b(t.netns_dir(), "b");
-    NamedNetns c(t.netns_dir(), "c");
     NamedNetns other(t.netns_dir(), "other");
 
     // Root's worker and another uid's are older than all of uid 1000's.
-    t.make_socket(root_ns.by_name(t.netns_dir()));
+    t.make_socket(root_ns.by_name());
     t.make_socket(other.by_fd(), by_uid(1001));
     t.make_socket(a.by_fd(), by_uid(1000));
     t.make_socket(b.by_fd(), by_uid(1000));
     check_one_socket_in(*t.make_socket(c.by_fd(), by_uid(1000)), c.identity());
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 1; }));
+    REQUIRE(t.run_until_exited(1));
     CHECK(t.state_of(a.identity()).empty());
     for (const NamedNetns* ns : {&root_ns, &other, &b, &c}) {
         CAPTURE(ns->name());
@@ -492,14 +506,9 @@ TEST_CASE("max_workers_per_uid: a uid's own least recently used idle worker make
     t.stop_all();
 }
 
-TEST_CASE("max_workers_per_uid: with all of a uid's workers busy, its next one is refused") {
-    WorkerPoolConfig config = quick_config();
-    config.max_workers_per_uid = 2;
-    PoolUnderTest t(config);
-    NamedNetns a(t.netns_dir(), "a");
-    NamedNetns b(t.netns_dir(), "b");
-    NamedNetns c(t.netns_dir(), "c");
-
+TEST_CASE_FIXTURE(
+    TwoWorkersPerUid,
+    "max_workers_per_uid: with all of a uid's workers busy, its next one is refused") {
     auto for_a = t.submit(a.by_fd(), by_uid(1000));
     auto for_b = t.submit(b.by_fd(), by_uid(1000));
     auto for_c = t.submit(c.by_fd(), by_uid(1000));
@@ -513,9 +522,8 @@ TEST_CASE("max_workers_per_uid: with all of a uid's workers busy, its next one i
 }
 
 TEST_CASE("callers other than root may fill three quarters of max_workers, never root's") {
-    WorkerPoolConfig config = quick_config();
-    config.max_workers = 4; // 3 for workers of callers other than root
-    PoolUnderTest t(config);
+    // Four workers, three of them for callers other than root.
+    PoolUnderTest t(quick_config(&WorkerPoolConfig::max_workers, 4));
     std::vector<std::unique_ptr<NamedNetns>> s;
     for (int i = 1; i <= 5; ++i) {
         s.push_back(std::make_unique<NamedNetns>(t.netns_dir(), "s" + std::to_string(i)));
@@ -531,7 +539,7 @@ TEST_CASE("callers other than root may fill three quarters of max_workers, never
     }
     auto fourth = t.submit(s[3]->by_fd(), by_uid(1004));
     check_refused(*fourth, ErrorCode::limit, "all 3 workers that callers other than root");
-    auto for_root = t.submit(r.by_name(t.netns_dir()));
+    auto for_root = t.submit(r.by_name());
     CHECK(t.pool().spawned() == 4);
     REQUIRE(t.run_until(
         [&] { return first[0]->done && first[1]->done && first[2]->done && for_root->done; }));
@@ -546,10 +554,10 @@ TEST_CASE("callers other than root may fill three quarters of max_workers, never
     CHECK(t.leaving(s[0]->identity()));
     CHECK(t.state_of(r.identity()) == "ready");
     // Root at max_workers: a sponsored worker goes before root's older one.
-    check_one_socket_in(*t.make_socket(r2.by_name(t.netns_dir())), r2.identity());
+    t.check_socket_by_name(r2);
     CHECK(t.leaving(s[1]->identity()));
     CHECK(t.state_of(r.identity()) == "ready");
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 2; }));
+    REQUIRE(t.run_until_exited(2));
     CHECK(t.pool().live() == 4);
     t.stop_all();
 }
@@ -561,9 +569,9 @@ TEST_CASE("name_deleted: a worker exits when no name of its namespace is left") 
     NamedNetns b(t.netns_dir(), "b");
     REQUIRE(a_too.identity() == a.identity());
 
-    t.make_socket(a.by_name(t.netns_dir()));
-    t.make_socket(a_too.by_name(t.netns_dir()));
-    t.make_socket(b.by_name(t.netns_dir()));
+    t.make_socket(a.by_name());
+    t.make_socket(a_too.by_name());
+    t.make_socket(b.by_name());
     CHECK(t.pool().spawned() == 2);
 
     t.pool().name_deleted("nothing-of-ours");
@@ -580,7 +588,7 @@ TEST_CASE("name_deleted: a worker exits when no name of its namespace is left") 
     a_too.remove();
     t.pool().name_deleted("a-too");
     CHECK(t.state_of(a.identity()) == "exiting");
-    REQUIRE(t.run_until([&] { return t.pool().exited() == 1; }));
+    REQUIRE(t.run_until_exited(1));
     CHECK(t.state_of(a.identity()).empty());
     CHECK(t.state_of(b.identity()) == "ready");
     t.stop_all();
@@ -591,15 +599,15 @@ TEST_CASE("stop: jobs already sent are answered, then all_exited is called once"
     NamedNetns a(t.netns_dir(), "a");
     NamedNetns b(t.netns_dir(), "b");
 
-    t.make_socket(a.by_name(t.netns_dir()));
-    t.make_socket(b.by_name(t.netns_dir()));
-    auto in_flight = t.submit(a.by_name(t.netns_dir()));
+    t.make_socket(a.by_name());
+    t.make_socket(b.by_name());
+    auto in_flight = t.submit(a.by_name());
     int calls = 0;
     t.pool().stop([&calls] { ++calls; });
     CHECK(t.state_of(a.identity()) == "exiting");
     CHECK(t.state_of(b.identity()) == "exiting");
 
-    auto too_late = t.submit(b.by_name(t.netns_dir()));
+    auto too_late = t.submit(b.by_name());
     check_refused(*too_late, ErrorCode::unavailable, "shutting down");
     proto::WorkerJob job = udp_job();
     JobDone done = record(too_late);
@@ -618,10 +626,8 @@ TEST_CASE("stop: a worker that does not exit in the grace time is killed") {
     PoolUnderTest t(quick_config());
     NamedNetns a(t.netns_dir(), "a");
 
-    t.make_socket(a.by_name(t.netns_dir()));
-    pid_t pid = t.worker_pid(a.identity());
-    REQUIRE(pid > 0);
-    REQUIRE(::kill(pid, SIGSTOP) == 0);
+    t.make_socket(a.by_name());
+    t.stop_worker(a.identity());
     t.stop_all();
     CHECK(t.pool().exited() == 1);
 }
