@@ -14,6 +14,8 @@
 
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "nsbroker/throw_errno.hpp"
+#include "nsbroker/worker_protocol.hpp"
 #include "sys/logging.hpp"
 #include "workers/worker_main.hpp"
 

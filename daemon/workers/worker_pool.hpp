@@ -25,6 +25,7 @@
 
 #include "core/netns.hpp"
 #include "nsbroker/protocol.hpp"
+#include "nsbroker/worker_protocol.hpp"
 #include "sys/event.hpp"
 
 namespace nsbroker::daemon {

@@ -4,6 +4,8 @@
 #include <array>
 #include <cstring>
 
+#include "nsbroker/throw_errno.hpp"
+
 namespace nsbroker {
 
 namespace {

@@ -57,9 +57,6 @@ class SystemError : public std::system_error {
     [[nodiscard]] int sys_errno() const noexcept { return code().value(); }
 };
 
-// Throws SystemError(errno, what); for use right after a failed call.
-[[noreturn]] void throw_errno(const std::string& what);
-
 // A value or an Error.
 template <typename T>
 class [[nodiscard]] Result {
