@@ -16,6 +16,8 @@
 #include <utility>
 #include <variant>
 
+#include "nsbroker/export.hpp"
+
 namespace nsbroker {
 
 // Stable, documented in proto/PROTOCOL.md; the wire spelling is the snake_case name.
@@ -33,8 +35,8 @@ enum class ErrorCode {
     io,                // the connection to the daemon failed (client side only)
 };
 
-std::string_view to_string(ErrorCode code) noexcept;
-std::optional<ErrorCode> error_code_from_string(std::string_view name) noexcept;
+NSBROKER_PUBLIC std::string_view to_string(ErrorCode code) noexcept;
+NSBROKER_PUBLIC std::optional<ErrorCode> error_code_from_string(std::string_view name) noexcept;
 
 struct Error {
     ErrorCode code = ErrorCode::internal;
@@ -42,7 +44,7 @@ struct Error {
     std::string message;
 
     // "code: message (strerror)".
-    [[nodiscard]] std::string describe() const;
+    [[nodiscard]] NSBROKER_PUBLIC std::string describe() const;
 };
 
 inline Error make_error(ErrorCode code, std::string message, int sys_errno = 0) {
@@ -50,7 +52,7 @@ inline Error make_error(ErrorCode code, std::string message, int sys_errno = 0) 
 }
 
 // A failed system call: what was attempted, and the errno it failed with.
-class SystemError : public std::system_error {
+class NSBROKER_PUBLIC SystemError : public std::system_error {
   public:
     SystemError(int err, const std::string& what)
         : std::system_error(err, std::generic_category(), what) {}

@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "nsbroker/error.hpp"
+#include "nsbroker/export.hpp"
 
 namespace nsbroker::proto {
 
@@ -40,7 +41,7 @@ struct NetnsRef {
     static NetnsRef by_fd() { return {Kind::fd, {}, 0, 0}; }
 
     // "name:qrouter-1", "path:/proc/1/ns/net", "pid:42", "fd".
-    [[nodiscard]] std::string describe() const;
+    [[nodiscard]] NSBROKER_PUBLIC std::string describe() const;
 };
 
 // Socket options applied by the worker before a socket is handed over.

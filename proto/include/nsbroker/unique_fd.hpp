@@ -6,6 +6,8 @@
 
 #include <utility>
 
+#include "nsbroker/export.hpp"
+
 namespace nsbroker {
 
 class UniqueFd {
