@@ -20,11 +20,11 @@
 #include <mutex>
 #include <unordered_map>
 
-#include "netns_reference.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/netns_file.hpp"
+#include "nsbroker/netns_reference.hpp"
 #include "nsbroker_config.h"
 
 // From linux/pidfd.h of Linux 6.11, which Debian 12's headers predate.

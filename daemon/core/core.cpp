@@ -7,7 +7,8 @@
 #include <utility>
 
 #include "core/namespace_listing.hpp"
-#include "netns_reference.hpp"
+#include "nsbroker/codec.hpp"
+#include "nsbroker/netns_reference.hpp"
 #include "nsbroker_config.h"
 #include "sys/logging.hpp"
 

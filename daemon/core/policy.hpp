@@ -17,6 +17,7 @@
 
 #include "nsbroker/error.hpp"
 #include "nsbroker/protocol.hpp"
+#include "nsbroker/worker_protocol.hpp"
 
 namespace nsbroker::daemon {
 

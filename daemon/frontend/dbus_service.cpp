@@ -14,11 +14,11 @@
 #include <spdlog/spdlog.h>
 #include <type_traits>
 
-#include "name_table.hpp"
-#include "netns_reference.hpp"
+#include "nsbroker/name_table.hpp"
+#include "nsbroker/netns_reference.hpp"
+#include "nsbroker/typed_spec.hpp"
 #include "nsbroker_config.h"
 #include "sys/logging.hpp"
-#include "typed_spec.hpp"
 
 namespace nsbroker::daemon {
 

@@ -15,6 +15,7 @@
 
 #include "nsbroker/address.hpp"
 #include "nsbroker/error.hpp"
+#include "nsbroker/throw_errno.hpp"
 
 namespace nsbroker::daemon {
 

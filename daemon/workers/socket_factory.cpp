@@ -14,7 +14,7 @@
 
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
-#include "socket_option_table.hpp"
+#include "nsbroker/socket_option_table.hpp"
 
 namespace nsbroker::daemon {
 

@@ -9,6 +9,7 @@
 #include "nsbroker/error.hpp"
 #include "nsbroker/protocol.hpp"
 #include "nsbroker/unique_fd.hpp"
+#include "nsbroker/worker_protocol.hpp"
 #include "workers/worker_sandbox.hpp"
 
 namespace nsbroker::daemon {

@@ -14,6 +14,7 @@
 
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "nsbroker/throw_errno.hpp"
 #include "sys/logging.hpp"
 #include "workers/worker_main.hpp"
 

@@ -35,6 +35,7 @@
 
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/protocol.hpp"
+#include "nsbroker/worker_protocol.hpp"
 #include "sys/event.hpp"
 #include "sys/netns.hpp"
 #include "sys/timer.hpp"

@@ -25,6 +25,7 @@
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "nsbroker/worker_protocol.hpp"
 #include "sys/netns.hpp"
 #include "workers/socket_factory.hpp"
 #include "workers/worker_sandbox.hpp"

@@ -24,6 +24,7 @@
 #include <vector>
 
 #include "nsbroker/protocol.hpp"
+#include "nsbroker/worker_protocol.hpp"
 #include "sys/netns.hpp"
 #include "sys/timer.hpp"
 #include "workers/worker.hpp"

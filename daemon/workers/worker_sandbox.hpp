@@ -7,6 +7,7 @@
 
 #include "nsbroker/error.hpp"
 #include "nsbroker/protocol.hpp"
+#include "nsbroker/worker_protocol.hpp"
 
 namespace nsbroker::daemon {
 

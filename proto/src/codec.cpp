@@ -1,4 +1,5 @@
-// JSON encoding and strict decoding of every nsbroker message.
+// JSON encoding and strict decoding of requests and replies, and the strict
+// JSON reading that the worker codec shares (json_codec.hpp).
 #include "nsbroker/codec.hpp"
 
 #include <linux/netlink.h>
@@ -12,14 +13,16 @@
 #include <nlohmann/json.hpp>
 #include <set>
 
-#include "name_table.hpp"
-#include "netns_reference.hpp"
-#include "socket_option_table.hpp"
-#include "typed_spec.hpp"
+#include "json_codec.hpp"
+#include "nsbroker/address.hpp"
+#include "nsbroker/name_table.hpp"
+#include "nsbroker/netns_reference.hpp"
+#include "nsbroker/socket_option_table.hpp"
+#include "nsbroker/typed_spec.hpp"
 
 namespace nsbroker::proto {
 
-using nlohmann::json;
+using namespace json_codec;
 
 namespace {
 
@@ -87,40 +90,9 @@ constexpr auto op_names = name_table<Op>({
     {"stats", Op::stats},
 });
 
-// Thrown inside the decoder only; turned into an Error at its boundary.
-struct DecodeFailure {
-    Error error;
-};
+} // namespace
 
-// Where a value sits in a message ("sockets[2].bind"). Each level lives on
-// the decoder's stack and points to its parent; the text is built only for
-// an error, so that decoding a valid message allocates nothing for paths.
-class Path {
-  public:
-    Path() = default;
-    // A top-level field; only string literals, which outlive any Path.
-    Path(const char* top) : key_(top) {}
-    Path(const Path& parent, std::string_view key) : parent_(&parent), key_(key) {}
-    Path(const Path& parent, std::size_t index)
-        : parent_(&parent), index_(index), is_index_(true) {}
-
-    [[nodiscard]] std::string str() const {
-        std::string prefix = parent_ ? parent_->str() : std::string{};
-        if (is_index_) {
-            return prefix + "[" + std::to_string(index_) + "]";
-        }
-        if (prefix.empty()) {
-            return std::string(key_);
-        }
-        return key_.empty() ? prefix : prefix + "." + std::string(key_);
-    }
-
-  private:
-    const Path* parent_ = nullptr;
-    std::string_view key_;
-    std::size_t index_ = 0;
-    bool is_index_ = false;
-};
+namespace json_codec {
 
 [[noreturn]] void fail(ErrorCode code, const Path& where, const std::string& what) {
     std::string path = where.str();
@@ -148,104 +120,9 @@ std::string type_of(const json& j) {
     }
 }
 
-// Reading fields with their JSON path in every message.
-class Fields {
-  public:
-    Fields(const json& object, const Path& path) : object_(object), path_(path) {
-        if (!object_.is_object()) {
-            fail(ErrorCode::invalid_request, path_, "expected an object, got " + type_of(object_));
-        }
-    }
+} // namespace json_codec
 
-    // Every key must be one of the known ones.
-    void allow_only(std::initializer_list<std::string_view> known, ErrorCode code) const {
-        allow_only_if(
-            [known](std::string_view key) {
-                return std::find(known.begin(), known.end(), key) != known.end();
-            },
-            code);
-    }
-    template <typename IsKnown>
-    void allow_only_if(IsKnown is_known, ErrorCode code) const {
-        for (const auto& [key, value] : object_.items()) {
-            if (!is_known(key)) {
-                fail(code, path_, "unknown field \"" + key + "\"");
-            }
-        }
-    }
-
-    [[nodiscard]] const json* find(const char* key) const {
-        auto it = object_.find(key);
-        return it == object_.end() ? nullptr : &*it;
-    }
-    [[nodiscard]] Path path(std::string_view key) const { return Path(path_, key); }
-    [[nodiscard]] const json& require(const char* key) const {
-        const json* j = find(key);
-        if (j == nullptr) {
-            fail(ErrorCode::invalid_request, path_, std::string("missing field \"") + key + "\"");
-        }
-        return *j;
-    }
-
-    [[nodiscard]] std::string string(const char* key) const {
-        return as_string(require(key), path(key));
-    }
-    [[nodiscard]] std::optional<std::string> opt_string(const char* key) const {
-        const json* j = find(key);
-        return j ? std::optional(as_string(*j, path(key))) : std::nullopt;
-    }
-    [[nodiscard]] std::optional<bool> opt_bool(const char* key) const {
-        const json* j = find(key);
-        if (j == nullptr) {
-            return std::nullopt;
-        }
-        if (!j->is_boolean()) {
-            fail(ErrorCode::invalid_request, path(key), "expected a boolean, got " + type_of(*j));
-        }
-        return j->get<bool>();
-    }
-    template <typename T>
-    [[nodiscard]] T integer(const char* key, T min, T max) const {
-        return as_integer<T>(require(key), path(key), min, max);
-    }
-    template <typename T>
-    [[nodiscard]] std::optional<T> opt_integer(const char* key, T min, T max) const {
-        const json* j = find(key);
-        return j ? std::optional(as_integer<T>(*j, path(key), min, max)) : std::nullopt;
-    }
-
-    static std::string as_string(const json& j, const Path& where) {
-        if (!j.is_string()) {
-            fail(ErrorCode::invalid_request, where, "expected a string, got " + type_of(j));
-        }
-        return j.get<std::string>();
-    }
-
-    template <typename T>
-    static T as_integer(const json& j, const Path& where, T min, T max) {
-        if (j.is_number_unsigned()) {
-            auto v = j.get<std::uint64_t>();
-            if (v <= static_cast<std::uint64_t>(max) &&
-                (min <= 0 || v >= static_cast<std::uint64_t>(min))) {
-                return static_cast<T>(v);
-            }
-        } else if (j.is_number_integer()) {
-            auto v = j.get<std::int64_t>();
-            if (v >= static_cast<std::int64_t>(min) &&
-                (v < 0 || static_cast<std::uint64_t>(v) <= static_cast<std::uint64_t>(max))) {
-                return static_cast<T>(v);
-            }
-        } else {
-            fail(ErrorCode::invalid_request, where, "expected an integer, got " + type_of(j));
-        }
-        fail(ErrorCode::invalid_request, where,
-             "out of range (" + std::to_string(min) + " to " + std::to_string(max) + ")");
-    }
-
-  private:
-    const json& object_;
-    Path path_;
-};
+namespace {
 
 // A pass over the raw text before it is parsed. In valid JSON each ':'
 // outside a string separates one object member from its key, so the text
@@ -405,11 +282,11 @@ class RepeatedKeys {
     bool id_repeated_ = false;
 };
 
-// A message's top-level object, refused with the first problem found. When
-// `id` is given it receives the message's id, if one could be read, before a
-// repeated key is refused: the tree is whole then, and the error can still
-// reach whoever waits for that id.
-json parse_object(std::string_view bytes, std::optional<std::uint64_t>* id = nullptr) {
+} // namespace
+
+namespace json_codec {
+
+json parse_object(std::string_view bytes, std::optional<std::uint64_t>* id) {
     if (bytes.size() > max_message_size) {
         fail(ErrorCode::limit, "",
              "message larger than " + std::to_string(max_message_size) + " bytes");
@@ -443,6 +320,9 @@ json parse_object(std::string_view bytes, std::optional<std::uint64_t>* id = nul
     }
     return j;
 }
+} // namespace json_codec
+
+namespace {
 
 // ---- socket specs ----------------------------------------------------------
 
@@ -582,6 +462,10 @@ json encode_spec(const SocketSpec& s) {
     return j;
 }
 
+} // namespace
+
+namespace json_codec {
+
 json encode_specs(const std::vector<SocketSpec>& specs) {
     json list = json::array();
     for (const auto& s : specs) {
@@ -624,6 +508,9 @@ std::vector<SocketSpec> decode_specs(const Fields& f) {
     }
     return specs;
 }
+} // namespace json_codec
+
+namespace {
 
 // ---- namespace references --------------------------------------------------
 
@@ -1211,118 +1098,6 @@ std::optional<std::uint64_t> reply_id(std::string_view bytes) {
         // A message refused for a repeated key may still have told its id.
     }
     return id;
-}
-
-namespace {
-
-constexpr auto grant_names = name_table<Grant>({
-    {"raw", Grant::raw},
-    {"packet", Grant::packet},
-    {"low_ports", Grant::low_ports},
-    {"bindtodevice", Grant::bindtodevice},
-    {"mark", Grant::mark},
-    {"transparent", Grant::transparent},
-    {"net_admin", Grant::net_admin},
-});
-
-// all_grants lists the same grants, in the same order.
-static_assert([] {
-    std::size_t i = 0;
-    for (const auto& entry : grant_names) {
-        if (i >= std::size(all_grants) || all_grants[i++] != entry.value) {
-            return false;
-        }
-    }
-    return i == std::size(all_grants);
-}());
-
-// uid_t and gid_t: 32 bits, and -1 is never an identity.
-constexpr std::uint64_t max_id = 0xfffffffeU;
-
-JobCaller decode_job_caller(const json& j, const Path& where) {
-    Fields f(j, where);
-    f.allow_only({"uid", "gid", "groups"}, ErrorCode::invalid_request);
-    JobCaller caller;
-    caller.uid = static_cast<uid_t>(f.integer<std::uint64_t>("uid", 0, max_id));
-    caller.gid = static_cast<gid_t>(f.integer<std::uint64_t>("gid", 0, max_id));
-    const json& groups = f.require("groups");
-    if (!groups.is_array() || groups.size() > 65536) {
-        fail(ErrorCode::invalid_request, f.path("groups"), "expected an array of gids");
-    }
-    for (const json& g : groups) {
-        if (!g.is_number_unsigned() || g.get<std::uint64_t>() > max_id) {
-            fail(ErrorCode::invalid_request, f.path("groups"), "expected an array of gids");
-        }
-        caller.groups.push_back(static_cast<gid_t>(g.get<std::uint64_t>()));
-    }
-    return caller;
-}
-
-JobRestriction decode_job_restriction(const json& j, const Path& where) {
-    Fields f(j, where);
-    f.allow_only({"rule", "grants"}, ErrorCode::invalid_request);
-    JobRestriction restriction;
-    restriction.rule = f.string("rule");
-    const json& grants = f.require("grants");
-    if (!grants.is_array()) {
-        fail(ErrorCode::invalid_request, f.path("grants"),
-             "expected an array, got " + type_of(grants));
-    }
-    for (const json& name : grants) {
-        auto grant = name.is_string() ? grant_from_name(name.get<std::string>()) : std::nullopt;
-        if (!grant) {
-            fail(ErrorCode::invalid_request, f.path("grants"), "expected names of grants");
-        }
-        restriction.grants.push_back(*grant);
-    }
-    return restriction;
-}
-
-} // namespace
-
-std::string_view to_string(Grant grant) noexcept {
-    return grant_names.name_of(grant).value_or("unknown");
-}
-
-std::optional<Grant> grant_from_name(std::string_view name) noexcept {
-    return grant_names.value_of(name);
-}
-
-bool JobRestriction::grants_kind(Grant g) const noexcept {
-    return std::find(grants.begin(), grants.end(), g) != grants.end();
-}
-
-std::string encode_job(const WorkerJob& job) {
-    json j = {{"id", job.id},
-              {"sockets", encode_specs(job.specs)},
-              {"caller",
-               {{"uid", job.caller.uid}, {"gid", job.caller.gid}, {"groups", job.caller.groups}}}};
-    if (const auto& r = job.restricted) {
-        json grants = json::array();
-        for (Grant g : r->grants) {
-            grants.push_back(to_string(g));
-        }
-        j["restricted"] = {{"rule", r->rule}, {"grants", std::move(grants)}};
-    }
-    return j.dump();
-}
-
-Result<WorkerJob> decode_job(std::string_view bytes) {
-    try {
-        json j = parse_object(bytes);
-        Fields f(j, "");
-        f.allow_only({"id", "sockets", "caller", "restricted"}, ErrorCode::invalid_request);
-        WorkerJob job;
-        job.id = f.integer<std::uint64_t>("id", 0, UINT64_MAX);
-        job.specs = decode_specs(f);
-        job.caller = decode_job_caller(f.require("caller"), f.path("caller"));
-        if (const json* r = f.find("restricted")) {
-            job.restricted = decode_job_restriction(*r, f.path("restricted"));
-        }
-        return job;
-    } catch (const DecodeFailure& e) {
-        return e.error;
-    }
 }
 
 } // namespace nsbroker::proto

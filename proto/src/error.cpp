@@ -3,7 +3,8 @@
 
 #include <cstring>
 
-#include "name_table.hpp"
+#include "nsbroker/name_table.hpp"
+#include "nsbroker/throw_errno.hpp"
 
 namespace nsbroker {
 

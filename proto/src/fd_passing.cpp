@@ -9,6 +9,8 @@
 #include <cstring>
 #include <stdexcept>
 
+#include "nsbroker/throw_errno.hpp"
+
 namespace nsbroker::proto {
 
 namespace {

@@ -1,5 +1,5 @@
 // Namespace references: their checks, their text spelling and their description.
-#include "netns_reference.hpp"
+#include "nsbroker/netns_reference.hpp"
 
 #include "nsbroker/codec.hpp"
 

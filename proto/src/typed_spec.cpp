@@ -1,12 +1,12 @@
 // Typed values into socket options, and the checks a whole spec must pass.
-#include "typed_spec.hpp"
+#include "nsbroker/typed_spec.hpp"
 
 #include <sys/socket.h>
 
 #include <type_traits>
 
 #include "nsbroker/address.hpp"
-#include "socket_option_table.hpp"
+#include "nsbroker/socket_option_table.hpp"
 
 namespace nsbroker::proto {
 

@@ -7,6 +7,7 @@
 
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
+#include "nsbroker/worker_protocol.hpp"
 
 using namespace nsbroker::proto;
 

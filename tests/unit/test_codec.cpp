@@ -220,21 +220,6 @@ TEST_CASE("replies round-trip for every operation") {
     CHECK_FALSE(json["error"].contains("errno"));
 }
 
-TEST_CASE("worker jobs round-trip and are validated like requests") {
-    WorkerJob job;
-    job.id = 12;
-    SocketSpec s;
-    s.family = AF_UNIX;
-    s.type = SOCK_SEQPACKET;
-    s.bind = "@abstract";
-    job.specs = {s};
-    auto back = decode_job(encode_job(job));
-    REQUIRE(back);
-    CHECK(back->id == 12);
-    CHECK(back->specs.at(0) == s);
-    CHECK_FALSE(decode_job(R"({"id":1,"sockets":[{"family":"inet"}]})"));
-}
-
 TEST_CASE("every example in PROTOCOL.md decodes as the daemon and the client read it") {
     std::ifstream doc(NSBROKER_PROTOCOL_MD);
     REQUIRE(doc.good());
@@ -371,16 +356,7 @@ TEST_CASE("requests whose objects share key names still decode") {
     CHECK(r.specs.at(0).bind == "/tmp/x\":{\"y\":1");
 }
 
-TEST_CASE("a key repeated in a worker job or a reply is refused") {
-    auto job = decode_job(R"({"id":1,"sockets":[{"family":"unix","type":"stream",
-        "bind":"@a","bind":"@b"}]})");
-    REQUIRE_FALSE(job);
-    CHECK(job.error().code == ErrorCode::invalid_request);
-    CHECK(job.error().message == "sockets[0]: duplicate key \"bind\"");
-    job = decode_job(R"({"id":1,"id":1,"sockets":[{"family":"unix","type":"stream"}]})");
-    REQUIRE_FALSE(job);
-    CHECK(job.error().message == "duplicate key \"id\"");
-
+TEST_CASE("a key repeated in a reply is refused") {
     struct Case {
         const char* input;
         Op op;

@@ -4,8 +4,8 @@
 #include <sys/socket.h>
 
 #include "core/policy.hpp"
-#include "socket_option_table.hpp"
-#include "typed_spec.hpp"
+#include "nsbroker/socket_option_table.hpp"
+#include "nsbroker/typed_spec.hpp"
 
 using namespace nsbroker;
 using namespace nsbroker::daemon;

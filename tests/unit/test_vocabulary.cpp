@@ -11,10 +11,10 @@
 #include <sstream>
 #include <vector>
 
-#include "netns_reference.hpp"
 #include "nsbroker/codec.hpp"
-#include "socket_option_table.hpp"
-#include "typed_spec.hpp"
+#include "nsbroker/netns_reference.hpp"
+#include "nsbroker/socket_option_table.hpp"
+#include "nsbroker/typed_spec.hpp"
 
 using namespace nsbroker;
 using namespace nsbroker::proto;

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "nsbroker/error.hpp"
+#include "nsbroker/export.hpp"
 #include "nsbroker/protocol.hpp"
 #include "nsbroker/unique_fd.hpp"
 
@@ -32,22 +33,22 @@ using proto::StatsReply;
 
 // The socket path a client uses when given none: $NSBROKER_SOCKET, else
 // /run/nsbroker/nsbroker.sock.
-std::string default_socket_path();
+NSBROKER_PUBLIC std::string default_socket_path();
 
 // Which namespace to make sockets in.
 class Netns {
   public:
-    static Netns name(std::string name); // /run/netns/NAME
+    NSBROKER_PUBLIC static Netns name(std::string name); // /run/netns/NAME
     // Any nsfs file. The library opens it with the caller's own rights and
     // sends the descriptor; a path it cannot open is an error here.
-    static Netns path(std::string path);
+    NSBROKER_PUBLIC static Netns path(std::string path);
     // The namespace process pid is in: opened here as for a path when this
     // process may read it, else named to the daemon by pid.
-    static Netns pid(pid_t pid);
+    NSBROKER_PUBLIC static Netns pid(pid_t pid);
     // A namespace fd the caller holds (borrowed; it must stay open for the call).
-    static Netns fd(int fd);
+    NSBROKER_PUBLIC static Netns fd(int fd);
     // The command line's spelling: "NAME", a path (anything with a '/'), or "pid:N".
-    static Result<Netns> parse(std::string_view text);
+    NSBROKER_PUBLIC static Result<Netns> parse(std::string_view text);
 
     [[nodiscard]] const proto::NetnsRef& ref() const { return ref_; }
     [[nodiscard]] int borrowed_fd() const { return fd_; }
@@ -78,27 +79,28 @@ class Socket {
 class Client {
   public:
     // Connects to path, or to default_socket_path() when path is empty.
-    static Result<Client> connect(std::string_view path = {});
+    NSBROKER_PUBLIC static Result<Client> connect(std::string_view path = {});
 
-    Client(Client&&) noexcept;
-    Client& operator=(Client&&) noexcept;
-    ~Client();
+    NSBROKER_PUBLIC Client(Client&&) noexcept;
+    NSBROKER_PUBLIC Client& operator=(Client&&) noexcept;
+    NSBROKER_PUBLIC ~Client();
 
-    Result<HelloReply> hello();
-    Result<void> ping();
-    Result<Socket> socket(const Netns& netns, const SocketSpec& spec);
+    NSBROKER_PUBLIC Result<HelloReply> hello();
+    NSBROKER_PUBLIC Result<void> ping();
+    NSBROKER_PUBLIC Result<Socket> socket(const Netns& netns, const SocketSpec& spec);
     // Several sockets in one request and one reply (at most 253 in all),
     // in the order of the specs and their counts.
     // A unix socket is bound, listened on and connected in the calling
     // process, once nsbrokerd has made it: a path is the caller's (relative
     // to its working directory, in its mount namespace, with its rights),
     // while an abstract "@name" belongs to the socket's network namespace.
-    Result<std::vector<Socket>> sockets(const Netns& netns, const std::vector<SocketSpec>& specs);
-    Result<NamespacesReply> namespaces();
-    Result<StatsReply> stats();
+    NSBROKER_PUBLIC Result<std::vector<Socket>> sockets(const Netns& netns,
+                                                        const std::vector<SocketSpec>& specs);
+    NSBROKER_PUBLIC Result<NamespacesReply> namespaces();
+    NSBROKER_PUBLIC Result<StatsReply> stats();
 
     // The connection's descriptor, for poll(2) or diagnostics; still owned by the Client.
-    [[nodiscard]] int fd() const noexcept;
+    [[nodiscard]] NSBROKER_PUBLIC int fd() const noexcept;
 
   private:
     struct Impl;
@@ -110,6 +112,6 @@ class Client {
 //   tcp-listen:[ADDR:]PORT   tcp6-listen:[[ADDR]:]PORT   udp:[ADDR:]PORT   udp6:[[ADDR]:]PORT
 //   tcp-connect:HOST:PORT    tcp6-connect:[HOST]:PORT    unix-listen:PATH
 //   netlink:PROTO            raw:PROTO                   raw6:PROTO        packet:PROTO
-Result<SocketSpec> parse_socket_spec(std::string_view text);
+NSBROKER_PUBLIC Result<SocketSpec> parse_socket_spec(std::string_view text);
 
 } // namespace nsbroker

@@ -17,6 +17,8 @@
 #include <utility>
 #include <variant>
 
+#include "nsbroker/export.hpp"
+
 namespace nsbroker {
 
 // Stable, documented in proto/PROTOCOL.md; the wire spelling is the snake_case name.
@@ -34,8 +36,8 @@ enum class ErrorCode {
     io,                // the connection to the daemon failed (client side only)
 };
 
-std::string_view to_string(ErrorCode code) noexcept;
-std::optional<ErrorCode> error_code_from_string(std::string_view name) noexcept;
+NSBROKER_PUBLIC std::string_view to_string(ErrorCode code) noexcept;
+NSBROKER_PUBLIC std::optional<ErrorCode> error_code_from_string(std::string_view name) noexcept;
 
 struct Error {
     ErrorCode code = ErrorCode::internal;
@@ -43,7 +45,7 @@ struct Error {
     std::string message;
 
     // "code: message (strerror)".
-    [[nodiscard]] std::string describe() const;
+    [[nodiscard]] NSBROKER_PUBLIC std::string describe() const;
 };
 
 inline Error make_error(ErrorCode code, std::string message, int sys_errno = 0) {
@@ -58,15 +60,12 @@ inline Error kernel_error(std::string_view what, int err = errno) {
 }
 
 // A failed system call: what was attempted, and the errno it failed with.
-class SystemError : public std::system_error {
+class NSBROKER_PUBLIC SystemError : public std::system_error {
   public:
     SystemError(int err, const std::string& what)
         : std::system_error(err, std::generic_category(), what) {}
     [[nodiscard]] int sys_errno() const noexcept { return code().value(); }
 };
-
-// Throws SystemError(errno, what); for use right after a failed call.
-[[noreturn]] void throw_errno(const std::string& what);
 
 // A value or an Error.
 template <typename T>

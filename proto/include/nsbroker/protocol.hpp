@@ -1,6 +1,6 @@
-// The typed form of every message nsbroker exchanges: requests and replies
-// between clients and nsbrokerd, and jobs between nsbrokerd and its workers.
-// proto/PROTOCOL.md is the specification; codec.hpp turns these into JSON.
+// The typed form of the messages between clients and nsbrokerd: requests
+// and replies. proto/PROTOCOL.md is the specification; the codec, private to
+// nsbroker, turns these into JSON.
 #pragma once
 
 #include <sys/types.h>
@@ -14,6 +14,7 @@
 #include <vector>
 
 #include "nsbroker/error.hpp"
+#include "nsbroker/export.hpp"
 
 namespace nsbroker::proto {
 
@@ -27,8 +28,6 @@ inline constexpr std::size_t max_netns_name_length = 255;
 inline constexpr pid_t pid_max_limit = 4194304;
 
 enum class Op { hello, ping, socket, namespaces, stats };
-
-std::string_view to_string(Op op) noexcept;
 
 // Which network namespace a request means.
 struct NetnsRef {
@@ -44,7 +43,7 @@ struct NetnsRef {
     static NetnsRef by_fd() { return {Kind::fd, {}, 0, 0}; }
 
     // "name:qrouter-1", "path:/proc/1/ns/net", "pid:42", "fd".
-    [[nodiscard]] std::string describe() const;
+    [[nodiscard]] NSBROKER_PUBLIC std::string describe() const;
 };
 
 // Socket options applied by the worker before a socket is handed over.
@@ -82,9 +81,6 @@ struct Request {
     std::optional<NetnsRef> netns; // socket only
     std::vector<SocketSpec> specs; // socket only; total count 1..253
 };
-
-// Total number of sockets the specs ask for.
-std::size_t socket_count(const std::vector<SocketSpec>& specs) noexcept;
 
 struct HelloReply {
     int protocol = protocol_version;
@@ -138,55 +134,6 @@ using ReplyBody =
 struct Reply {
     std::optional<std::uint64_t> id; // absent when the request had no readable id
     ReplyBody body;
-};
-
-// Privileged kinds of socket that a policy rule grants by name (docs/POLICY.md).
-// Each lets a worker hold one capability for exactly the step that needs it:
-//   raw, packet    CAP_NET_RAW at socket(2) of an inet raw or a packet socket
-//   bindtodevice   CAP_NET_RAW while setting SO_BINDTODEVICE
-//   low_ports      CAP_NET_BIND_SERVICE at bind(2)
-//   mark           CAP_NET_ADMIN while setting SO_MARK
-//   transparent    CAP_NET_ADMIN while setting IP_TRANSPARENT or IP_FREEBIND
-//   net_admin      CAP_NET_ADMIN at socket(2): netlink checks the capabilities
-//                  of a socket's creator as well as of its sender, so only
-//                  this grant lets a socket change the namespace
-enum class Grant { raw, packet, low_ports, bindtodevice, mark, transparent, net_admin };
-
-std::string_view to_string(Grant grant) noexcept;
-std::optional<Grant> grant_from_name(std::string_view name) noexcept;
-// Every grant, in the order above.
-inline constexpr Grant all_grants[] = {Grant::raw,          Grant::packet, Grant::low_ports,
-                                       Grant::bindtodevice, Grant::mark,   Grant::transparent,
-                                       Grant::net_admin};
-
-// Who a job's sockets are made for: the worker takes this effective uid, gid
-// and supplementary groups while it makes them, so that the sockets carry the
-// caller's identity (inode owner, SO_PEERCRED, the owner netfilter and
-// SO_REUSEPORT see, ping_group_range) and never the daemon's.
-struct JobCaller {
-    uid_t uid = 0;
-    gid_t gid = 0;
-    std::vector<gid_t> groups;
-    bool operator==(const JobCaller&) const = default;
-};
-
-// What a caller other than root may use: the rule that serves it and what
-// that rule grants.
-struct JobRestriction {
-    std::string rule;
-    std::vector<Grant> grants;
-    [[nodiscard]] bool grants_kind(Grant g) const noexcept;
-};
-
-// nsbrokerd -> worker: make these sockets for this caller; the worker answers
-// with a Reply carrying a SocketReply or an Error, and the fds.
-struct WorkerJob {
-    std::uint64_t id = 0;
-    std::vector<SocketSpec> specs;
-    JobCaller caller;
-    // Absent for root, whose sockets are made with all of the worker's
-    // network capabilities.
-    std::optional<JobRestriction> restricted;
 };
 
 } // namespace nsbroker::proto

@@ -9,6 +9,8 @@
 
 #include <utility>
 
+#include "nsbroker/export.hpp"
+
 namespace nsbroker {
 
 class BorrowedFd;

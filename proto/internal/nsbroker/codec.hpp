@@ -1,6 +1,7 @@
-// The JSON codec: the only place that turns messages into bytes and back.
-// Decoders validate fully and say precisely what is wrong, with the JSON path
-// of the offending field ("sockets[2].bind: expected a string").
+// The JSON codec of requests and replies: the only place that turns them into
+// bytes and back (worker jobs: worker_protocol.hpp). Decoders validate fully and
+// say precisely what is wrong, with the JSON path of the offending field
+// ("sockets[2].bind: expected a string").
 #pragma once
 
 #include <string>
@@ -9,6 +10,12 @@
 #include "nsbroker/protocol.hpp"
 
 namespace nsbroker::proto {
+
+// The protocol's name of an operation ("socket").
+std::string_view to_string(Op op) noexcept;
+
+// Total number of sockets the specs ask for.
+std::size_t socket_count(const std::vector<SocketSpec>& specs) noexcept;
 
 // Requests. A decode error carries the id when it could be read, so that the
 // error reply can still be matched by the client.
@@ -24,10 +31,6 @@ std::string encode_reply(const Reply& reply);
 Result<Reply> decode_reply(std::string_view bytes, Op op);
 // The id of a reply, read before the caller knows which request it answers.
 std::optional<std::uint64_t> reply_id(std::string_view bytes);
-
-// Worker jobs.
-std::string encode_job(const WorkerJob& job);
-Result<WorkerJob> decode_job(std::string_view bytes);
 
 // Names and numbers of socket families, types and protocols as the protocol
 // spells them. Unknown names yield std::nullopt; numbers are always accepted

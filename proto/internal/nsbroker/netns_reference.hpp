@@ -6,8 +6,8 @@
 #include <cstddef>
 #include <string_view>
 
-#include "name_table.hpp"
 #include "nsbroker/error.hpp"
+#include "nsbroker/name_table.hpp"
 #include "nsbroker/protocol.hpp"
 
 namespace nsbroker::proto {

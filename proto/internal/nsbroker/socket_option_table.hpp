@@ -18,6 +18,7 @@
 #include <variant>
 
 #include "nsbroker/protocol.hpp"
+#include "nsbroker/worker_protocol.hpp"
 
 namespace nsbroker::proto {
 

@@ -1,0 +1,73 @@
+// The protocol between nsbrokerd and its workers: the job a worker is sent,
+// whom its sockets are for and what a policy rule grants, and the job's JSON.
+// Private to nsbroker: never installed, no part of libnsbroker.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "nsbroker/error.hpp"
+#include "nsbroker/protocol.hpp"
+
+namespace nsbroker::proto {
+
+// Privileged kinds of socket that a policy rule grants by name (docs/POLICY.md).
+// Each lets a worker hold one capability for exactly the step that needs it:
+//   raw, packet    CAP_NET_RAW at socket(2) of an inet raw or a packet socket
+//   bindtodevice   CAP_NET_RAW while setting SO_BINDTODEVICE
+//   low_ports      CAP_NET_BIND_SERVICE at bind(2)
+//   mark           CAP_NET_ADMIN while setting SO_MARK
+//   transparent    CAP_NET_ADMIN while setting IP_TRANSPARENT or IP_FREEBIND
+//   net_admin      CAP_NET_ADMIN at socket(2): netlink checks the capabilities
+//                  of a socket's creator as well as of its sender, so only
+//                  this grant lets a socket change the namespace
+enum class Grant { raw, packet, low_ports, bindtodevice, mark, transparent, net_admin };
+
+std::string_view to_string(Grant grant) noexcept;
+std::optional<Grant> grant_from_name(std::string_view name) noexcept;
+// Every grant, in the order above.
+inline constexpr Grant all_grants[] = {Grant::raw,          Grant::packet, Grant::low_ports,
+                                       Grant::bindtodevice, Grant::mark,   Grant::transparent,
+                                       Grant::net_admin};
+
+// Who a job's sockets are made for: the worker takes this effective uid, gid
+// and supplementary groups while it makes them, so that the sockets carry the
+// caller's identity (inode owner, SO_PEERCRED, the owner netfilter and
+// SO_REUSEPORT see, ping_group_range) and never the daemon's.
+struct JobCaller {
+    uid_t uid = 0;
+    gid_t gid = 0;
+    std::vector<gid_t> groups;
+    bool operator==(const JobCaller&) const = default;
+};
+
+// What a caller other than root may use: the rule that serves it and what
+// that rule grants.
+struct JobRestriction {
+    std::string rule;
+    std::vector<Grant> grants;
+    [[nodiscard]] bool grants_kind(Grant g) const noexcept;
+};
+
+// nsbrokerd -> worker: make these sockets for this caller; the worker answers
+// with a Reply carrying a SocketReply or an Error, and the fds.
+struct WorkerJob {
+    std::uint64_t id = 0;
+    std::vector<SocketSpec> specs;
+    JobCaller caller;
+    // Absent for root, whose sockets are made with all of the worker's
+    // network capabilities.
+    std::optional<JobRestriction> restricted;
+};
+
+// A job as JSON ("Between the daemon and its workers" in proto/PROTOCOL.md),
+// decoded as strictly as a request.
+std::string encode_job(const WorkerJob& job);
+Result<WorkerJob> decode_job(std::string_view bytes);
+
+} // namespace nsbroker::proto
