@@ -199,9 +199,8 @@ def main():
     check_symbols(library, header_words, check)
 
     if failures:
-        print(f"{len(failures)} checks failed", file=sys.stderr)
-        return 1
-    return 0
+        print(f"{len(failures)} of the public API's checks failed", file=sys.stderr)
+    return 1 if failures else 0
 
 
 if __name__ == "__main__":

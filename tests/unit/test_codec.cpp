@@ -6,6 +6,7 @@
 
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <tuple>
 
 #include "nsbroker/codec.hpp"
 
@@ -357,12 +358,8 @@ TEST_CASE("requests whose objects share key names still decode") {
 }
 
 TEST_CASE("a key repeated in a reply is refused") {
-    struct Case {
-        const char* input;
-        Op op;
-        const char* message;
-    };
-    const Case cases[] = {
+    // The reply, the operation it answers, and the message of its error.
+    const std::tuple<const char*, Op, const char*> cases[] = {
         // The shape the socket fast path reads, with a repeat at each level.
         {R"({"id":1,"ok":true,"ok":true,"sockets":[]})", Op::socket, "duplicate key \"ok\""},
         {R"({"id":1,"ok":true,"sockets":[{"family":"inet","type":"dgram","protocol":17,"local":""},
@@ -386,14 +383,14 @@ TEST_CASE("a key repeated in a reply is refused") {
             "errors":{"kernel":1,"limit":2,"kernel":3}}})",
          Op::stats, "stats.errors: duplicate key \"kernel\""},
     };
-    for (const auto& c : cases) {
-        CAPTURE(c.input);
-        auto reply = decode_reply(c.input, c.op);
+    for (const auto& [input, op, message] : cases) {
+        CAPTURE(input);
+        auto reply = decode_reply(input, op);
         REQUIRE_FALSE(reply);
         CHECK(reply.error().code == ErrorCode::invalid_request);
-        CHECK(reply.error().message == c.message);
+        CHECK(reply.error().message == message);
         // The id still reaches the caller waiting for this reply.
-        CHECK(reply_id(c.input) == 1u);
+        CHECK(reply_id(input) == 1u);
     }
     CHECK_FALSE(reply_id(R"({"id":1,"ok":true,"id":2,"sockets":[]})").has_value());
 }
