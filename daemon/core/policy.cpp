@@ -16,6 +16,7 @@
 #include <sstream>
 
 #include "nsbroker/address.hpp"
+#include "nsbroker/bad_input.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/socket_option_table.hpp"
 
@@ -46,13 +47,8 @@ std::string privilege_description(Privilege p) {
     return name;
 }
 
-// Thrown while parsing; becomes the Error of Policy::parse.
-struct Invalid {
-    std::string message;
-};
-
 [[noreturn]] void invalid(const std::string& where, const std::string& what) {
-    throw Invalid{where + ": " + what};
+    throw BadInput{make_error(ErrorCode::invalid_request, where + ": " + what)};
 }
 
 void only_keys(const json& object, const std::string& where,
@@ -381,8 +377,8 @@ Result<Policy> Policy::parse(std::string_view text) {
             p.rules_.push_back(parse_rule(rules[i], "rules[" + std::to_string(i) + "]"));
         }
         return p;
-    } catch (const Invalid& e) {
-        return make_error(ErrorCode::invalid_request, e.message);
+    } catch (const BadInput& e) {
+        return e.error;
     }
 }
 

@@ -14,6 +14,7 @@
 #include <spdlog/spdlog.h>
 #include <type_traits>
 
+#include "nsbroker/bad_input.hpp"
 #include "nsbroker/name_table.hpp"
 #include "nsbroker/netns_reference.hpp"
 #include "nsbroker/typed_spec.hpp"
@@ -53,13 +54,8 @@ struct CredsRelease {
     void operator()(sd_bus_creds* c) const noexcept { sd_bus_creds_unref(c); }
 };
 
-// Thrown while reading a call's arguments; becomes its error reply.
-struct BadCall {
-    Error error;
-};
-
 [[noreturn]] void bad_call(const Error& error) {
-    throw BadCall{error};
+    throw BadInput{error};
 }
 
 [[noreturn]] void bad_call(const std::string& message) {
@@ -378,11 +374,11 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
             uint32_t count = 0;
             check(sd_bus_message_read(m, "u", &count), "count");
             if (count > dbus_max_fds) {
-                throw BadCall{make_error(ErrorCode::limit,
-                                         "count: at most " + std::to_string(dbus_max_fds) +
-                                             " sockets a call, the most the bus passes in one "
-                                             "message; the socket protocol gives up to " +
-                                             std::to_string(proto::max_fds_per_message))};
+                throw BadInput{make_error(ErrorCode::limit,
+                                          "count: at most " + std::to_string(dbus_max_fds) +
+                                              " sockets a call, the most the bus passes in one "
+                                              "message; the socket protocol gives up to " +
+                                              std::to_string(proto::max_fds_per_message))};
             }
             spec.count = count;
         }
@@ -395,7 +391,7 @@ int DbusService::handle_open(sd_bus_message* m, bool many) {
             bad_call(problem->at(""));
         }
         request.specs = {std::move(spec)};
-    } catch (const BadCall& e) {
+    } catch (const BadInput& e) {
         core_.count_unreadable(e.error);
         return reply_error(m, e.error);
     }

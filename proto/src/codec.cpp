@@ -96,7 +96,7 @@ namespace json_codec {
 
 [[noreturn]] void fail(ErrorCode code, const Path& where, const std::string& what) {
     std::string path = where.str();
-    throw DecodeFailure{make_error(code, path.empty() ? what : path + ": " + what)};
+    throw BadInput{make_error(code, path.empty() ? what : path + ": " + what)};
 }
 
 std::string type_of(const json& j) {
@@ -316,7 +316,7 @@ json parse_object(std::string_view bytes, std::optional<std::uint64_t>* id) {
         *id = peek_id(j);
     }
     if (repeats.error()) {
-        throw DecodeFailure{*repeats.error()};
+        throw BadInput{*repeats.error()};
     }
     return j;
 }
@@ -1045,7 +1045,7 @@ std::variant<Request, RequestError> decode_request(std::string_view bytes) {
             f.allow_only({"id", "op"}, ErrorCode::invalid_request);
         }
         return r;
-    } catch (const DecodeFailure& e) {
+    } catch (const BadInput& e) {
         return RequestError{id, e.error};
     }
 }
@@ -1085,7 +1085,7 @@ Result<Reply> decode_reply(std::string_view bytes, Op op) {
             r.body = decode_body(f, op);
         }
         return r;
-    } catch (const DecodeFailure& e) {
+    } catch (const BadInput& e) {
         return e.error;
     }
 }
@@ -1094,7 +1094,7 @@ std::optional<std::uint64_t> reply_id(std::string_view bytes) {
     std::optional<std::uint64_t> id;
     try {
         parse_object(bytes, &id);
-    } catch (const DecodeFailure&) {
+    } catch (const BadInput&) {
         // A message refused for a repeated key may still have told its id.
     }
     return id;

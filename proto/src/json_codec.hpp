@@ -12,17 +12,13 @@
 #include <string_view>
 #include <vector>
 
+#include "nsbroker/bad_input.hpp"
 #include "nsbroker/error.hpp"
 #include "nsbroker/protocol.hpp"
 
 namespace nsbroker::proto::json_codec {
 
 using nlohmann::json;
-
-// Thrown inside the decoder only; turned into an Error at its boundary.
-struct DecodeFailure {
-    Error error;
-};
 
 // Where a value sits in a message ("sockets[2].bind"). Each level lives on
 // the decoder's stack and points to its parent; the text is built only for

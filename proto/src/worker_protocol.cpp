@@ -119,7 +119,7 @@ Result<WorkerJob> decode_job(std::string_view bytes) {
             job.restricted = decode_job_restriction(*r, f.path("restricted"));
         }
         return job;
-    } catch (const DecodeFailure& e) {
+    } catch (const BadInput& e) {
         return e.error;
     }
 }
