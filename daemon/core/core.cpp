@@ -120,6 +120,15 @@ std::optional<Error> Core::refusal(const Request& request) const {
         return make_error(ErrorCode::permission_denied,
                           std::string(to_string(op)) + " is for root only", EPERM);
     }
+    // Every front end checks its requests as the codec does; this holds the
+    // core to what it relies on even if one did not.
+    if (op == proto::Op::socket &&
+        (!request.message.netns || request.message.specs.empty() ||
+         proto::socket_count(request.message.specs) > proto::max_fds_per_message)) {
+        return make_error(ErrorCode::invalid_request,
+                          "a socket request names a namespace and asks for 1 to " +
+                              std::to_string(proto::max_fds_per_message) + " sockets");
+    }
     if (op == proto::Op::socket &&
         request.channel->in_flight >= config_.limits.requests_in_flight) {
         return make_error(ErrorCode::limit, std::to_string(request.channel->in_flight) +

@@ -201,6 +201,22 @@ TEST_CASE("core: a socket request reaches the namespace's worker, within the cha
     CHECK(f.core->idle());
 }
 
+TEST_CASE("core: a socket request without a namespace or sockets is refused, not served") {
+    CoreFixture f;
+    auto no_netns = request_of(user(0), proto::Op::socket);
+    no_netns.message.specs = {test::spec(AF_INET, SOCK_DGRAM)};
+    auto no_specs = request_of(user(0), proto::Op::socket);
+    no_specs.message.netns = proto::NetnsRef::by_name("blue");
+    for (auto* r : {&no_netns, &no_specs}) {
+        auto refused = std::make_shared<Answered>();
+        f.core->serve(std::move(*r), into(refused));
+        auto* e = error_of(*refused);
+        REQUIRE(e != nullptr);
+        CHECK(e->code == ErrorCode::invalid_request);
+    }
+    CHECK(f.core->stats().workers_spawned == 0);
+}
+
 TEST_CASE("core: the policy refuses a caller other than root in a namespace it was not granted") {
     test::TestNetns ns("core-denied");
     CoreFixture f;
