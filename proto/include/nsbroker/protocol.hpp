@@ -47,7 +47,7 @@ struct NetnsRef {
 };
 
 // Socket options applied by the worker before a socket is handed over.
-// Each member has its row in proto/src/socket_option_table.hpp, through
+// Each member has its row in proto/internal/nsbroker/socket_option_table.hpp, through
 // which the codec, the policy and the worker read it.
 struct SocketOptions {
     std::optional<bool> reuseaddr, reuseport, ipv6_only, keepalive, nodelay, broadcast, freebind,
