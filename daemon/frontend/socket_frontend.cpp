@@ -3,6 +3,7 @@
 #include "frontend/socket_frontend.hpp"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -58,6 +59,19 @@ struct Connection : std::enable_shared_from_this<Connection> {
 };
 
 namespace {
+
+// A descriptor a peer sent may be a socket set to linger: our close(2) of
+// it would then wait, on the loop that serves everyone, for its unsent data.
+// Lingering is switched off first, so the kernel finishes in the background.
+void never_linger(const std::vector<UniqueFd>& fds) {
+    for (const auto& fd : fds) {
+        struct stat st {};
+        if (::fstat(fd.get(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+            const linger off{0, 0};
+            (void)::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &off, sizeof off);
+        }
+    }
+}
 
 // Pause before accepting again after the process ran out of descriptors.
 constexpr std::uint64_t accept_pause_usec = 200'000;
@@ -210,6 +224,7 @@ void SocketFrontend::client_event(const std::shared_ptr<Connection>& c, uint32_t
 
 void SocketFrontend::receive(const std::shared_ptr<Connection>& c) {
     auto received = proto::receive_message(c->fd.get(), proto::max_message_size, true);
+    never_linger(received.message.fds);
     switch (received.status) {
     case proto::ReceiveStatus::would_block:
         return;
