@@ -1,22 +1,26 @@
-// Client: one SOCK_SEQPACKET connection shared by every calling thread.
+// Client: one SOCK_SEQPACKET connection to nsbrokerd shared by every calling
+// thread, and the direct channels to workers it granted.
 //
 // A caller sends its request, then waits for its reply. One waiting thread at
 // a time reads from the socket and hands each reply to the thread whose id it
 // carries, so replies may arrive in any order and no thread is dedicated to
-// reading.
+// reading. Direct channels work the same way, one namespace each.
 #include "nsbroker/client.hpp"
 
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <map>
 #include <mutex>
 #include <unordered_map>
 
@@ -94,91 +98,116 @@ struct Answer {
     std::vector<UniqueFd> fds;
 };
 
-} // namespace
+// One SOCK_SEQPACKET connection shared by every calling thread: to nsbrokerd,
+// or a direct channel to a worker. A caller sends its request, then waits for
+// its reply; one waiting thread at a time reads and hands each reply to the
+// thread whose id it carries.
+class Link {
+  public:
+    explicit Link(UniqueFd fd) : fd_(std::move(fd)) {}
 
-struct Client::Impl {
-    UniqueFd fd;
-    std::atomic<std::uint64_t> next_id{1};
+    // How a call went: its answer or error, and whether the request left at
+    // all (a link closed before the send can be retried elsewhere).
+    struct Outcome {
+        Result<Answer> answer;
+        bool sent = true;
+    };
 
+    // Sends request (numbered here, with at most one borrowed fd) and waits
+    // for its reply.
+    Outcome call(proto::Request request, int fd_to_send = -1) {
+        request.id = next_id_.fetch_add(1, std::memory_order_relaxed);
+        std::string bytes = proto::encode_request(request);
+        if (bytes.size() > proto::max_message_size) {
+            return {make_error(ErrorCode::limit, "request larger than 64 KiB"), false};
+        }
+        Slot slot;
+        {
+            std::lock_guard lock(mutex_);
+            if (broken_) {
+                return {*broken_, false};
+            }
+            waiting_.emplace(request.id, &slot);
+        }
+        try {
+            int fds[1] = {fd_to_send};
+            auto status = proto::send_message(fd_.get(), bytes,
+                                              std::span<const int>(fds, fd_to_send >= 0 ? 1 : 0));
+            // A peer that closed may have said why first (a limit, say): the
+            // reads below find that, then the end. Only a link that never
+            // reads again tells the caller its request did not leave.
+            if (status == proto::SendStatus::closed && closes_quietly_) {
+                fail_all(make_error(ErrorCode::unavailable, "the channel is closed", EPIPE));
+                std::lock_guard lock(mutex_);
+                waiting_.erase(request.id);
+                return {*broken_, false};
+            }
+        } catch (const SystemError& e) {
+            fail_all(make_error(ErrorCode::io, e.what(), e.sys_errno()));
+        }
+        std::unique_lock lock(mutex_);
+        while (!slot.done) {
+            if (broken_) {
+                waiting_.erase(request.id);
+                return {*broken_, true};
+            }
+            if (reading_) {
+                replied_.wait(lock);
+                continue;
+            }
+            reading_ = true;
+            lock.unlock();
+            read_one();
+            lock.lock();
+            reading_ = false;
+            replied_.notify_all();
+        }
+        waiting_.erase(request.id);
+        lock.unlock();
+        auto reply = proto::decode_reply(slot.message.data, request.op);
+        if (!reply) {
+            Error e = std::move(reply).error();
+            return {make_error(ErrorCode::io, what_ + " sent an unreadable reply: " + e.message)};
+        }
+        return {Answer{std::move(reply->body), std::move(slot.message.fds)}};
+    }
+
+    // Names the peer in errors, and says what its closing means: a direct
+    // channel that closes was revoked or lost its worker.
+    void describe_as(std::string what, Error closed_error) {
+        what_ = std::move(what);
+        closed_error_ = std::move(closed_error);
+        closes_quietly_ = true;
+    }
+
+    [[nodiscard]] int fd() const noexcept { return fd_.get(); }
+    [[nodiscard]] bool broken() const {
+        std::lock_guard lock(mutex_);
+        return broken_.has_value();
+    }
+
+  private:
     struct Slot {
         bool done = false;
         proto::Message message;
     };
 
-    std::mutex mutex; // guards everything below
-    std::condition_variable replied;
-    bool reading = false;
-    std::optional<Error> broken; // set once the connection failed
-    std::unordered_map<std::uint64_t, Slot*> waiting;
-
-    // Sends request (and at most one borrowed fd) and waits for its reply.
-    Result<Answer> call(proto::Request request, int fd_to_send = -1) {
-        request.id = next_id.fetch_add(1, std::memory_order_relaxed);
-        std::string bytes = proto::encode_request(request);
-        if (bytes.size() > proto::max_message_size) {
-            return make_error(ErrorCode::limit, "request larger than 64 KiB");
-        }
-        Slot slot;
-        {
-            std::lock_guard lock(mutex);
-            if (broken) {
-                return *broken;
-            }
-            waiting.emplace(request.id, &slot);
-        }
-        try {
-            int fds[1] = {fd_to_send};
-            // The socket blocks, so a send either goes or finds the daemon
-            // gone. A daemon that closed the connection may have said why
-            // first (a limit, say): the reads below find that, then the end.
-            (void)proto::send_message(fd.get(), bytes,
-                                      std::span<const int>(fds, fd_to_send >= 0 ? 1 : 0));
-        } catch (const SystemError& e) {
-            fail_all(make_error(ErrorCode::io, e.what(), e.sys_errno()));
-        }
-        std::unique_lock lock(mutex);
-        while (!slot.done) {
-            if (broken) {
-                waiting.erase(request.id);
-                return *broken;
-            }
-            if (reading) {
-                replied.wait(lock);
-                continue;
-            }
-            reading = true;
-            lock.unlock();
-            read_one();
-            lock.lock();
-            reading = false;
-            replied.notify_all();
-        }
-        waiting.erase(request.id);
-        lock.unlock();
-        auto reply = proto::decode_reply(slot.message.data, request.op);
-        if (!reply) {
-            Error e = std::move(reply).error();
-            return make_error(ErrorCode::io, "unreadable reply from nsbrokerd: " + e.message);
-        }
-        return Answer{std::move(reply->body), std::move(slot.message.fds)};
-    }
-
     // Reads one message and delivers it; called without the lock held.
     void read_one() {
         proto::Received received;
         try {
-            received = proto::receive_message(fd.get());
+            received = proto::receive_message(fd_.get());
         } catch (const SystemError& e) {
             fail_all(make_error(ErrorCode::io, e.what(), e.sys_errno()));
             return;
         }
         if (received.status != proto::ReceiveStatus::message) {
-            fail_all(make_error(ErrorCode::io, "nsbrokerd closed the connection", ECONNRESET));
+            fail_all(closed_error_);
             return;
         }
         auto id = proto::reply_id(received.message.data);
         if (!id) {
-            // Without an id the daemon speaks of the connection itself (it
+            // Without an id the peer speaks of the connection itself (it
             // was refused, say): every call on it gets that error.
             auto reply = proto::decode_reply(received.message.data, proto::Op::ping);
             if (reply) {
@@ -188,8 +217,8 @@ struct Client::Impl {
             }
             return;
         }
-        std::lock_guard lock(mutex);
-        if (auto it = waiting.find(*id); it != waiting.end()) {
+        std::lock_guard lock(mutex_);
+        if (auto it = waiting_.find(*id); it != waiting_.end()) {
             it->second->message = std::move(received.message);
             it->second->done = true;
         }
@@ -197,15 +226,121 @@ struct Client::Impl {
     }
 
     void fail_all(Error e) {
-        std::lock_guard lock(mutex);
-        if (!broken) {
-            broken = std::move(e);
+        std::lock_guard lock(mutex_);
+        if (!broken_) {
+            broken_ = std::move(e);
         }
-        replied.notify_all();
+        replied_.notify_all();
+    }
+
+    UniqueFd fd_;
+    std::atomic<std::uint64_t> next_id_{1};
+    std::string what_ = "nsbrokerd";
+    Error closed_error_ = make_error(ErrorCode::io, "nsbrokerd closed the connection", ECONNRESET);
+    bool closes_quietly_ = false;
+
+    mutable std::mutex mutex_; // guards everything below
+    std::condition_variable replied_;
+    bool reading_ = false;
+    std::optional<Error> broken_; // set once the link failed
+    std::unordered_map<std::uint64_t, Slot*> waiting_;
+};
+
+// Which direct channel serves a request: the namespace's identity, and the
+// /run/netns name the request used, if it used one. A channel granted
+// through a name serves only requests by that name, and one granted
+// otherwise only requests that name no name: nsbrokerd judged it with
+// exactly those facts.
+struct ChannelKey {
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    std::string name;
+    auto operator<=>(const ChannelKey&) const = default;
+};
+
+struct HeldChannel {
+    std::shared_ptr<Link> link;
+    std::uint64_t uses = 0;
+};
+
+std::optional<ChannelKey> key_of_file(int fd, std::string name = {}) {
+    struct stat st {};
+    if (::fstat(fd, &st) < 0) {
+        return std::nullopt;
+    }
+    return ChannelKey{st.st_dev, st.st_ino, std::move(name)};
+}
+
+std::optional<ChannelKey> key_of_path(const std::string& path, std::string name = {}) {
+    struct stat st {};
+    if (::stat(path.c_str(), &st) < 0) {
+        return std::nullopt;
+    }
+    return ChannelKey{st.st_dev, st.st_ino, std::move(name)};
+}
+
+} // namespace
+
+struct Client::Impl {
+    Link daemon;
+    ClientOptions options;
+
+    mutable std::mutex channels_mutex; // guards channels
+    std::map<ChannelKey, HeldChannel> channels;
+
+    Impl(UniqueFd fd, ClientOptions opts) : daemon(std::move(fd)), options(opts) {}
+
+    Result<Answer> call(proto::Request request, int fd_to_send = -1) {
+        return std::move(daemon.call(std::move(request), fd_to_send).answer);
+    }
+
+    std::shared_ptr<Link> channel_for(const ChannelKey& key) {
+        std::lock_guard lock(channels_mutex);
+        auto it = channels.find(key);
+        if (it == channels.end()) {
+            return nullptr;
+        }
+        ++it->second.uses;
+        return it->second.link;
+    }
+
+    void forget(const ChannelKey& key, const std::shared_ptr<Link>& link) {
+        std::lock_guard lock(channels_mutex);
+        if (auto it = channels.find(key); it != channels.end() && it->second.link == link) {
+            channels.erase(it);
+        }
+    }
+
+    // Keeps a channel nsbrokerd granted; past the bound the least used goes.
+    void keep(const ChannelKey& key, UniqueFd fd) {
+        auto link = std::make_shared<Link>(std::move(fd));
+        link->describe_as("the namespace's worker",
+                          make_error(ErrorCode::worker_failed,
+                                     "the direct channel to the namespace's worker closed before "
+                                     "it answered: the worker exited or nsbrokerd revoked the "
+                                     "channel; the request may be sent again",
+                                     ECONNRESET));
+        std::lock_guard lock(channels_mutex);
+        if (channels.contains(key)) {
+            return; // another thread's grant came first; this one closes
+        }
+        while (!channels.empty() && channels.size() >= options.max_direct_channels) {
+            auto least = std::min_element(
+                channels.begin(), channels.end(),
+                [](const auto& a, const auto& b) { return a.second.uses < b.second.uses; });
+            channels.erase(least);
+        }
+        if (options.max_direct_channels > 0) {
+            channels.emplace(key, HeldChannel{std::move(link), 1});
+        }
     }
 };
 
 Result<Client> Client::connect(std::string_view path) {
+    return connect(path, ClientOptions{});
+}
+
+Result<Client> Client::connect(std::string_view path, const ClientOptions& options) {
     std::string target = path.empty() ? default_socket_path() : std::string(path);
     auto address = proto::parse_address(AF_UNIX, target);
     if (!address) {
@@ -221,9 +356,7 @@ Result<Client> Client::connect(std::string_view path) {
                           "cannot connect to nsbrokerd at " + target + ": " + std::strerror(err),
                           err);
     }
-    auto impl = std::make_unique<Impl>();
-    impl->fd = std::move(fd);
-    return Client(std::move(impl));
+    return Client(std::make_unique<Impl>(std::move(fd), options));
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -232,7 +365,12 @@ Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
 int Client::fd() const noexcept {
-    return impl_->fd.get();
+    return impl_->daemon.fd();
+}
+
+std::size_t Client::direct_channels() const {
+    std::lock_guard lock(impl_->channels_mutex);
+    return impl_->channels.size();
 }
 
 namespace {
@@ -384,38 +522,75 @@ std::optional<UniqueFd> open_netns_of_process(pid_t pid) {
 
 } // namespace
 
+namespace {
+
+// Where `ip netns` names namespaces, and nsbrokerd looks names up.
+constexpr const char* netns_dir = "/run/netns";
+
+// What a request's namespace reference turns into here: a descriptor the
+// library opened with the caller's rights (for a path or a pid), and the key
+// of the direct channel that would serve it, when one stat(2) can tell.
+struct Target {
+    Netns netns;
+    UniqueFd opened;
+    std::optional<ChannelKey> key;
+};
+
+Result<Target> find_target(const Netns& netns, bool channel_only) {
+    Target t{netns, {}, std::nullopt};
+    const auto& ref = netns.ref();
+    if (netns.borrowed_fd() >= 0) {
+        t.key = key_of_file(netns.borrowed_fd());
+        return t;
+    }
+    switch (ref.kind) {
+    case proto::NetnsRef::Kind::name:
+        if (proto::check_netns_name(ref.text)) {
+            t.key = key_of_path(std::string(netns_dir) + "/" + ref.text, ref.text);
+        }
+        return t;
+    case proto::NetnsRef::Kind::path: {
+        // Paths are opened here, with the caller's own rights, in its own
+        // mount namespace, and sent as a descriptor: the kernel judges the
+        // caller, and nsbrokerd never opens a path for anyone but root.
+        if (channel_only) {
+            t.key = key_of_path(ref.text);
+            return t;
+        }
+        auto file = proto::open_netns_file(ref.text);
+        if (!file) {
+            return std::move(file).error();
+        }
+        t.opened = std::move(file->fd);
+        break;
+    }
+    case proto::NetnsRef::Kind::pid:
+        // A pid this process may not read is left to the daemon, whose
+        // policy judges the namespace it names.
+        if (auto file = open_netns_of_process(ref.pid)) {
+            t.opened = std::move(*file);
+            break;
+        }
+        return t;
+    case proto::NetnsRef::Kind::fd:
+        return t;
+    }
+    t.netns = Netns::fd(t.opened.get());
+    t.key = key_of_file(t.opened.get());
+    return t;
+}
+
+} // namespace
+
 Result<std::vector<Socket>> Client::sockets(const Netns& netns,
                                             const std::vector<SocketSpec>& specs) {
-    // Paths and pids are opened here, with the caller's own rights, in its
-    // own mount namespace, and sent as a descriptor: the kernel judges the
-    // caller, and nsbrokerd never opens a path for anyone but root. A pid
-    // this process may not read is left to the daemon, whose policy judges
-    // the namespace it names.
-    UniqueFd opened;
-    Netns target = netns;
-    if (netns.borrowed_fd() < 0) {
-        if (netns.ref().kind == proto::NetnsRef::Kind::path) {
-            auto file = proto::open_netns_file(netns.ref().text);
-            if (!file) {
-                return std::move(file).error();
-            }
-            opened = std::move(file->fd);
-            target = Netns::fd(opened.get());
-        } else if (netns.ref().kind == proto::NetnsRef::Kind::pid) {
-            if (auto file = open_netns_of_process(netns.ref().pid)) {
-                opened = std::move(*file);
-                target = Netns::fd(opened.get());
-            }
-        }
-    }
-    proto::Request r = request_for(proto::Op::socket);
-    r.netns = target.ref();
-    r.specs = specs;
     if (specs.empty() || proto::socket_count(specs) > proto::max_fds_per_message) {
         return make_error(ErrorCode::limit, "a request asks for 1 to " +
                                                 std::to_string(proto::max_fds_per_message) +
                                                 " sockets");
     }
+    proto::Request r = request_for(proto::Op::socket);
+    r.specs = specs;
     for (std::size_t i = 0; i < r.specs.size(); ++i) {
         if (!unix_steps_here(r.specs[i])) {
             continue;
@@ -427,15 +602,65 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         r.specs[i].listen.reset();
         r.specs[i].connect.reset();
     }
-    auto answer = impl_->call(std::move(r), target.borrowed_fd());
-    if (!answer) {
-        return std::move(answer).error();
+    const bool channels = impl_->options.direct_channels;
+    std::optional<Result<Answer>> answer;
+    // A path is opened only when no channel serves it: stat(2) tells first.
+    if (channels && netns.borrowed_fd() < 0 && netns.ref().kind == proto::NetnsRef::Kind::path) {
+        if (auto t = find_target(netns, true); t && t->key) {
+            if (auto link = impl_->channel_for(*t->key)) {
+                auto outcome = link->call(r);
+                if (outcome.sent) {
+                    answer = std::move(outcome.answer);
+                } else {
+                    impl_->forget(*t->key, link);
+                }
+            }
+        }
     }
-    auto reply = expect<proto::SocketReply>(answer->body);
+    if (!answer) {
+        auto target = find_target(netns, false);
+        if (!target) {
+            return std::move(target).error();
+        }
+        std::shared_ptr<Link> link =
+            channels && target->key ? impl_->channel_for(*target->key) : nullptr;
+        if (link) {
+            auto outcome = link->call(r);
+            if (outcome.sent) {
+                answer = std::move(outcome.answer);
+            } else {
+                impl_->forget(*target->key, link);
+            }
+        }
+        if (!answer) {
+            r.netns = target->netns.ref();
+            r.channel =
+                channels && target->key && proto::socket_count(specs) < proto::max_fds_per_message;
+            answer = impl_->call(std::move(r), target->netns.borrowed_fd());
+            if (*answer) {
+                if (auto* sockets = std::get_if<proto::SocketReply>(&(*answer)->body);
+                    sockets && sockets->channel && !(*answer)->fds.empty()) {
+                    UniqueFd channel = std::move((*answer)->fds.back());
+                    (*answer)->fds.pop_back();
+                    // A name that moved to another namespace since it was
+                    // looked at here leaves the channel unused.
+                    if (sockets->channel->dev == target->key->dev &&
+                        sockets->channel->ino == target->key->ino) {
+                        impl_->keep(*target->key, std::move(channel));
+                    }
+                    sockets->channel.reset();
+                }
+            }
+        }
+    }
+    if (!*answer) {
+        return std::move(*answer).error();
+    }
+    auto reply = expect<proto::SocketReply>((*answer)->body);
     if (!reply) {
         return std::move(reply).error();
     }
-    auto& fds = answer->fds;
+    auto& fds = (*answer)->fds;
     if (fds.size() != reply->sockets.size()) {
         return make_error(ErrorCode::io, "nsbrokerd sent " + std::to_string(fds.size()) +
                                              " descriptors for " +

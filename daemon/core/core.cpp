@@ -3,7 +3,10 @@
 #include "core/core.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/socket.h>
 
+#include <cerrno>
+#include <cstring>
 #include <utility>
 
 #include "core/namespace_listing.hpp"
@@ -39,7 +42,7 @@ bool for_root_only(proto::Op op) {
 }
 
 std::vector<std::string> features(WorkerMode mode) {
-    std::vector<std::string> out{"socket", "batch"};
+    std::vector<std::string> out{"socket", "batch", "channel"};
     for (const auto& kind : proto::netns_kind_names) {
         out.push_back("netns-" + std::string(kind.name));
     }
@@ -61,7 +64,12 @@ Core::Core(sd_event* loop, CoreConfig config)
     note_activity();
 }
 
-Core::~Core() = default;
+// The pool goes first: its workers hold channel tickets, which count
+// themselves out of the maps below as they go.
+Core::~Core() {
+    netns_watch_.reset();
+    pool_.reset();
+}
 
 // ---- admission -------------------------------------------------------------
 
@@ -219,8 +227,10 @@ void Core::open_sockets(Request request, Answer answer) {
         return;
     }
     WorkerSponsor sponsor;
+    ChannelOffer offer{netns->identity, netns->name, false};
     if (!root) {
-        auto decision = authorize(request, job.specs, *netns);
+        offer.owned_by_caller = owns(request.caller, *netns);
+        auto decision = authorize(request, job.specs, *netns, offer.owned_by_caller);
         if (!decision) {
             answer_with(answer, std::move(decision).error());
             return;
@@ -242,8 +252,8 @@ void Core::open_sockets(Request request, Answer answer) {
     if (netns->name) {
         netns_watch_->ensure();
     }
-    pool_->submit(std::move(*netns), std::move(job), sponsor,
-                  from_worker(request, std::move(answer)));
+    auto done = from_worker(request, std::move(answer), offer);
+    pool_->submit(std::move(*netns), std::move(job), sponsor, std::move(done));
 }
 
 // Root's requests need no facts about the namespace, so one that already
@@ -258,7 +268,7 @@ bool Core::send_to_running(Request& request, proto::WorkerJob& job, Answer& answ
     if (ref.kind == proto::NetnsRef::Kind::name) {
         name = ref.text;
     }
-    JobDone done = from_worker(request, answer);
+    JobDone done = from_worker(request, answer, ChannelOffer{*known, name, false});
     if (!pool_->submit_to_running(*known, name, job, done)) {
         return false;
     }
@@ -266,16 +276,29 @@ bool Core::send_to_running(Request& request, proto::WorkerJob& job, Answer& answ
     return true;
 }
 
-JobDone Core::from_worker(const Request& request, Answer answer) {
+JobDone Core::from_worker(const Request& request, Answer answer,
+                          std::optional<ChannelOffer> offer) {
     const bool root = request.caller.uid == 0;
+    // Whom to grant a channel, kept only when the request asks for one.
+    std::optional<std::pair<Caller, std::shared_ptr<Channel>>> granting;
+    if (offer && request.message.channel) {
+        granting.emplace(request.caller, request.channel);
+    }
     return [this, uid = request.caller.uid, pid = request.caller.pid, id = request.message.id,
             netns = root ? std::string() : request.message.netns->describe(),
-            answer = std::move(answer)](Result<proto::SocketReply> result,
-                                        std::vector<UniqueFd> fds) mutable {
+            granting = std::move(granting), offer = std::move(offer), answer = std::move(answer)](
+               Result<proto::SocketReply> result, std::vector<UniqueFd> fds) mutable {
         note_activity();
         if (result) {
             sockets_ += fds.size();
-            answer_with(answer, std::move(result).value(), std::move(fds));
+            proto::SocketReply reply = std::move(result).value();
+            if (granting && fds.size() < proto::max_fds_per_message) {
+                if (auto client_end = open_channel(granting->first, granting->second, *offer)) {
+                    reply.channel = proto::DirectChannel{offer->identity.dev, offer->identity.ino};
+                    fds.push_back(std::move(*client_end));
+                }
+            }
+            answer_with(answer, std::move(reply), std::move(fds));
             return;
         }
         if (result.error().code == ErrorCode::permission_denied) {
@@ -290,15 +313,80 @@ JobDone Core::from_worker(const Request& request, Answer answer) {
     };
 }
 
+// A direct channel's place in the limits, for as long as its worker serves it.
+class Core::ChannelTicket : public ChannelLease {
+  public:
+    ChannelTicket(Core& core, uid_t uid, std::shared_ptr<Channel> channel)
+        : core_(core), uid_(uid), channel_(std::move(channel)) {
+        ++core_.direct_channels_;
+        ++core_.direct_channels_by_uid_[uid_];
+        ++channel_->direct_channels;
+    }
+    ~ChannelTicket() override {
+        --core_.direct_channels_;
+        if (auto it = core_.direct_channels_by_uid_.find(uid_); --it->second == 0) {
+            core_.direct_channels_by_uid_.erase(it);
+        }
+        --channel_->direct_channels;
+    }
+    ChannelTicket(const ChannelTicket&) = delete;
+    ChannelTicket& operator=(const ChannelTicket&) = delete;
+
+  private:
+    Core& core_;
+    uid_t uid_;
+    std::shared_ptr<Channel> channel_;
+};
+
+std::optional<UniqueFd> Core::open_channel(const Caller& caller,
+                                           const std::shared_ptr<Channel>& channel,
+                                           const ChannelOffer& offer) {
+    const auto& limits = config_.limits;
+    auto by_uid = direct_channels_by_uid_.find(caller.uid);
+    if (stopping_ || direct_channels_ >= limits.direct_channels ||
+        channel->direct_channels >= limits.direct_channels_per_channel ||
+        (caller.uid != 0 && by_uid != direct_channels_by_uid_.end() &&
+         by_uid->second >= limits.direct_channels_per_uid)) {
+        return std::nullopt;
+    }
+    proto::ChannelGrant grant{next_direct_channel_, job_caller(caller),    caller.pid,
+                              offer.name,           offer.owned_by_caller, std::nullopt};
+    if (caller.uid != 0) {
+        grant.policy = policy_.for_caller(caller);
+        if (policy_.rules_for(caller) == 0) {
+            return std::nullopt; // the policy changed since: nothing to serve on it
+        }
+    }
+    int pair[2];
+    if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+        spdlog::warn("cannot open a direct channel: socketpair: {}", std::strerror(errno));
+        return std::nullopt;
+    }
+    UniqueFd client_end{pair[0]};
+    UniqueFd worker_end{pair[1]};
+    auto ticket = std::make_unique<ChannelTicket>(*this, caller.uid, channel);
+    if (!pool_->grant_channel(offer.identity, grant, std::move(worker_end), std::move(ticket))) {
+        return std::nullopt;
+    }
+    ++next_direct_channel_;
+    spdlog::debug("direct channel {} for uid {} pid {} to the worker of {}:{}", grant.id,
+                  caller.uid, caller.pid, offer.identity.dev, offer.identity.ino);
+    return client_end;
+}
+
+bool Core::owns(const Caller& caller, const ResolvedNetns& netns) {
+    auto owned = netns_owned_by(netns.fd.get(), caller.uid);
+    return owned && *owned;
+}
+
 Result<Decision> Core::authorize(const Request& request,
                                  const std::vector<proto::SocketSpec>& specs,
-                                 const ResolvedNetns& netns) {
+                                 const ResolvedNetns& netns, bool owned_by_caller) {
     const Caller& caller = request.caller;
     const auto& ref = *request.message.netns;
     NamespaceFacts facts;
     facts.name = netns.name;
-    auto owned = netns_owned_by(netns.fd.get(), caller.uid);
-    facts.owned_by_caller = owned && *owned;
+    facts.owned_by_caller = owned_by_caller;
     Decision decision = policy_.decide(caller, facts, specs);
     if (decision.allowed) {
         return decision;
@@ -324,9 +412,13 @@ proto::StatsReply Core::stats() const {
     proto::StatsReply s;
     s.uptime_seconds =
         std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
-    s.requests = requests_;
-    s.sockets = sockets_;
+    const auto& channels = pool_->served_on_channels();
+    s.requests = requests_ + channels.requests;
+    s.sockets = sockets_ + channels.sockets;
     s.errors = errors_;
+    for (auto [code, count] : channels.errors) {
+        s.errors[std::string(to_string(code))] += count;
+    }
     s.clients = seated_;
     s.workers_spawned = pool_->spawned();
     s.workers_live = pool_->live();
@@ -350,6 +442,9 @@ void Core::reload_policy() {
         return;
     }
     policy_ = std::move(*fresh);
+    // Every direct channel was granted under the old rules: their callers
+    // ask the daemon again, and are judged by the new ones.
+    pool_->revoke_channels();
     spdlog::info("SIGHUP: policy {} ({} rules) in force", policy_.origin(), policy_.rules().size());
 }
 

@@ -16,8 +16,8 @@
 #include <vector>
 
 #include "core/netns_watch.hpp"
-#include "core/policy.hpp"
 #include "nsbroker/protocol.hpp"
+#include "policy/policy.hpp"
 #include "workers/worker_pool.hpp"
 
 namespace nsbroker::daemon {
@@ -30,6 +30,12 @@ struct CallerLimits {
     std::size_t connections = 1024; // of callers other than root
     std::size_t connections_per_uid = 128;
     std::size_t requests_in_flight = 64; // per channel
+    // Direct channels to workers (proto::DirectChannel) held at once: per
+    // channel to the daemon, per uid other than root, and in all. Past a
+    // bound a request is still served, without a channel.
+    std::size_t direct_channels_per_channel = 16;
+    std::size_t direct_channels_per_uid = 64;
+    std::size_t direct_channels = 4096;
 };
 
 struct CoreConfig {
@@ -44,6 +50,7 @@ struct CoreConfig {
 struct Channel {
     std::string where; // "on this connection", "from :1.42": for the limit's message
     std::size_t in_flight = 0;
+    std::size_t direct_channels = 0; // granted on it and still open
 };
 
 // One request, typed: what the peer sent, and who sent it as the front end's
@@ -119,9 +126,26 @@ class Core {
     // For callers other than root: the policy's decision on a resolved request.
     // A refusal is logged and comes back as a permission_denied Error.
     Result<Decision> authorize(const Request& request, const std::vector<proto::SocketSpec>& specs,
-                               const ResolvedNetns& netns);
-    // What a worker answers, counted and passed on.
-    JobDone from_worker(const Request& request, Answer answer);
+                               const ResolvedNetns& netns, bool owned_by_caller);
+    // Whether the caller could enter the namespace itself (the policy's `owned`).
+    static bool owns(const Caller& caller, const ResolvedNetns& netns);
+    // What a direct channel granted with a request's sockets will serve.
+    struct ChannelOffer {
+        NetnsIdentity identity;
+        std::optional<std::string> name;
+        bool owned_by_caller = false;
+    };
+    class ChannelTicket;
+    // What a worker answers, counted and passed on; with a direct channel
+    // when offer is given and the limits allow one.
+    JobDone from_worker(const Request& request, Answer answer,
+                        std::optional<ChannelOffer> offer = std::nullopt);
+    // Opens a direct channel for caller, who asked on channel, to the worker
+    // of offer's namespace: the caller's end, or nothing when a limit stands
+    // in the way.
+    std::optional<UniqueFd> open_channel(const Caller& caller,
+                                         const std::shared_ptr<Channel>& channel,
+                                         const ChannelOffer& offer);
     [[nodiscard]] proto::HelloReply hello() const;
     [[nodiscard]] proto::NamespacesReply list_namespaces() const;
 
@@ -139,6 +163,9 @@ class Core {
     std::uint64_t requests_ = 0;
     std::uint64_t sockets_ = 0;
     std::map<std::string, std::uint64_t> errors_;
+    std::uint64_t next_direct_channel_ = 1;
+    std::size_t direct_channels_ = 0;
+    std::map<uid_t, std::size_t> direct_channels_by_uid_;
 };
 
 } // namespace nsbroker::daemon

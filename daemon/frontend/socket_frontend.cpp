@@ -302,6 +302,19 @@ void SocketFrontend::forget_client(Connection& c) {
 
 // ---- requests --------------------------------------------------------------
 
+namespace {
+
+// The descriptors a request's reply may carry: its sockets, and a direct
+// channel when it asks for one.
+std::size_t descriptors_asked(const proto::Request& request) {
+    if (request.op != proto::Op::socket) {
+        return 0;
+    }
+    return proto::socket_count(request.specs) + (request.channel ? 1 : 0);
+}
+
+} // namespace
+
 void SocketFrontend::handle_message(const std::shared_ptr<Connection>& c, proto::Message message) {
     auto decoded = proto::decode_request(message.data);
     if (auto* bad = std::get_if<proto::RequestError>(&decoded)) {
@@ -328,9 +341,7 @@ void SocketFrontend::handle_message(const std::shared_ptr<Connection>& c, proto:
     }
     UniqueFd netns_fd = message.fds.empty() ? UniqueFd{} : std::move(message.fds.front());
     // A request the core will refuse anyway reserves nothing.
-    const std::size_t asked = request.op == proto::Op::socket && !core_.stopping()
-                                  ? proto::socket_count(request.specs)
-                                  : 0;
+    const std::size_t asked = core_.stopping() ? 0 : descriptors_asked(request);
     if (asked > 0 && !budget_.admit(c->account, asked)) {
         spdlog::debug("client pid {} uid {}: request {} waits for its descriptor budget", c->pid(),
                       c->uid(), request.id);
@@ -412,11 +423,11 @@ void SocketFrontend::retry_waiting() {
     for (bool served = true; served;) {
         served = false;
         for (Connection* raw : waiting_) {
-            if (!budget_.admit(raw->account, proto::socket_count(raw->waiting->request.specs))) {
+            const std::size_t asked = descriptors_asked(raw->waiting->request);
+            if (!budget_.admit(raw->account, asked)) {
                 continue;
             }
             auto c = raw->shared_from_this();
-            const std::size_t asked = proto::socket_count(raw->waiting->request.specs);
             waiting_.erase(raw);
             auto waiting = std::move(*c->waiting);
             c->waiting.reset();

@@ -143,8 +143,28 @@ void Worker::submit(proto::WorkerJob job, JobDone done) {
     touch();
     pending_.emplace(job.id, Pending{expected, std::move(done), last_used_ + job_usec()});
     ++requests_;
-    outbox_.push_back(proto::encode_job(job));
+    outbox_.push_back({proto::encode_job(job), {}});
     arm_job_deadline();
+    flush();
+}
+
+bool Worker::grant_channel(const proto::ChannelGrant& grant, UniqueFd worker_end,
+                           std::unique_ptr<ChannelLease> lease) {
+    if (state_ == State::exiting || state_ == State::dead) {
+        return false;
+    }
+    outbox_.push_back({proto::encode_channel_grant(grant), std::move(worker_end)});
+    channels_.emplace(grant.id, std::move(lease));
+    flush();
+    return true;
+}
+
+void Worker::revoke_channels() {
+    if (channels_.empty() || state_ == State::dead) {
+        return;
+    }
+    channels_.clear();
+    outbox_.push_back({proto::encode_revoke({true, {}}), {}});
     flush();
 }
 
@@ -154,6 +174,8 @@ void Worker::exit_when_done(const char* why) {
         return;
     }
     spdlog::debug("worker {} for {}: exiting ({})", pid_, describe_identity(identity_), why);
+    // Its direct channels close as it goes; their callers turn to the daemon.
+    channels_.clear();
     state_ = State::exiting;
     asked_to_exit_ = true;
     idle_timer_.disarm();
@@ -312,7 +334,10 @@ void Worker::on_job_deadline(std::uint64_t armed_for) {
 
 void Worker::flush() {
     while (!outbox_.empty() && channel_) {
-        auto status = proto::send_message(channel_.get(), outbox_.front(), {}, true);
+        const auto& next = outbox_.front();
+        const int fds[1] = {next.fd.get()};
+        auto status = proto::send_message(channel_.get(), next.data,
+                                          std::span<const int>(fds, next.fd ? 1 : 0), true);
         if (status == proto::SendStatus::would_block) {
             break;
         }
@@ -361,6 +386,18 @@ void Worker::read_replies() {
 }
 
 void Worker::handle_reply(proto::Message message) {
+    if (auto notice = proto::decode_notice(message.data)) {
+        if (auto* closed = std::get_if<proto::ChannelClosed>(&*notice)) {
+            // A lease already dropped (revoked) is gone already.
+            channels_.erase(closed->id);
+        } else if (auto* served = std::get_if<proto::ChannelsServed>(&*notice)) {
+            requests_ += served->requests;
+            sockets_ += served->sockets;
+            touch();
+            owner_.channels_served(*served);
+        }
+        return;
+    }
     auto reply = proto::decode_reply(message.data, proto::Op::socket);
     if (!reply || !reply->id) {
         kill_now();
@@ -416,6 +453,7 @@ void Worker::fail(const std::string& why) {
     idle_timer_.disarm();
     job_deadline_.disarm();
     outbox_.clear();
+    channels_.clear();
     auto pending = std::move(pending_);
     pending_.clear();
     if (!pending.empty()) {

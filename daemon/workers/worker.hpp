@@ -68,6 +68,14 @@ struct WorkerSponsor {
 
 class Worker;
 
+// What the granter of a direct channel keeps for it (its place in the
+// limits), held by the Worker that serves the channel until the channel
+// closes, is revoked, or the worker goes.
+class ChannelLease {
+  public:
+    virtual ~ChannelLease() = default;
+};
+
 // What a Worker tells whoever owns it, from the event loop.
 class WorkerOwner {
   public:
@@ -76,6 +84,8 @@ class WorkerOwner {
     // The process is reaped. The owner may destroy the Worker here; the
     // Worker touches nothing of its own after this call.
     virtual void worker_reaped(Worker& worker) = 0;
+    // The worker's direct channels served this since it last said.
+    virtual void channels_served(const proto::ChannelsServed& served) = 0;
 
   protected:
     ~WorkerOwner() = default;
@@ -118,6 +128,17 @@ class Worker {
     // the worker fails. Only for a worker its owner still holds as live.
     void submit(proto::WorkerJob job, JobDone done);
 
+    // Gives the worker a direct channel: worker_end is the socketpair's end
+    // it serves, with grant saying for whom. The lease is dropped when the
+    // channel closes. False, with nothing sent, when the worker takes no
+    // more work.
+    bool grant_channel(const proto::ChannelGrant& grant, UniqueFd worker_end,
+                       std::unique_ptr<ChannelLease> lease);
+    // Every direct channel stops taking requests: the worker answers those
+    // it has read and closes them. Their leases go now.
+    void revoke_channels();
+    [[nodiscard]] std::size_t channels() const { return channels_.size(); }
+
     // Lets the worker finish what it has and exit: it reads EOF after its
     // last job. Replies are still read until the channel closes.
     void exit_when_done(const char* why);
@@ -135,6 +156,11 @@ class Worker {
     struct WatchedProcess {
         UniqueFd pidfd;
         EventSource source;
+    };
+    // A message for the worker, and the descriptor that goes with it, if any.
+    struct Outgoing {
+        std::string data;
+        UniqueFd fd;
     };
 
     Worker(sd_event* loop, WorkerOwner& owner, const WorkerSettings& settings,
@@ -178,7 +204,8 @@ class Worker {
     std::optional<uid_t> sponsor_;
     std::vector<WatchedProcess> processes_;
     std::map<std::uint64_t, Pending> pending_;
-    std::deque<std::string> outbox_;
+    std::deque<Outgoing> outbox_;
+    std::map<std::uint64_t, std::unique_ptr<ChannelLease>> channels_;
     std::uint64_t next_job_ = 1;
     std::uint64_t last_used_ = 0; // CLOCK_MONOTONIC, microseconds
     std::uint64_t requests_ = 0;

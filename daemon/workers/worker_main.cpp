@@ -5,27 +5,42 @@
 // its namespace, or an Error saying why it is not. Then, for each WorkerJob, one
 // Reply with the same id and the sockets' fds.
 //
+// The daemon may also give the worker direct channels: one end of a
+// socketpair whose other end a caller holds, with the caller's identity and
+// the rules that apply to it. The worker reads socket requests from callers
+// there and judges each as the daemon would (the same codec, the same policy
+// code, the same errors), then makes the sockets as for a job. Input from a
+// caller never ends the worker: what cannot be read closes that channel only.
+//
 // The worker enforces the one part of the policy the daemon cannot judge:
 // whether a port is below the namespace's net.ipv4.ip_unprivileged_port_start,
 // a sysctl only a process inside the namespace can read.
 #include "workers/worker_main.hpp"
 
 #include <fcntl.h>
+#include <linux/sockios.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <charconv>
+#include <chrono>
 #include <cstring>
+#include <list>
 #include <spdlog/spdlog.h>
 
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/worker_protocol.hpp"
+#include "policy/policy.hpp"
 #include "sys/netns.hpp"
 #include "workers/socket_factory.hpp"
 #include "workers/worker_sandbox.hpp"
@@ -176,6 +191,321 @@ void reset_signals() {
     ::signal(SIGPIPE, SIG_IGN);
 }
 
+// Bounds on what callers hold of a worker through direct channels. A
+// caller that stops reading its replies is not read from again until it has
+// caught up: what it has not read stays charged to the worker's user.
+constexpr std::size_t max_channels = 256;
+constexpr std::size_t max_unread_fds_per_channel = 2 * proto::max_fds_per_message;
+// While a channel waits for its caller to read, the worker looks again this
+// often (the kernel gives no event for a peer's reads).
+constexpr int unread_recheck_ms = 10;
+// How often the worker tells the daemon what its channels served: the daemon
+// counts it as use of the worker, and in its figures.
+constexpr int report_interval_ms = 1000;
+constexpr std::chrono::milliseconds report_interval{report_interval_ms};
+
+// One direct channel: the worker's end, and whom and under which rules it
+// serves.
+struct DirectChannel {
+    UniqueFd fd;
+    proto::ChannelGrant grant;
+    std::optional<Policy> policy; // absent for root
+    bool revoked = false;         // reads what is queued, then closes
+    std::size_t unread_fds = 0;   // sent since the caller was last seen to have read all
+    // A reply the caller's queue had no room for, sent before anything else is read.
+    std::optional<std::pair<std::string, std::vector<UniqueFd>>> unsent;
+};
+
+class WorkerServer {
+  public:
+    WorkerServer(int control, PortFloor& floor) : control_(control), floor_(floor) {}
+
+    // Serves until the daemon closes the control channel; the exit status.
+    int run() {
+        std::vector<pollfd> fds;
+        std::vector<DirectChannel*> polled;
+        for (;;) {
+            fds.assign(1, pollfd{control_, POLLIN, 0});
+            polled.clear();
+            bool throttled = false;
+            for (auto& channel : channels_) {
+                short events = POLLIN;
+                if (channel.unsent) {
+                    events = POLLOUT;
+                } else if (!caught_up(channel)) {
+                    throttled = true;
+                    events = 0;
+                }
+                fds.push_back(pollfd{channel.fd.get(), events, 0});
+                polled.push_back(&channel);
+            }
+            int timeout = throttled ? unread_recheck_ms : -1;
+            if (served_.requests != 0) {
+                timeout = timeout < 0 ? report_interval_ms : std::min(timeout, report_interval_ms);
+            }
+            int n = ::poll(fds.data(), fds.size(), timeout);
+            if (n < 0 && errno != EINTR) {
+                spdlog::error("worker {}: poll: {}", ::getpid(), std::strerror(errno));
+                return 1;
+            }
+            if (n == 0) {
+                report_served(true);
+            }
+            if (n <= 0) {
+                continue;
+            }
+            if (fds[0].revents != 0) {
+                if (auto status = serve_daemon(); status) {
+                    return *status;
+                }
+            }
+            for (std::size_t i = 1; i < fds.size(); ++i) {
+                if (fds[i].revents != 0) {
+                    serve_channel(*polled[i - 1], fds[i].revents);
+                }
+            }
+            channels_.remove_if([](const DirectChannel& c) { return !c.fd; });
+        }
+    }
+
+  private:
+    // One message from the daemon; an exit status when the worker is done.
+    std::optional<int> serve_daemon() {
+        auto received = proto::receive_message(control_);
+        if (received.status == proto::ReceiveStatus::closed) {
+            return 0;
+        }
+        if (received.status != proto::ReceiveStatus::message) {
+            spdlog::error("worker {}: unreadable message from the daemon", ::getpid());
+            return 1;
+        }
+        auto message = proto::decode_to_worker(received.message.data);
+        if (!message) {
+            spdlog::error("worker {}: bad message from the daemon: {}", ::getpid(),
+                          message.error().describe());
+            return 1;
+        }
+        if (auto* job = std::get_if<proto::WorkerJob>(&*message)) {
+            // The daemon never sends fds with a job; any that arrive are
+            // closed by the message's destructor.
+            auto [reply, fds] = serve(*job);
+            send_reply(control_, reply, fds);
+        } else if (auto* grant = std::get_if<proto::ChannelGrant>(&*message)) {
+            if (received.message.fds.size() != 1) {
+                spdlog::error("worker {}: a channel came without its descriptor", ::getpid());
+                return 1;
+            }
+            open_channel(std::move(*grant), std::move(received.message.fds.front()));
+        } else if (auto* revoke = std::get_if<proto::RevokeChannels>(&*message)) {
+            for (auto& channel : channels_) {
+                if (revoke->all || std::find(revoke->ids.begin(), revoke->ids.end(),
+                                             channel.grant.id) != revoke->ids.end()) {
+                    revoke_channel(channel);
+                }
+            }
+        }
+        return std::nullopt;
+    }
+
+    void open_channel(proto::ChannelGrant grant, UniqueFd fd) {
+        std::optional<Policy> policy;
+        if (grant.policy) {
+            auto parsed = Policy::parse(*grant.policy);
+            if (!parsed) {
+                spdlog::error("worker {}: channel {}: its rules: {}", ::getpid(), grant.id,
+                              parsed.error().message);
+                closed(grant.id);
+                return;
+            }
+            policy = std::move(*parsed);
+        }
+        if (channels_.size() >= max_channels) {
+            closed(grant.id);
+            return;
+        }
+        ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK);
+        auto& channel = channels_.emplace_back();
+        channel.fd = std::move(fd);
+        channel.grant = std::move(grant);
+        channel.policy = std::move(policy);
+    }
+
+    // What is queued is still answered; the caller's next send fails, which
+    // sends it back to the daemon.
+    static void revoke_channel(DirectChannel& channel) {
+        if (!channel.revoked) {
+            channel.revoked = true;
+            ::shutdown(channel.fd.get(), SHUT_RD);
+        }
+    }
+
+    void close_channel(DirectChannel& channel) {
+        if (!channel.fd) {
+            return;
+        }
+        channel.fd.reset();
+        closed(channel.grant.id);
+    }
+
+    void closed(std::uint64_t id) {
+        proto::send_message(control_, proto::encode_notice(proto::ChannelClosed{id}));
+    }
+
+    // Tells the daemon what the channels served, when it has been a while.
+    void report_served(bool now) {
+        if (served_.requests == 0) {
+            return;
+        }
+        auto time = std::chrono::steady_clock::now();
+        if (!now && time - last_report_ < report_interval) {
+            return;
+        }
+        proto::send_message(control_, proto::encode_notice(served_));
+        served_ = {};
+        last_report_ = time;
+    }
+
+    // Whether the caller has read enough of what it was sent to be read from again.
+    static bool caught_up(DirectChannel& channel) {
+        if (channel.unread_fds < max_unread_fds_per_channel) {
+            return true;
+        }
+        int queued = 0;
+        if (::ioctl(channel.fd.get(), SIOCOUTQ, &queued) == 0 && queued == 0) {
+            channel.unread_fds = 0;
+            return true;
+        }
+        return false;
+    }
+
+    void serve_channel(DirectChannel& channel, short revents) {
+        if (channel.unsent) {
+            if (revents & (POLLOUT | POLLHUP | POLLERR)) {
+                auto [bytes, fds] = std::move(*channel.unsent);
+                channel.unsent.reset();
+                send_to_caller(channel, std::move(bytes), std::move(fds));
+            }
+            return;
+        }
+        auto received = proto::receive_message(channel.fd.get(), proto::max_message_size, true);
+        switch (received.status) {
+        case proto::ReceiveStatus::would_block:
+            return;
+        case proto::ReceiveStatus::closed:
+            close_channel(channel);
+            return;
+        case proto::ReceiveStatus::too_large:
+        case proto::ReceiveStatus::fds_truncated:
+            answer(channel, {std::nullopt, make_error(ErrorCode::limit, "message too large")});
+            close_channel(channel);
+            return;
+        case proto::ReceiveStatus::message:
+            break;
+        }
+        auto request = proto::decode_channel_request(received.message.data);
+        if (auto* bad = std::get_if<proto::RequestError>(&request)) {
+            answer(channel, {bad->id, bad->error});
+            return;
+        }
+        auto& r = std::get<proto::Request>(request);
+        if (!received.message.fds.empty()) {
+            answer(channel, {r.id, make_error(ErrorCode::invalid_request,
+                                              "a worker channel takes no descriptors")});
+            return;
+        }
+        auto [reply, fds] = serve_for(channel, r);
+        answer(channel, reply, std::move(fds));
+    }
+
+    // Sends the caller its reply, counted in what the channels served.
+    void answer(DirectChannel& channel, const proto::Reply& reply, std::vector<UniqueFd> fds = {}) {
+        ++served_.requests;
+        served_.sockets += fds.size();
+        if (const auto* error = std::get_if<Error>(&reply.body)) {
+            ++served_.errors[error->code];
+        }
+        send_to_caller(channel, proto::encode_reply(reply), std::move(fds));
+        report_served(false);
+    }
+
+    void send_to_caller(DirectChannel& channel, std::string bytes, std::vector<UniqueFd> fds) {
+        proto::SendStatus status = proto::SendStatus::closed;
+        try {
+            status = proto::send_message(channel.fd.get(), bytes, proto::raw_fds(fds), true);
+        } catch (const SystemError& e) {
+            spdlog::warn("worker {}: channel {}: {}", ::getpid(), channel.grant.id, e.what());
+        }
+        switch (status) {
+        case proto::SendStatus::sent:
+            channel.unread_fds += fds.size();
+            return;
+        case proto::SendStatus::would_block:
+            channel.unsent.emplace(std::move(bytes), std::move(fds));
+            return;
+        case proto::SendStatus::closed:
+            close_channel(channel);
+            return;
+        }
+    }
+
+    // A request from a channel's caller, judged as the daemon judges one.
+    std::pair<proto::Reply, std::vector<UniqueFd>> serve_for(const DirectChannel& channel,
+                                                             proto::Request& request) {
+        const auto& grant = channel.grant;
+        const Caller caller{grant.caller.uid, grant.caller.gid, grant.caller.groups, grant.pid};
+        const bool root = caller.uid == 0;
+        auto refuse = [&](Error error) {
+            return std::pair{proto::Reply{request.id, std::move(error)}, std::vector<UniqueFd>{}};
+        };
+        if (auto why = unix_address_refusal(caller, request.specs)) {
+            return refuse(root ? make_error(ErrorCode::invalid_request, *why)
+                               : make_error(ErrorCode::permission_denied, *why, EPERM));
+        }
+        proto::WorkerJob job{request.id, std::move(request.specs), grant.caller, std::nullopt};
+        if (channel.policy) {
+            NamespaceFacts facts{grant.name, grant.owned_by_caller};
+            Decision decision = channel.policy->decide(caller, facts, job.specs);
+            if (!decision.allowed) {
+                spdlog::warn("denied socket request {} of uid {} pid {} on its channel: {}",
+                             request.id, caller.uid, caller.pid, decision.reason);
+                return refuse(make_error(ErrorCode::permission_denied, decision.reason, EPERM));
+            }
+            if (decision.rule != nullptr) {
+                job.restricted = job_restriction(*decision.rule);
+            }
+        }
+        return serve(job);
+    }
+
+    // Makes a job's sockets, or says why not.
+    std::pair<proto::Reply, std::vector<UniqueFd>> serve(const proto::WorkerJob& job) {
+        auto refuse = [&](Error error) {
+            return std::pair{proto::Reply{job.id, std::move(error)}, std::vector<UniqueFd>{}};
+        };
+        if (auto allowed = check_low_ports(job, floor_); !allowed) {
+            return refuse(allowed.error());
+        }
+        if (auto became = credentials_.become(job.caller); !became) {
+            return refuse(became.error());
+        }
+        const UseCapabilities use = [this](const WorkerCapabilities& wanted) {
+            return credentials_.use(wanted);
+        };
+        auto made = make_sockets(job.specs, job.restricted, use);
+        if (!made) {
+            return refuse(made.error());
+        }
+        return {proto::Reply{job.id, std::move(made->reply)}, std::move(made->fds)};
+    }
+
+    int control_;
+    PortFloor& floor_;
+    Credentials credentials_;
+    std::list<DirectChannel> channels_;
+    proto::ChannelsServed served_; // not yet reported
+    std::chrono::steady_clock::time_point last_report_;
+};
+
 } // namespace
 
 int run_worker() {
@@ -186,46 +516,12 @@ int run_worker() {
     const int channel = worker_channel_fd;
     try {
         PortFloor floor;
-        Credentials credentials;
-        const UseCapabilities use = [&credentials](const WorkerCapabilities& wanted) {
-            return credentials.use(wanted);
-        };
         if (auto entered = enter_namespace(floor); !entered) {
             send_reply(channel, proto::Reply{0, entered.error()});
             return 1;
         }
         send_reply(channel, proto::Reply{0, proto::SocketReply{}});
-        for (;;) {
-            auto received = proto::receive_message(channel);
-            if (received.status == proto::ReceiveStatus::closed) {
-                return 0;
-            }
-            if (received.status != proto::ReceiveStatus::message) {
-                spdlog::error("worker {}: unreadable message from the daemon", ::getpid());
-                return 1;
-            }
-            // The daemon never sends fds to a worker; any that arrive are
-            // closed by the message's destructor.
-            auto job = proto::decode_job(received.message.data);
-            if (!job) {
-                spdlog::error("worker {}: bad job: {}", ::getpid(), job.error().describe());
-                return 1;
-            }
-            if (auto allowed = check_low_ports(*job, floor); !allowed) {
-                send_reply(channel, proto::Reply{job->id, allowed.error()});
-                continue;
-            }
-            if (auto became = credentials.become(job->caller); !became) {
-                send_reply(channel, proto::Reply{job->id, became.error()});
-                continue;
-            }
-            auto made = make_sockets(job->specs, job->restricted, use);
-            if (!made) {
-                send_reply(channel, proto::Reply{job->id, made.error()});
-                continue;
-            }
-            send_reply(channel, proto::Reply{job->id, std::move(made->reply)}, made->fds);
-        }
+        return WorkerServer(channel, floor).run();
     } catch (const std::exception& e) {
         spdlog::error("worker {}: {}", ::getpid(), e.what());
         return 1;

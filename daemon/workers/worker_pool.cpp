@@ -144,6 +144,14 @@ void WorkerPool::worker_exiting(Worker& worker) {
     }
 }
 
+void WorkerPool::channels_served(const proto::ChannelsServed& served) {
+    served_on_channels_.requests += served.requests;
+    served_on_channels_.sockets += served.sockets;
+    for (auto [code, count] : served.errors) {
+        served_on_channels_.errors[code] += count;
+    }
+}
+
 void WorkerPool::worker_reaped(Worker& worker) {
     ++exited_;
     worker_exiting(worker);
@@ -155,12 +163,26 @@ void WorkerPool::worker_reaped(Worker& worker) {
     check_stopped();
 }
 
+bool WorkerPool::grant_channel(const NetnsIdentity& identity, const proto::ChannelGrant& grant,
+                               UniqueFd worker_end, std::unique_ptr<ChannelLease> lease) {
+    auto it = live_.find(identity);
+    return !stopping_ && it != live_.end() &&
+           it->second->grant_channel(grant, std::move(worker_end), std::move(lease));
+}
+
+void WorkerPool::revoke_channels() {
+    for (auto& [identity, worker] : live_) {
+        worker->revoke_channels();
+    }
+}
+
 void WorkerPool::name_deleted(const std::string& name) {
     std::vector<Worker*> unnamed;
     for (auto& [identity, worker] : live_) {
         if (!worker->forget_name(name)) {
             continue;
         }
+        worker->revoke_channels();
         bool still_named = false;
         for (const auto& other : worker->names()) {
             auto r = open_netns_path(config_.netns_dir + "/" + other);

@@ -54,7 +54,16 @@ class WorkerPool : private WorkerOwner {
     bool submit_to_running(const NetnsIdentity& identity, const std::optional<std::string>& name,
                            proto::WorkerJob& job, JobDone& done);
 
-    // A /run/netns entry went away: workers that no longer have a name exit.
+    // Gives the live worker of identity a direct channel (Worker::grant_channel);
+    // false when the namespace has no live worker.
+    bool grant_channel(const NetnsIdentity& identity, const proto::ChannelGrant& grant,
+                       UniqueFd worker_end, std::unique_ptr<ChannelLease> lease);
+    // Every worker's direct channels are revoked (the policy changed).
+    void revoke_channels();
+
+    // A /run/netns entry went away: workers that had it lose the direct
+    // channels granted so far (one may have come through that name), and
+    // those that no longer have a name exit.
     void name_deleted(const std::string& name);
 
     // Every worker exits; calls all_exited once every process is reaped.
@@ -65,10 +74,15 @@ class WorkerPool : private WorkerOwner {
     [[nodiscard]] std::uint64_t exited() const { return exited_; }
     [[nodiscard]] std::size_t live() const { return live_.size() + exiting_.size(); }
     [[nodiscard]] std::size_t jobs_in_flight() const;
+    // What every worker's direct channels served, as their workers reported it.
+    [[nodiscard]] const proto::ChannelsServed& served_on_channels() const {
+        return served_on_channels_;
+    }
 
   private:
     void worker_exiting(Worker& worker) override;
     void worker_reaped(Worker& worker) override;
+    void channels_served(const proto::ChannelsServed& served) override;
 
     Worker* spawn(ResolvedNetns netns, WorkerSponsor sponsor);
     // Makes room for one more worker for sponsor; the reason when it cannot.
@@ -84,6 +98,7 @@ class WorkerPool : private WorkerOwner {
     std::vector<std::unique_ptr<Worker>> exiting_;
     std::uint64_t spawned_ = 0;
     std::uint64_t exited_ = 0;
+    proto::ChannelsServed served_on_channels_;
     bool stopping_ = false;
     std::function<void()> all_exited_;
     OneShotTimer kill_timer_;

@@ -20,6 +20,7 @@
 #include <linux/sockios.h>
 #include <seccomp.h>
 #include <sys/capability.h>
+#include <sys/ioctl.h>
 #include <sys/prctl.h>
 #include <sys/syscall.h>
 #include <unistd.h>
@@ -72,7 +73,7 @@ Result<void> drop_capabilities() {
     return {};
 }
 
-// The system calls a worker makes: its channel, making and configuring
+// The system calls a worker makes: its channels, making and configuring
 // sockets, naming interfaces, reading the sysctl it opened before, lowering
 // and raising its effective capabilities (never beyond the permitted five),
 // taking a caller's effective ids, memory, logging, and exit.
@@ -101,15 +102,17 @@ Result<void> install_filter() {
         SCMP_SYS(sched_yield),   SCMP_SYS(restart_syscall),
         SCMP_SYS(exit),          SCMP_SYS(exit_group),
         SCMP_SYS(getrandom),     SCMP_SYS(pread64),
-        SCMP_SYS(capset),
+        SCMP_SYS(capset),        SCMP_SYS(poll),
+        SCMP_SYS(ppoll),
     };
     for (int call : allowed) {
         if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, call, 0); r < 0) {
             return kernel_error("seccomp_rule_add", -r);
         }
     }
-    // ioctl only to turn interface names into indexes and back.
-    for (scmp_datum_t request : {SIOCGIFINDEX, SIOCGIFNAME}) {
+    // ioctl only to turn interface names into indexes and back, and to see
+    // whether a direct channel's caller has read its replies.
+    for (scmp_datum_t request : {SIOCGIFINDEX, SIOCGIFNAME, SIOCOUTQ}) {
         const scmp_arg_cmp second_argument{1, SCMP_CMP_EQ, request, 0};
         if (int r = seccomp_rule_add_array(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
                                            &second_argument);

@@ -608,6 +608,9 @@ struct ReplyEncoder {
                             {"local", s.local}});
         }
         j["sockets"] = std::move(list);
+        if (r.channel) {
+            j["channel"] = {{"dev", r.channel->dev}, {"ino", r.channel->ino}};
+        }
     }
     void operator()(const NamespacesReply& r) const {
         json list = json::array();
@@ -686,6 +689,12 @@ ReplyBody decode_body(const Fields& f, Op op) {
             info.local = s.opt_string("local").value_or("");
             return info;
         });
+        if (const json* channel = f.find("channel")) {
+            Fields c(*channel, f.path("channel"));
+            c.allow_only({"dev", "ino"}, ErrorCode::invalid_request);
+            r.channel = DirectChannel{c.integer<std::uint64_t>("dev", 0, UINT64_MAX),
+                                      c.integer<std::uint64_t>("ino", 0, UINT64_MAX)};
+        }
         return r;
     }
     case Op::namespaces: {
@@ -787,7 +796,15 @@ std::string encode_socket_reply(std::uint64_t id, const SocketReply& r) {
         append_name(out, type_name(s.type));
         out += '}';
     }
-    out += "]}";
+    out += ']';
+    if (r.channel) {
+        out += ",\"channel\":{\"dev\":";
+        out += std::to_string(r.channel->dev);
+        out += ",\"ino\":";
+        out += std::to_string(r.channel->ino);
+        out += '}';
+    }
+    out += '}';
     return out;
 }
 
@@ -1003,6 +1020,25 @@ std::optional<int> protocol_from_name(int family, std::string_view name) {
     }
 }
 
+std::optional<std::string> protocol_name(int family, int protocol) {
+    std::optional<std::string_view> name;
+    switch (family) {
+    case AF_INET:
+    case AF_INET6:
+        name = inet_protocols.name_of(protocol);
+        break;
+    case AF_NETLINK:
+        name = netlink_protocols.name_of(protocol);
+        break;
+    case AF_PACKET:
+        name = packet_protocols.name_of(protocol);
+        break;
+    default:
+        break;
+    }
+    return name ? std::optional<std::string>(*name) : std::nullopt;
+}
+
 std::string family_name(int family) {
     auto n = family_names.name_of(family);
     return n ? std::string(*n) : std::to_string(family);
@@ -1020,11 +1056,21 @@ std::string encode_request(const Request& r) {
             j["netns"] = encode_netns(*r.netns);
         }
         j["sockets"] = encode_specs(r.specs);
+        if (r.channel) {
+            j["channel"] = true;
+        }
     }
     return j.dump();
 }
 
-std::variant<Request, RequestError> decode_request(std::string_view bytes) {
+namespace {
+
+// Where a request arrived: nsbrokerd serves every operation for any
+// namespace; a worker channel only socket requests for its own.
+enum class Recipient { daemon, worker_channel };
+
+std::variant<Request, RequestError> decode_request_for(std::string_view bytes,
+                                                       Recipient recipient) {
     std::optional<std::uint64_t> id;
     try {
         json j = parse_object(bytes, &id);
@@ -1037,10 +1083,24 @@ std::variant<Request, RequestError> decode_request(std::string_view bytes) {
             fail(ErrorCode::unsupported, "op", "unknown operation \"" + op_name + "\"");
         }
         r.op = *op;
-        if (r.op == Op::socket) {
-            f.allow_only({"id", "op", "netns", "socket", "sockets"}, ErrorCode::invalid_request);
+        if (recipient == Recipient::worker_channel) {
+            if (r.op != Op::socket) {
+                fail(ErrorCode::unsupported, "op",
+                     "a worker channel serves only \"socket\"; send \"" + op_name +
+                         "\" to nsbrokerd");
+            }
+            if (f.find("netns") != nullptr) {
+                fail(ErrorCode::invalid_request, "netns",
+                     "a worker channel serves the one namespace it was granted for; name none");
+            }
+            f.allow_only({"id", "op", "socket", "sockets"}, ErrorCode::invalid_request);
+            r.specs = decode_specs(f);
+        } else if (r.op == Op::socket) {
+            f.allow_only({"id", "op", "netns", "socket", "sockets", "channel"},
+                         ErrorCode::invalid_request);
             r.netns = decode_netns(f.require("netns"));
             r.specs = decode_specs(f);
+            r.channel = f.opt_bool("channel").value_or(false);
         } else {
             f.allow_only({"id", "op"}, ErrorCode::invalid_request);
         }
@@ -1048,6 +1108,16 @@ std::variant<Request, RequestError> decode_request(std::string_view bytes) {
     } catch (const BadInput& e) {
         return RequestError{id, e.error};
     }
+}
+
+} // namespace
+
+std::variant<Request, RequestError> decode_request(std::string_view bytes) {
+    return decode_request_for(bytes, Recipient::daemon);
+}
+
+std::variant<Request, RequestError> decode_channel_request(std::string_view bytes) {
+    return decode_request_for(bytes, Recipient::worker_channel);
 }
 
 std::string encode_reply(const Reply& reply) {

@@ -55,7 +55,14 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     for (Op op : {Op::hello, Op::ping, Op::socket, Op::namespaces, Op::stats}) {
         check_reply(bytes, op);
     }
-    (void)decode_job(bytes);
+    (void)decode_to_worker(bytes);
+    (void)decode_notice(bytes);
+    if (auto request = decode_channel_request(bytes); std::holds_alternative<Request>(request)) {
+        const auto& r = std::get<Request>(request);
+        if (r.op != Op::socket || r.netns || r.channel || r.specs.empty()) {
+            mismatch();
+        }
+    }
     (void)reply_id(bytes);
     return 0;
 }

@@ -27,8 +27,8 @@ using namespace nsbroker::test;
 
 namespace {
 
-Client connect(const Daemon& d) {
-    auto c = Client::connect(d.socket_path());
+Client connect(const Daemon& d, const ClientOptions& options = {}) {
+    auto c = Client::connect(d.socket_path(), options);
     REQUIRE_MESSAGE(c, c.error().describe());
     return std::move(*c);
 }
@@ -109,8 +109,9 @@ int in_child(const std::function<int()>& body) {
 // A namespace of the test's own, a daemon started after it and a
 // connection to the daemon.
 struct DaemonAndNetns {
-    explicit DaemonAndNetns(const std::string& netns_tag, std::vector<std::string> daemon_args = {})
-        : ns(netns_tag), d(std::move(daemon_args)), c(connect(d)) {}
+    explicit DaemonAndNetns(const std::string& netns_tag, std::vector<std::string> daemon_args = {},
+                            const ClientOptions& options = {})
+        : ns(netns_tag), d(std::move(daemon_args)), c(connect(d, options)) {}
 
     // Sockets of spec in ns, reached by its name.
     Result<Socket> socket(const SocketSpec& s) { return c.socket(Netns::name(ns.name()), s); }
@@ -131,6 +132,10 @@ struct DaemonAndNetns {
     Daemon d;
     Client c;
 };
+
+// A client whose every request goes through the daemon: the daemon's own
+// accounting of requests in flight and of worker deadlines sees them all.
+const ClientOptions through_daemon{.direct_channels = false};
 
 const std::vector<std::vector<std::string>> worker_modes = {{"--worker-mode", "fork"},
                                                             {"--worker-mode", "exec"}};
@@ -362,12 +367,14 @@ TEST_CASE("a unix abstract name belongs to the namespace of the socket") {
     SocketSpec other = listening;
     other.bind = name + "-other";
     std::size_t fds_before = open_fd_count();
+    std::size_t channels_before = t.c.direct_channels();
     auto outside = t.c.sockets(Netns::pid(::getpid()), {spec(AF_INET, SOCK_DGRAM), other, dialer});
     REQUIRE_FALSE(outside);
     CHECK(outside.error().code == ErrorCode::kernel);
     CHECK(outside.error().sys_errno == ECONNREFUSED);
     CHECK(outside.error().message == "sockets[2]: connect " + name + ": Connection refused");
-    CHECK(open_fd_count() == fds_before);
+    // All that stays is the direct channel the request was granted.
+    CHECK(open_fd_count() == fds_before + t.c.direct_channels() - channels_before);
     // The worker closes its own copy once it has sent it, perhaps after
     // the library closed this one.
     CHECK(wait_for([&] { return !unix_stream_to(*other.bind, &err) && err == ECONNREFUSED; }));
@@ -590,10 +597,12 @@ TEST_CASE("16 threads x 1000 requests on one Client, every socket checked") {
     }
     CHECK(bad.load() == 0);
     CHECK(good.load() == threads * per_thread);
-    auto stats = c.stats();
-    REQUIRE(stats);
-    CHECK(stats->sockets == threads * per_thread);
-    CHECK(stats->workers_spawned == 2);
+    // Workers report what their direct channels served within a second.
+    CHECK(wait_for([&] {
+        auto stats = c.stats();
+        return stats && stats->sockets == threads * per_thread;
+    }));
+    CHECK(c.stats()->workers_spawned == 2);
 }
 
 TEST_CASE("ip netns delete makes its worker exit") {
@@ -746,8 +755,12 @@ TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does
         REQUIRE(worker > 0);
         auto fds =
             run_output("ls /proc/" + std::to_string(worker) + "/fd | sort -n | tr '\\n' ' '");
-        CHECK(fds == "0 1 2 3 4 ");
-        // 0-2 as the daemon has them, 3 its channel, 4 the one file it reads.
+        REQUIRE(t.c.direct_channels() == 1);
+        CHECK(fds == "0 1 2 3 4 5 ");
+        // 0-2 as the daemon has them, 3 its channel, 4 the one file it reads,
+        // 5 the direct channel of the test's Client.
+        CHECK(run_output("readlink /proc/" + std::to_string(worker) + "/fd/5")
+                  .starts_with("socket:"));
         CHECK(run_output("readlink /proc/" + std::to_string(worker) + "/fd/4") ==
               "/proc/sys/net/ipv4/ip_unprivileged_port_start\n");
         // Confined: filtered, no new privileges, three network capabilities
@@ -802,7 +815,7 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         CHECK(a.ping());
     }
     SUBCASE("requests in flight on one connection") {
-        DaemonAndNetns t("inflight", {"--max-requests-in-flight", "1"});
+        DaemonAndNetns t("inflight", {"--max-requests-in-flight", "1"}, through_daemon);
         pid_t worker = t.start_worker();
         ::kill(worker, SIGSTOP);
         Result<Socket> first = make_error(ErrorCode::internal, "not run");
@@ -820,7 +833,7 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         TestNetns a("lru-a");
         TestNetns b("lru-b");
         Daemon d({"--max-workers", "1"});
-        auto c = connect(d);
+        auto c = connect(d, through_daemon);
         REQUIRE(c.socket(Netns::name(a.name()), spec(AF_INET, SOCK_DGRAM)));
         pid_t first = worker_of(c, a.inode());
         REQUIRE(c.socket(Netns::name(b.name()), spec(AF_INET, SOCK_DGRAM)));
@@ -837,7 +850,7 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         holder.join();
     }
     SUBCASE("a worker that does not answer in time is killed; the next request is served") {
-        DaemonAndNetns t("slow", {"--worker-timeout", "1"});
+        DaemonAndNetns t("slow", {"--worker-timeout", "1"}, through_daemon);
         pid_t worker = t.start_worker();
         ::kill(worker, SIGSTOP);
         auto late = t.udp();

@@ -3,9 +3,9 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
-#include "core/policy.hpp"
 #include "nsbroker/socket_option_table.hpp"
 #include "nsbroker/typed_spec.hpp"
+#include "policy/policy.hpp"
 
 using namespace nsbroker;
 using namespace nsbroker::daemon;

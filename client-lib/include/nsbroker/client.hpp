@@ -8,6 +8,14 @@
 //
 // A Client may be shared by any number of threads: each call waits for its
 // own reply, and replies are matched by id.
+//
+// After its first request for a namespace, a Client may hold a direct
+// channel to that namespace's worker, granted by nsbrokerd: later requests
+// for it go straight to the worker, which judges them by the same rules and
+// answers with the same errors. When nsbrokerd revokes a channel (a policy
+// reload, the namespace deleted, its worker gone), the Client goes back to
+// nsbrokerd by itself; only a request the worker had already been sent when
+// it died fails, with worker_failed.
 #pragma once
 
 #include <sys/types.h>
@@ -76,10 +84,19 @@ class Socket {
     SocketInfo info_;
 };
 
+struct ClientOptions {
+    // Ask nsbrokerd for direct channels to workers and use them.
+    bool direct_channels = true;
+    // The most channels held at once; past it, the least used one closes.
+    std::size_t max_direct_channels = 16;
+};
+
 class Client {
   public:
     // Connects to path, or to default_socket_path() when path is empty.
     NSBROKER_PUBLIC static Result<Client> connect(std::string_view path = {});
+    NSBROKER_PUBLIC static Result<Client> connect(std::string_view path,
+                                                  const ClientOptions& options);
 
     NSBROKER_PUBLIC Client(Client&&) noexcept;
     NSBROKER_PUBLIC Client& operator=(Client&&) noexcept;
@@ -101,6 +118,8 @@ class Client {
 
     // The connection's descriptor, for poll(2) or diagnostics; still owned by the Client.
     [[nodiscard]] NSBROKER_PUBLIC int fd() const noexcept;
+    // How many direct channels the Client holds now.
+    [[nodiscard]] NSBROKER_PUBLIC std::size_t direct_channels() const;
 
   private:
     struct Impl;

@@ -80,6 +80,9 @@ struct Request {
     Op op = Op::ping;
     std::optional<NetnsRef> netns; // socket only
     std::vector<SocketSpec> specs; // socket only; total count 1..253
+    // socket only, to nsbrokerd: asks for a direct channel to the namespace's
+    // worker along with the sockets (see DirectChannel).
+    bool channel = false;
 };
 
 struct HelloReply {
@@ -97,8 +100,21 @@ struct SocketInfo {
     std::string local; // local address after bind/connect, "" when unbound
 };
 
+// A direct channel to the worker of one namespace, granted with a socket
+// reply to a request that asked for it; its descriptor is the last one the
+// reply carries. Socket requests sent on it go straight to the worker, with
+// no "netns": they are served in the namespace (dev, ino), under the rule and
+// for the caller that the request granting it was served for. It closes when
+// nsbrokerd revokes it; the caller then asks nsbrokerd again.
+struct DirectChannel {
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    bool operator==(const DirectChannel&) const = default;
+};
+
 struct SocketReply {
     std::vector<SocketInfo> sockets; // in the order of the fds sent with the reply
+    std::optional<DirectChannel> channel;
 };
 
 struct NamespaceInfo {

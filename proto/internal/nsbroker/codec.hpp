@@ -25,6 +25,10 @@ struct RequestError {
 };
 std::string encode_request(const Request& request);
 std::variant<Request, RequestError> decode_request(std::string_view bytes);
+// A request sent on a direct worker channel: only "socket", and no "netns"
+// or "channel" (the channel serves one namespace). Otherwise as strict as
+// decode_request, with the same errors.
+std::variant<Request, RequestError> decode_channel_request(std::string_view bytes);
 
 // Replies. decode_reply needs the operation the reply answers.
 std::string encode_reply(const Reply& reply);
@@ -38,6 +42,7 @@ std::optional<std::uint64_t> reply_id(std::string_view bytes);
 std::optional<int> family_from_name(std::string_view name);
 std::optional<int> type_from_name(std::string_view name);
 std::optional<int> protocol_from_name(int family, std::string_view name);
+std::optional<std::string> protocol_name(int family, int protocol);
 std::string family_name(int family);
 std::string type_name(int type);
 

@@ -6,9 +6,11 @@
 #include <sys/types.h>
 
 #include <cstdint>
+#include <map>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <variant>
 #include <vector>
 
 #include "nsbroker/error.hpp"
@@ -65,9 +67,60 @@ struct WorkerJob {
     std::optional<JobRestriction> restricted;
 };
 
-// A job as JSON ("Between the daemon and its workers" in proto/PROTOCOL.md),
+// nsbrokerd -> worker: serve a direct channel, whose descriptor comes with
+// this message, for one caller in this worker's namespace. The worker judges
+// each request on it as nsbrokerd would have: with the caller's identity, the
+// facts nsbrokerd knew of the namespace, and the rules of the policy that
+// apply to the caller.
+struct ChannelGrant {
+    std::uint64_t id = 0; // nsbrokerd's number for it, named in ChannelClosed
+    JobCaller caller;
+    pid_t pid = 0;                   // of the process it was granted to, for the log
+    std::optional<std::string> name; // the /run/netns name the grant came through
+    bool owned_by_caller = false;
+    // Absent for root. Otherwise the rules that apply to the caller, as a
+    // policy file's JSON: the policy in force when the channel was granted.
+    std::optional<std::string> policy;
+};
+
+// nsbrokerd -> worker: stop serving these channels (every one when all is
+// set). A request the worker has already read is still answered; then the
+// channel closes and its caller goes back to nsbrokerd.
+struct RevokeChannels {
+    bool all = false;
+    std::vector<std::uint64_t> ids;
+};
+
+// Everything nsbrokerd sends a worker.
+using ToWorker = std::variant<WorkerJob, ChannelGrant, RevokeChannels>;
+
+// worker -> nsbrokerd, beside its replies: a channel it served is closed.
+struct ChannelClosed {
+    std::uint64_t id = 0;
+};
+
+// worker -> nsbrokerd: what its direct channels served since it last said,
+// at most about once a second while they are in use. nsbrokerd counts it
+// in the worker's figures and as use that keeps the worker.
+struct ChannelsServed {
+    std::uint64_t requests = 0;
+    std::uint64_t sockets = 0;
+    std::map<ErrorCode, std::uint64_t> errors; // requests answered with an error, by code
+};
+
+using WorkerNotice = std::variant<ChannelClosed, ChannelsServed>;
+
+// As JSON ("Between the daemon and its workers" in proto/PROTOCOL.md),
 // decoded as strictly as a request.
 std::string encode_job(const WorkerJob& job);
+std::string encode_channel_grant(const ChannelGrant& grant);
+std::string encode_revoke(const RevokeChannels& revoke);
+Result<ToWorker> decode_to_worker(std::string_view bytes);
+// A job, and nothing else.
 Result<WorkerJob> decode_job(std::string_view bytes);
+std::string encode_notice(const WorkerNotice& notice);
+// The notice when bytes is one; nothing when it is anything else (a reply,
+// or a notice that does not read).
+std::optional<WorkerNotice> decode_notice(std::string_view bytes);
 
 } // namespace nsbroker::proto

@@ -95,6 +95,12 @@ class Policy {
 
     [[nodiscard]] Decision decide(const Caller& caller, const NamespaceFacts& ns,
                                   const std::vector<proto::SocketSpec>& specs) const;
+    // The rules that apply to caller, as a policy file's JSON: a policy that
+    // decides every request of that caller exactly as this one does. A worker
+    // judges the requests on a caller's direct channel with it.
+    [[nodiscard]] std::string for_caller(const Caller& caller) const;
+    // How many rules apply to caller.
+    [[nodiscard]] std::size_t rules_for(const Caller& caller) const;
     [[nodiscard]] const std::vector<Rule>& rules() const { return rules_; }
     [[nodiscard]] const std::string& origin() const { return origin_; }
 

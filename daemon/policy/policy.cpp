@@ -1,5 +1,5 @@
 // Policy files and the decision for one request.
-#include "core/policy.hpp"
+#include "policy/policy.hpp"
 
 #include <fnmatch.h>
 #include <grp.h>
@@ -468,6 +468,68 @@ Decision Policy::decide(const Caller& caller, const NamespaceFacts& ns,
                     std::to_string(caller.uid)};
     }
     return {false, nullptr, false, reasons};
+}
+
+namespace {
+
+// A rule as a policy file spells it, for the one caller it applies to.
+json encode_rule(const Rule& r) {
+    json namespaces = json::object();
+    if (!r.namespace_globs.empty()) {
+        namespaces["names"] = r.namespace_globs;
+    }
+    if (r.owned) {
+        namespaces["owned"] = true;
+    }
+    if (r.any) {
+        namespaces["any"] = true;
+    }
+    json j = {{"name", r.name}, {"users", {"*"}}, {"namespaces", std::move(namespaces)}};
+    auto names = [](const std::set<int>& values, auto name_of) {
+        json list = json::array();
+        for (int v : values) {
+            list.push_back(name_of(v));
+        }
+        return list;
+    };
+    if (!r.families.empty()) {
+        j["families"] = names(r.families, proto::family_name);
+    }
+    if (!r.types.empty()) {
+        j["types"] = names(r.types, proto::type_name);
+    }
+    if (!r.netlink_protocols.empty()) {
+        j["netlink_protocols"] = names(r.netlink_protocols, [](int p) {
+            return proto::protocol_name(AF_NETLINK, p).value_or(std::to_string(p));
+        });
+    }
+    if (!r.privileges.empty()) {
+        json grants = json::array();
+        for (Privilege p : r.privileges) {
+            grants.push_back(proto::to_string(p));
+        }
+        j["grant"] = std::move(grants);
+    }
+    j["limits"] = {{"sockets_per_request", r.max_sockets_per_request},
+                   {"requests_in_flight", r.max_requests_in_flight}};
+    return j;
+}
+
+} // namespace
+
+std::size_t Policy::rules_for(const Caller& caller) const {
+    return static_cast<std::size_t>(std::count_if(
+        rules_.begin(), rules_.end(), [&](const Rule& rule) { return applies(rule, caller); }));
+}
+
+std::string Policy::for_caller(const Caller& caller) const {
+    json rules = json::array();
+    for (const auto& rule : rules_) {
+        if (applies(rule, caller)) {
+            rules.push_back(encode_rule(rule));
+        }
+    }
+    return json{{"rules", std::move(rules)}}.dump();
 }
 
 proto::JobRestriction job_restriction(const Rule& rule) {
