@@ -136,7 +136,7 @@ class Link {
             // A peer that closed may have said why first (a limit, say): the
             // reads below find that, then the end. Only a link that never
             // reads again tells the caller its request did not leave.
-            if (status == proto::SendStatus::closed && closes_quietly_) {
+            if (status == proto::SendStatus::closed && direct_channel_) {
                 fail_all(make_error(ErrorCode::unavailable, "the channel is closed", EPIPE));
                 std::lock_guard lock(mutex_);
                 waiting_.erase(request.id);
@@ -169,15 +169,21 @@ class Link {
             Error e = std::move(reply).error();
             return {make_error(ErrorCode::io, what_ + " sent an unreadable reply: " + e.message)};
         }
+        if (auto* e = std::get_if<Error>(&reply->body);
+            e && direct_channel_ && e->code == ErrorCode::unavailable) {
+            // Revoked before the worker served it: nsbrokerd serves it instead.
+            fail_all(*e);
+            return {std::move(*e), false};
+        }
         return {Answer{std::move(reply->body), std::move(slot.message.fds)}};
     }
 
-    // Names the peer in errors, and says what its closing means: a direct
-    // channel that closes was revoked or lost its worker.
+    // Makes this link a direct channel: names the peer in errors, and says
+    // what its closing means (it was revoked or lost its worker).
     void describe_as(std::string what, Error closed_error) {
         what_ = std::move(what);
         closed_error_ = std::move(closed_error);
-        closes_quietly_ = true;
+        direct_channel_ = true;
     }
 
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
@@ -237,7 +243,7 @@ class Link {
     std::atomic<std::uint64_t> next_id_{1};
     std::string what_ = "nsbrokerd";
     Error closed_error_ = make_error(ErrorCode::io, "nsbrokerd closed the connection", ECONNRESET);
-    bool closes_quietly_ = false;
+    bool direct_channel_ = false; // see describe_as
 
     mutable std::mutex mutex_; // guards everything below
     std::condition_variable replied_;
@@ -309,6 +315,21 @@ struct Client::Impl {
         if (auto it = channels.find(key); it != channels.end() && it->second.link == link) {
             channels.erase(it);
         }
+    }
+
+    // The answer on the direct channel held for key, or nothing when none
+    // serves it (any more): the request then goes to nsbrokerd.
+    std::optional<Result<Answer>> on_channel(const ChannelKey& key, const proto::Request& r) {
+        auto link = channel_for(key);
+        if (!link) {
+            return std::nullopt;
+        }
+        auto outcome = link->call(r);
+        if (!outcome.sent) {
+            forget(key, link);
+            return std::nullopt;
+        }
+        return std::move(outcome.answer);
     }
 
     // Keeps a channel nsbrokerd granted; past the bound the least used goes.
@@ -607,14 +628,7 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
     // A path is opened only when no channel serves it: stat(2) tells first.
     if (channels && netns.borrowed_fd() < 0 && netns.ref().kind == proto::NetnsRef::Kind::path) {
         if (auto t = find_target(netns, true); t && t->key) {
-            if (auto link = impl_->channel_for(*t->key)) {
-                auto outcome = link->call(r);
-                if (outcome.sent) {
-                    answer = std::move(outcome.answer);
-                } else {
-                    impl_->forget(*t->key, link);
-                }
-            }
+            answer = impl_->on_channel(*t->key, r);
         }
     }
     if (!answer) {
@@ -622,15 +636,8 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         if (!target) {
             return std::move(target).error();
         }
-        std::shared_ptr<Link> link =
-            channels && target->key ? impl_->channel_for(*target->key) : nullptr;
-        if (link) {
-            auto outcome = link->call(r);
-            if (outcome.sent) {
-                answer = std::move(outcome.answer);
-            } else {
-                impl_->forget(*target->key, link);
-            }
+        if (channels && target->key) {
+            answer = impl_->on_channel(*target->key, r);
         }
         if (!answer) {
             r.netns = target->netns.ref();

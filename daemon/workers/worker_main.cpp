@@ -210,8 +210,10 @@ struct DirectChannel {
     UniqueFd fd;
     proto::ChannelGrant grant;
     std::optional<Policy> policy; // absent for root
-    bool revoked = false;         // reads what is queued, then closes
-    std::size_t unread_fds = 0;   // sent since the caller was last seen to have read all
+    // Revoked: what is queued is answered `unavailable`, unserved, and then
+    // the channel closes; the caller's library asks nsbrokerd instead.
+    bool revoked = false;
+    std::size_t unread_fds = 0; // sent since the caller was last seen to have read all
     // A reply the caller's queue had no room for, sent before anything else is read.
     std::optional<std::pair<std::string, std::vector<UniqueFd>>> unsent;
 };
@@ -408,6 +410,15 @@ class WorkerServer {
             return;
         }
         auto& r = std::get<proto::Request>(request);
+        if (channel.revoked) {
+            send_to_caller(
+                channel,
+                proto::encode_reply({r.id, make_error(ErrorCode::unavailable,
+                                                      "the direct channel was revoked: nsbrokerd "
+                                                      "serves the request instead")}),
+                {});
+            return;
+        }
         if (!received.message.fds.empty()) {
             answer(channel, {r.id, make_error(ErrorCode::invalid_request,
                                               "a worker channel takes no descriptors")});

@@ -102,6 +102,16 @@ int as_nobody(Nobody how, const std::function<int()>& body) {
 }
 
 int as_user(uid_t uid, Nobody how, const std::function<int()>& body) {
+    return wait_for_child(start_as_user(uid, how, body));
+}
+
+int wait_for_child(pid_t child) {
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : 200;
+}
+
+pid_t start_as_user(uid_t uid, Nobody how, const std::function<int()>& body) {
     pid_t child = ::fork();
     if (child == 0) {
         if (how == Nobody::net_admin && ::prctl(PR_SET_KEEPCAPS, 1) < 0) {
@@ -124,9 +134,7 @@ int as_user(uid_t uid, Nobody how, const std::function<int()>& body) {
         }
         ::_exit(body());
     }
-    int status = 0;
-    ::waitpid(child, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : 200;
+    return child;
 }
 
 // ---- PrivateBus ------------------------------------------------------------

@@ -130,6 +130,10 @@ enum class Nobody { plain, own_netns, net_admin };
 int as_nobody(Nobody how, const std::function<int()>& body);
 // The same as any uid other than root (its gid is the same number).
 int as_user(uid_t uid, Nobody how, const std::function<int()>& body);
+// The same, started and left running: its pid, for wait_for_child, which
+// returns what as_user would have.
+pid_t start_as_user(uid_t uid, Nobody how, const std::function<int()>& body);
+int wait_for_child(pid_t child);
 
 // A socket spec of family, type and protocol, nothing else set.
 proto::SocketSpec spec(int family, int type, int protocol = 0);

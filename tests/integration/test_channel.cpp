@@ -1,0 +1,543 @@
+// Direct channels to workers, against the real daemon: what they serve, whom
+// they serve it as, and how a revoked, closed or dead channel sends the
+// library back to nsbrokerd. Every socket is checked with SIOCGSKNS.
+#include <doctest/doctest.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <sys/mount.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cstring>
+#include <fstream>
+#include <functional>
+#include <optional>
+#include <thread>
+
+#include "nsbroker/client.hpp"
+#include "nsbroker/codec.hpp"
+#include "nsbroker/fd_passing.hpp"
+#include "support/harness.hpp"
+
+using namespace nsbroker;
+using namespace nsbroker::test;
+
+namespace {
+
+constexpr uid_t nobody = 65534;
+const ClientOptions through_daemon{.direct_channels = false};
+
+Client connect(const Daemon& d, const ClientOptions& options = {}) {
+    auto c = Client::connect(d.socket_path(), options);
+    REQUIRE_MESSAGE(c, c.error().describe());
+    return std::move(*c);
+}
+
+pid_t worker_of(Client& c, ino_t ino) {
+    auto list = c.namespaces();
+    REQUIRE(list);
+    for (const auto& n : list->namespaces) {
+        if (n.ino == ino) {
+            return n.worker_pid;
+        }
+    }
+    return 0;
+}
+
+// Whether r is a socket in the namespace with inode ino.
+bool in_netns(const Result<Socket>& r, ino_t ino) {
+    if (!r) {
+        std::fprintf(stderr, "expected a socket: %s\n", r.error().describe().c_str());
+        return false;
+    }
+    return socket_netns_inode(r->fd()) == ino;
+}
+
+// Sends SIGCONT to a process stopped for a test, however the test ends.
+class Stopped {
+  public:
+    explicit Stopped(pid_t pid) : pid_(pid) { ::kill(pid_, SIGSTOP); }
+    ~Stopped() { ::kill(pid_, SIGCONT); }
+    Stopped(const Stopped&) = delete;
+    Stopped& operator=(const Stopped&) = delete;
+
+  private:
+    pid_t pid_;
+};
+
+// nobody, in a process of its own, in lockstep with the test: each side
+// says when it is done with a step, handing over the sockets it made, and
+// waits for the other, with a generous deadline. SIOCGSKNS needs
+// CAP_NET_ADMIN, so the test checks nobody's sockets.
+class NobodyInStep {
+  public:
+    explicit NobodyInStep(const std::function<int(NobodyInStep&)>& body) {
+        int pair[2];
+        REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0);
+        test_end_ = UniqueFd{pair[0]};
+        mine_ = UniqueFd{pair[1]};
+        child_ = start_as_user(nobody, Nobody::plain, [&] {
+            test_end_.reset();
+            return body(*this);
+        });
+        // The child's end closes with it, so the test never waits on the dead.
+        mine_ = std::move(test_end_);
+    }
+    ~NobodyInStep() {
+        mine_.reset();
+        if (child_ > 0) {
+            ::kill(child_, SIGKILL);
+            wait_for_child(child_);
+        }
+    }
+    NobodyInStep(const NobodyInStep&) = delete;
+    NobodyInStep& operator=(const NobodyInStep&) = delete;
+
+    // Either side: this step is done.
+    bool done(std::vector<int> fds = {}) {
+        return proto::send_message(mine_.get(), "done", fds) == proto::SendStatus::sent;
+    }
+    // Either side: the other's next step, with what it handed over.
+    std::optional<std::vector<UniqueFd>> next() {
+        pollfd p{mine_.get(), POLLIN, 0};
+        if (::poll(&p, 1, 30'000) != 1) {
+            return std::nullopt;
+        }
+        auto r = proto::receive_message(mine_.get());
+        if (r.status != proto::ReceiveStatus::message) {
+            return std::nullopt;
+        }
+        return std::move(r.message.fds);
+    }
+    // The test: what the child's body returned.
+    int result() {
+        int status = wait_for_child(child_);
+        child_ = -1;
+        return status;
+    }
+
+  private:
+    UniqueFd test_end_;
+    UniqueFd mine_;
+    pid_t child_ = -1;
+};
+
+// The namespace inode of the one socket handed over, or 0.
+ino_t inode_of(const std::optional<std::vector<UniqueFd>>& handed) {
+    return handed && handed->size() == 1 ? socket_netns_inode((*handed)[0].get()) : 0;
+}
+
+// A connection to d of the test's own, spoken to in the protocol's bytes.
+UniqueFd connect_raw(const Daemon& d) {
+    sockaddr_un address{};
+    address.sun_family = AF_UNIX;
+    REQUIRE(d.socket_path().size() < sizeof(address.sun_path));
+    std::strcpy(address.sun_path, d.socket_path().c_str());
+    UniqueFd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)};
+    REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
+    return fd;
+}
+
+// A raw request on fd and its reply, with the descriptors that came with it.
+struct RawReply {
+    proto::ReceiveStatus status = proto::ReceiveStatus::closed;
+    std::string text;
+    std::vector<UniqueFd> fds;
+};
+
+RawReply raw_call(int fd, const std::string& request, std::span<const int> fds_to_send = {}) {
+    RawReply out;
+    if (proto::send_message(fd, request, fds_to_send) != proto::SendStatus::sent) {
+        return out;
+    }
+    pollfd p{fd, POLLIN, 0};
+    if (::poll(&p, 1, 30'000) != 1) {
+        out.status = proto::ReceiveStatus::would_block;
+        return out;
+    }
+    auto received = proto::receive_message(fd);
+    out.status = received.status;
+    out.text = received.message.data;
+    out.fds = std::move(received.message.fds);
+    return out;
+}
+
+std::string socket_request(const std::string& netns_name, const std::string& type, bool channel) {
+    std::string netns = netns_name.empty() ? "" : R"("netns": {"name": ")" + netns_name + R"("}, )";
+    return R"({"id": 1, "op": "socket", )" + netns + R"("sockets": [{"family": "inet", "type": ")" +
+           type + R"("}])" + (channel ? R"(, "channel": true)" : "") + "}";
+}
+
+// A second /run/netns name for a namespace, as a bind mount of its first,
+// removed with the test.
+class SecondName {
+  public:
+    SecondName(const TestNetns& ns, const std::string& tag) : path_(ns.path() + "-" + tag) {
+        { std::ofstream touch(path_); }
+        REQUIRE(::mount(ns.path().c_str(), path_.c_str(), nullptr, MS_BIND, nullptr) == 0);
+    }
+    ~SecondName() {
+        ::umount2(path_.c_str(), MNT_DETACH);
+        ::unlink(path_.c_str());
+    }
+    SecondName(const SecondName&) = delete;
+    SecondName& operator=(const SecondName&) = delete;
+    [[nodiscard]] std::string name() const { return path_.substr(path_.rfind('/') + 1); }
+
+  private:
+    std::string path_;
+};
+
+std::string nobody_policy(const std::string& netns_name, const std::string& types) {
+    return R"({"rules": [{"name": "nobody in )" + netns_name + R"(", "users": [65534],
+                         "namespaces": {"names": [")" +
+           netns_name + R"("]}, "types": [)" + types + "]}]}";
+}
+
+// Unread bytes queued to the unix sockets of process pid, as ss(8) sees them.
+long queued_to(pid_t pid) {
+    std::string table = run_output("ss -x -a -p -H 2>/dev/null");
+    long total = 0;
+    std::size_t start = 0;
+    const std::string mark = "pid=" + std::to_string(pid) + ",";
+    while (start < table.size()) {
+        std::size_t end = table.find('\n', start);
+        std::string line = table.substr(start, end - start);
+        start = end == std::string::npos ? table.size() : end + 1;
+        if (line.find(mark) == std::string::npos) {
+            continue;
+        }
+        char netid[16] = {};
+        char state[16] = {};
+        long recv_q = 0;
+        if (std::sscanf(line.c_str(), "%15s %15s %ld", netid, state, &recv_q) == 3) {
+            total += recv_q;
+        }
+    }
+    return total;
+}
+
+} // namespace
+
+TEST_CASE("a direct channel serves requests while nsbrokerd itself is stopped") {
+    TestNetns ns("served");
+    Daemon d;
+    auto c = connect(d);
+    REQUIRE(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+    REQUIRE(c.direct_channels() == 1);
+    {
+        Stopped daemon(d.pid());
+        for (int i = 0; i < 50; ++i) {
+            int type = i % 2 ? SOCK_DGRAM : SOCK_STREAM;
+            auto s = c.socket(Netns::name(ns.name()), spec(AF_INET, type));
+            REQUIRE(in_netns(s, ns.inode()));
+            CHECK(socket_option(s->fd(), SO_TYPE) == type);
+        }
+        auto many = spec(AF_INET6, SOCK_DGRAM);
+        many.count = 253;
+        auto batch = c.sockets(Netns::name(ns.name()), {many});
+        REQUIRE_MESSAGE(batch, batch.error().describe());
+        REQUIRE(batch->size() == 253);
+        for (const auto& s : *batch) {
+            CHECK(socket_netns_inode(s.fd()) == ns.inode());
+        }
+    }
+    // What the channel served is the daemon's to count.
+    CHECK(wait_for([&] {
+        auto stats = c.stats();
+        return stats && stats->sockets == 1 + 50 + 253;
+    }));
+}
+
+TEST_CASE("kill -9 of a worker: the library goes back to nsbrokerd, and the next request is "
+          "served") {
+    TestNetns ns("killed");
+    Daemon d;
+    auto c = connect(d);
+    REQUIRE(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+    pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    ::kill(worker, SIGKILL);
+    REQUIRE(wait_for([&] { return !process_alive(worker); }));
+    CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+    pid_t next = worker_of(c, ns.inode());
+    CHECK(next > 0);
+    CHECK(next != worker);
+    CHECK(c.direct_channels() == 1);
+    CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_STREAM)), ns.inode()));
+}
+
+TEST_CASE("a request in flight when its worker dies gets a clear error; the next is served") {
+    TestNetns ns("in-flight");
+    Daemon d;
+    auto c = connect(d);
+    REQUIRE(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+    pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    Result<Socket> lost = make_error(ErrorCode::internal, "not run");
+    {
+        Stopped held(worker);
+        std::thread caller(
+            [&] { lost = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)); });
+        // The request waits in the stopped worker's channel.
+        CHECK(wait_for([&] { return queued_to(worker) > 0; }));
+        ::kill(worker, SIGKILL);
+        caller.join();
+    }
+    REQUIRE_FALSE(lost);
+    CHECK(lost.error().code == ErrorCode::worker_failed);
+    CHECK(lost.error().message.find("may be sent again") != std::string::npos);
+    CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+}
+
+TEST_CASE("SIGHUP revokes direct channels: the next request is judged by the new policy") {
+    TestNetns ns("reload");
+    Daemon d;
+    REQUIRE(d.write_policy(nobody_policy(ns.name(), R"("dgram")")));
+    std::string name = ns.name();
+    NobodyInStep child([&](NobodyInStep& step) {
+        auto c = Client::connect(d.socket_path());
+        if (!c) {
+            return 10;
+        }
+        auto dgram = c->socket(Netns::name(name), spec(AF_INET, SOCK_DGRAM));
+        if (!dgram || c->direct_channels() != 1 || !step.done({dgram->fd()}) || !step.next()) {
+            return 11;
+        }
+        // The policy now allows stream sockets only.
+        auto refused = c->socket(Netns::name(name), spec(AF_INET, SOCK_DGRAM));
+        if (refused || refused.error().code != ErrorCode::permission_denied) {
+            return 12;
+        }
+        auto stream = c->socket(Netns::name(name), spec(AF_INET, SOCK_STREAM));
+        if (!stream || c->direct_channels() != 1 || !step.done({stream->fd()})) {
+            return 13;
+        }
+        return 0;
+    });
+    CHECK(inode_of(child.next()) == ns.inode());
+    CHECK(d.write_policy(nobody_policy(ns.name(), R"("stream")")));
+    CHECK(child.done());
+    CHECK(inode_of(child.next()) == ns.inode());
+    CHECK(child.result() == 0);
+}
+
+TEST_CASE("ip netns delete revokes the channels of its worker; another name is served again") {
+    TestNetns ns("deleted");
+    SecondName other(ns, "other");
+    Daemon d;
+    auto c = connect(d);
+    const ino_t ino = ns.inode();
+    REQUIRE(in_netns(c.socket(Netns::name(other.name()), spec(AF_INET, SOCK_DGRAM)), ino));
+    // A channel held raw, as a client that kept it would hold it.
+    UniqueFd raw = connect_raw(d);
+    auto granted = raw_call(raw.get(), socket_request(ns.name(), "dgram", true));
+    REQUIRE(granted.status == proto::ReceiveStatus::message);
+    REQUIRE_MESSAGE(granted.text.find(R"("channel":{)") != std::string::npos, granted.text);
+    REQUIRE(granted.fds.size() == 2);
+    UniqueFd channel = std::move(granted.fds.back());
+    pid_t worker = worker_of(c, ino);
+
+    ns.remove();
+    // Until nsbrokerd sees the deletion the channel may still serve; then it
+    // answers `unavailable`, unserved, or is closed.
+    CHECK(wait_for([&] {
+        auto r = raw_call(channel.get(), socket_request("", "dgram", false));
+        return r.status != proto::ReceiveStatus::message ||
+               r.text.find(R"("code":"unavailable")") != std::string::npos;
+    }));
+    auto gone = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM));
+    REQUIRE_FALSE(gone);
+    CHECK(gone.error().code == ErrorCode::not_found);
+    // The worker still has the other name, and its channel came back.
+    CHECK(in_netns(c.socket(Netns::name(other.name()), spec(AF_INET, SOCK_DGRAM)), ino));
+    CHECK(worker_of(c, ino) == worker);
+    CHECK(c.direct_channels() == 1);
+}
+
+TEST_CASE("a channel passed to another process serves only its original caller's rule") {
+    TestNetns ns("passed-on");
+    Daemon d;
+    REQUIRE(d.write_policy(nobody_policy(ns.name(), R"("dgram")")));
+    int pair[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0);
+    UniqueFd test_end{pair[0]};
+    UniqueFd child_end{pair[1]};
+    std::string name = ns.name();
+    // nobody asks for a channel, and hands it on with what nsbrokerd itself
+    // answers it for a stream socket.
+    CHECK(as_nobody(Nobody::plain, [&] {
+              UniqueFd raw = connect_raw(d);
+              auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+              if (granted.fds.size() != 2) {
+                  std::fprintf(stderr, "%s\n", granted.text.c_str());
+                  return 11;
+              }
+              auto refused = raw_call(raw.get(), socket_request(name, "stream", false));
+              int channel[1] = {granted.fds.back().get()};
+              return proto::send_message(child_end.get(), refused.text, channel) ==
+                             proto::SendStatus::sent
+                         ? 0
+                         : 12;
+          }) == 0);
+    auto handed = proto::receive_message(test_end.get());
+    REQUIRE(handed.status == proto::ReceiveStatus::message);
+    REQUIRE(handed.message.fds.size() == 1);
+    const std::string refused_by_daemon = handed.message.data;
+    CHECK(refused_by_daemon.find(R"("code":"permission_denied")") != std::string::npos);
+    int channel = handed.message.fds[0].get();
+
+    // Root, sending on nobody's channel, is refused what nobody is refused,
+    // in the same words.
+    auto refused = raw_call(channel, socket_request("", "stream", false));
+    REQUIRE(refused.status == proto::ReceiveStatus::message);
+    CHECK(refused.text == refused_by_daemon);
+    CHECK(refused.fds.empty());
+    // And what it is given is made as nobody.
+    auto served = raw_call(channel, socket_request("", "dgram", false));
+    REQUIRE(served.status == proto::ReceiveStatus::message);
+    REQUIRE_MESSAGE(served.fds.size() == 1, served.text);
+    CHECK(socket_netns_inode(served.fds[0].get()) == ns.inode());
+    struct stat st {};
+    REQUIRE(::fstat(served.fds[0].get(), &st) == 0);
+    CHECK(st.st_uid == nobody);
+}
+
+TEST_CASE("a refusal on a channel gives the same error as through nsbrokerd") {
+    TestNetns ns("refusals");
+    Daemon d;
+    REQUIRE(d.write_policy(nobody_policy(ns.name(), R"("dgram", "stream")")));
+    const std::vector<std::pair<std::string, SocketSpec>> refused = {
+        {"a type the rule does not list", spec(AF_INET, SOCK_SEQPACKET)},
+        {"a raw socket", spec(AF_INET, SOCK_RAW, IPPROTO_ICMP)},
+        {"a family the rule does not list", spec(AF_PACKET, SOCK_DGRAM)},
+        {"a low port",
+         [] {
+             auto s = spec(AF_INET, SOCK_STREAM);
+             s.bind = "127.0.0.1:80";
+             return s;
+         }()},
+        {"an option that needs a grant",
+         [] {
+             auto s = spec(AF_INET, SOCK_DGRAM);
+             s.options.mark = 7;
+             return s;
+         }()},
+    };
+    std::string name = ns.name();
+    NobodyInStep child([&](NobodyInStep& step) {
+        auto direct = Client::connect(d.socket_path());
+        auto plain = Client::connect(d.socket_path(), through_daemon);
+        if (!direct || !plain) {
+            return 10;
+        }
+        auto first = direct->socket(Netns::name(name), spec(AF_INET, SOCK_DGRAM));
+        // Asked while nsbrokerd is stopped, the answers can only be the worker's.
+        if (!first || !step.done({first->fd()}) || !step.next()) {
+            return 11;
+        }
+        std::vector<Result<Socket>> on_channel;
+        for (const auto& [what, s] : refused) {
+            on_channel.push_back(direct->socket(Netns::name(name), s));
+        }
+        if (!step.done()) {
+            return 12;
+        }
+        int failures = 0;
+        for (std::size_t i = 0; i < refused.size(); ++i) {
+            auto by_daemon = plain->socket(Netns::name(name), refused[i].second);
+            const auto& by_worker = on_channel[i];
+            if (by_worker || by_daemon ||
+                by_worker.error().describe() != by_daemon.error().describe() ||
+                by_worker.error().sys_errno != by_daemon.error().sys_errno) {
+                std::fprintf(stderr, "%s: on the channel \"%s\", through nsbrokerd \"%s\"\n",
+                             refused[i].first.c_str(),
+                             by_worker ? "a socket" : by_worker.error().describe().c_str(),
+                             by_daemon ? "a socket" : by_daemon.error().describe().c_str());
+                ++failures;
+            }
+        }
+        return failures == 0 ? 0 : 20 + failures;
+    });
+    CHECK(inode_of(child.next()) == ns.inode());
+    {
+        Stopped daemon(d.pid());
+        CHECK(child.done());
+        CHECK(child.next());
+    }
+    CHECK(child.result() == 0);
+}
+
+TEST_CASE("a channel answers what it cannot serve with an error, and keeps serving") {
+    TestNetns ns("strict");
+    Daemon d;
+    UniqueFd raw = connect_raw(d);
+    auto granted = raw_call(raw.get(), socket_request(ns.name(), "dgram", true));
+    REQUIRE(granted.fds.size() == 2);
+    int channel = granted.fds.back().get();
+
+    auto expect_error = [&](const std::string& request, const std::string& code,
+                            std::span<const int> fds = {}) {
+        CAPTURE(request);
+        auto r = raw_call(channel, request, fds);
+        REQUIRE(r.status == proto::ReceiveStatus::message);
+        CHECK_MESSAGE(r.text.find(R"("code":")" + code + "\"") != std::string::npos, r.text);
+        CHECK(r.fds.empty());
+    };
+    expect_error("{", "invalid_request");
+    expect_error(R"({"id": 2, "op": "ping"})", "unsupported");
+    expect_error(socket_request(ns.name(), "dgram", false), "invalid_request");
+    expect_error(R"({"id": 3, "op": "socket", "sockets": [{"family": "inet", "type": "dgram"}],
+                     "channel": true})",
+                 "invalid_request");
+    int passed[1] = {raw.get()};
+    expect_error(socket_request("", "dgram", false), "invalid_request", passed);
+
+    auto served = raw_call(channel, socket_request("", "dgram", false));
+    REQUIRE(served.fds.size() == 1);
+    CHECK(socket_netns_inode(served.fds[0].get()) == ns.inode());
+}
+
+TEST_CASE("channels are bounded: per Client by its option, per connection by nsbrokerd") {
+    std::vector<std::unique_ptr<TestNetns>> spaces;
+    for (int i = 0; i < 17; ++i) {
+        spaces.push_back(std::make_unique<TestNetns>("bound"));
+    }
+    Daemon d;
+    SUBCASE("the Client keeps the channels it uses most") {
+        auto c = connect(d, ClientOptions{.max_direct_channels = 2});
+        for (int round = 0; round < 3; ++round) {
+            for (int i = 0; i < 3; ++i) {
+                const auto& ns = *spaces[static_cast<std::size_t>(i)];
+                CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)),
+                               ns.inode()));
+                CHECK(c.direct_channels() <= 2);
+            }
+        }
+    }
+    SUBCASE("nsbrokerd grants 16 on one connection, and serves the 17th request without one") {
+        UniqueFd raw = connect_raw(d);
+        std::vector<UniqueFd> held;
+        for (const auto& ns : spaces) {
+            auto r = raw_call(raw.get(), socket_request(ns->name(), "dgram", true));
+            REQUIRE_MESSAGE(r.text.find(R"("ok":true)") != std::string::npos, r.text);
+            REQUIRE(!r.fds.empty());
+            CHECK(socket_netns_inode(r.fds[0].get()) == ns->inode());
+            const bool granted = r.text.find(R"("channel":{)") != std::string::npos;
+            CHECK(granted == (held.size() < 16));
+            CHECK(r.fds.size() == (granted ? 2u : 1u));
+            if (granted) {
+                held.push_back(std::move(r.fds.back()));
+            }
+        }
+        // A channel that closes gives its place back.
+        held.pop_back();
+        CHECK(wait_for([&] {
+            auto r = raw_call(raw.get(), socket_request(spaces[0]->name(), "dgram", true));
+            return r.fds.size() == 2;
+        }));
+    }
+}
