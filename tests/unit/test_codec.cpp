@@ -230,14 +230,19 @@ TEST_CASE("every example in PROTOCOL.md decodes as the daemon and the client rea
         return end == std::string::npos ? text : text.substr(0, end + 1);
     };
     std::optional<std::string> request;
+    // A request after "on the channel:" goes to a worker on a direct channel.
+    bool on_channel = false;
     int pairs = 0;
     for (std::string line; std::getline(doc, line);) {
-        if (line.starts_with("> ")) {
+        if (line == "on the channel:") {
+            on_channel = true;
+        } else if (line.starts_with("> ")) {
             request = json_part(line);
         } else if (line.starts_with("< ") && request) {
             CAPTURE(*request);
             auto reply_json = nlohmann::json::parse(json_part(line));
-            auto decoded = decode_request(*request);
+            auto decoded = on_channel ? decode_channel_request(*request) : decode_request(*request);
+            on_channel = false;
             if (auto* bad = std::get_if<RequestError>(&decoded)) {
                 // The codec refuses exactly what the daemon answered with an error.
                 CHECK(reply_json["ok"] == false);
