@@ -7,6 +7,8 @@
 // reading. Direct channels work the same way, one namespace each.
 #include "nsbroker/client.hpp"
 
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -20,8 +22,11 @@
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
+#include <deque>
+#include <functional>
 #include <map>
 #include <mutex>
+#include <set>
 #include <unordered_map>
 
 #include "nsbroker/address.hpp"
@@ -99,9 +104,11 @@ struct Answer {
 };
 
 // One SOCK_SEQPACKET connection shared by every calling thread: to nsbrokerd,
-// or a direct channel to a worker. A caller sends its request, then waits for
-// its reply; one waiting thread at a time reads and hands each reply to the
-// thread whose id it carries.
+// or a direct channel to a worker. A blocking caller sends its request, then
+// waits for its reply; one waiting thread at a time reads and hands each reply
+// to the thread whose id it carries. A request submitted from an event loop
+// is sent without blocking (or held until the socket has room) and its reply
+// goes to a callback, from whichever thread reads it.
 class Link {
   public:
     explicit Link(UniqueFd fd) : fd_(std::move(fd)) {}
@@ -112,6 +119,7 @@ class Link {
         Result<Answer> answer;
         bool sent = true;
     };
+    using Done = std::function<void(Outcome)>;
 
     // Sends request (numbered here, with at most one borrowed fd) and waits
     // for its reply.
@@ -124,8 +132,8 @@ class Link {
         Slot slot;
         {
             std::lock_guard lock(mutex_);
-            if (broken_) {
-                return {*broken_, false};
+            if (auto refused = broken_ ? broken_ : unsendable_) {
+                return {*refused, false};
             }
             waiting_.emplace(request.id, &slot);
         }
@@ -134,13 +142,14 @@ class Link {
             auto status = proto::send_message(fd_.get(), bytes,
                                               std::span<const int>(fds, fd_to_send >= 0 ? 1 : 0));
             // A peer that closed may have said why first (a limit, say): the
-            // reads below find that, then the end. Only a link that never
-            // reads again tells the caller its request did not leave.
+            // reads below find that, then the end. Only a direct channel,
+            // which the caller leaves for nsbrokerd, tells the caller its
+            // request did not leave; what it sent before is still answered.
             if (status == proto::SendStatus::closed && direct_channel_) {
-                fail_all(make_error(ErrorCode::unavailable, "the channel is closed", EPIPE));
+                Error closed = refuse_unsent();
                 std::lock_guard lock(mutex_);
                 waiting_.erase(request.id);
-                return {*broken_, false};
+                return {std::move(closed), false};
             }
         } catch (const SystemError& e) {
             fail_all(make_error(ErrorCode::io, e.what(), e.sys_errno()));
@@ -157,25 +166,115 @@ class Link {
             }
             reading_ = true;
             lock.unlock();
-            read_one();
+            read_one(false);
             lock.lock();
             reading_ = false;
             replied_.notify_all();
         }
         waiting_.erase(request.id);
         lock.unlock();
-        auto reply = proto::decode_reply(slot.message.data, request.op);
-        if (!reply) {
-            Error e = std::move(reply).error();
-            return {make_error(ErrorCode::io, what_ + " sent an unreadable reply: " + e.message)};
+        return outcome_of(std::move(slot.message), request.op);
+    }
+
+    // Sends request without waiting for its reply, or holds it until the
+    // socket has room (flush); done gets the outcome once. fd_to_send goes
+    // with the request.
+    void submit(proto::Request request, UniqueFd fd_to_send, Done done) {
+        request.id = next_id_.fetch_add(1, std::memory_order_relaxed);
+        std::string bytes = proto::encode_request(request);
+        if (bytes.size() > proto::max_message_size) {
+            done({make_error(ErrorCode::limit, "request larger than 64 KiB"), false});
+            return;
         }
-        if (auto* e = std::get_if<Error>(&reply->body);
-            e && direct_channel_ && e->code == ErrorCode::unavailable) {
-            // Revoked before the worker served it: nsbrokerd serves it instead.
-            fail_all(*e);
-            return {std::move(*e), false};
+        std::optional<Error> refused;
+        {
+            std::lock_guard lock(mutex_);
+            if (broken_ || unsendable_) {
+                refused = broken_ ? broken_ : unsendable_;
+            } else {
+                outbox_.push_back({request.id, std::move(bytes), std::move(fd_to_send)});
+                submitted_.emplace(request.id, Submitted{std::move(done), false});
+            }
         }
-        return {Answer{std::move(reply->body), std::move(slot.message.fds)}};
+        if (refused) {
+            done({std::move(*refused), false});
+            return;
+        }
+        flush();
+    }
+
+    // Sends what submit held back, as far as the socket takes it without
+    // blocking; whether something is still held.
+    bool flush() {
+        std::optional<Error> failed;
+        bool closed = false;
+        {
+            std::lock_guard lock(mutex_);
+            while (!outbox_.empty() && !broken_ && in_flight_ < max_submitted_in_flight) {
+                auto& next = outbox_.front();
+                int fds[1] = {next.fd.get()};
+                proto::SendStatus status = proto::SendStatus::closed;
+                try {
+                    status = proto::send_message(fd_.get(), next.bytes,
+                                                 std::span<const int>(fds, next.fd ? 1 : 0), true);
+                } catch (const SystemError& e) {
+                    failed = make_error(ErrorCode::io, e.what(), e.sys_errno());
+                    break;
+                }
+                if (status == proto::SendStatus::would_block) {
+                    break;
+                }
+                if (status == proto::SendStatus::closed) {
+                    closed = true;
+                    break;
+                }
+                submitted_.at(next.id).sent = true;
+                ++in_flight_;
+                outbox_.pop_front();
+            }
+        }
+        if (failed) {
+            fail_all(std::move(*failed));
+        }
+        if (closed) {
+            refuse_unsent();
+        }
+        std::lock_guard lock(mutex_);
+        return !outbox_.empty() && !broken_;
+    }
+
+    // Reads every reply that has arrived, without blocking, unless another
+    // thread is reading already (that thread delivers them).
+    void read_arrived() {
+        {
+            std::lock_guard lock(mutex_);
+            if (reading_ || broken_) {
+                return;
+            }
+            reading_ = true;
+        }
+        while (read_one(true)) {
+        }
+        std::lock_guard lock(mutex_);
+        reading_ = false;
+        replied_.notify_all();
+    }
+
+    [[nodiscard]] bool broken() const {
+        std::lock_guard lock(mutex_);
+        return broken_.has_value();
+    }
+
+    // Whether submitted requests wait to be sent.
+    [[nodiscard]] bool holding() const {
+        std::lock_guard lock(mutex_);
+        return !outbox_.empty();
+    }
+
+    // Whether requests submitted here still wait for their replies.
+    [[nodiscard]] bool busy() const {
+        std::lock_guard lock(mutex_);
+        return !submitted_.empty();
     }
 
     // Makes this link a direct channel: names the peer in errors, and says
@@ -187,29 +286,59 @@ class Link {
     }
 
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
-    [[nodiscard]] bool broken() const {
-        std::lock_guard lock(mutex_);
-        return broken_.has_value();
-    }
 
   private:
     struct Slot {
         bool done = false;
         proto::Message message;
     };
+    struct Held {
+        std::uint64_t id;
+        std::string bytes;
+        UniqueFd fd;
+    };
+    struct Submitted {
+        Done done;
+        bool sent;
+    };
+    // Past this many submitted requests awaiting replies, the rest wait here:
+    // nsbrokerd refuses a connection more than --max-requests-in-flight.
+    static constexpr std::size_t max_submitted_in_flight = 32;
+
+    // A reply as its caller gets it.
+    Outcome outcome_of(proto::Message message, proto::Op op) {
+        auto reply = proto::decode_reply(message.data, op);
+        if (!reply) {
+            Error e = std::move(reply).error();
+            return {make_error(ErrorCode::io, what_ + " sent an unreadable reply: " + e.message)};
+        }
+        if (auto* e = std::get_if<Error>(&reply->body);
+            e && direct_channel_ && e->code == ErrorCode::unavailable) {
+            // Revoked before the worker served it: nsbrokerd serves it
+            // instead, and every request from now on. Those already sent
+            // still get their answers.
+            refuse_unsent();
+            return {std::move(*e), false};
+        }
+        return {Answer{std::move(reply->body), std::move(message.fds)}};
+    }
 
     // Reads one message and delivers it; called without the lock held.
-    void read_one() {
+    // False when nothing more can be read now.
+    bool read_one(bool dont_wait) {
         proto::Received received;
         try {
-            received = proto::receive_message(fd_.get());
+            received = proto::receive_message(fd_.get(), proto::max_message_size, dont_wait);
         } catch (const SystemError& e) {
             fail_all(make_error(ErrorCode::io, e.what(), e.sys_errno()));
-            return;
+            return false;
+        }
+        if (received.status == proto::ReceiveStatus::would_block) {
+            return false;
         }
         if (received.status != proto::ReceiveStatus::message) {
             fail_all(closed_error_);
-            return;
+            return false;
         }
         auto id = proto::reply_id(received.message.data);
         if (!id) {
@@ -219,24 +348,78 @@ class Link {
             if (reply) {
                 if (auto* e = std::get_if<Error>(&reply->body)) {
                     fail_all(*e);
+                    return false;
                 }
             }
-            return;
+            return true;
         }
-        std::lock_guard lock(mutex_);
-        if (auto it = waiting_.find(*id); it != waiting_.end()) {
-            it->second->message = std::move(received.message);
-            it->second->done = true;
+        Done done;
+        {
+            std::lock_guard lock(mutex_);
+            if (auto it = waiting_.find(*id); it != waiting_.end()) {
+                it->second->message = std::move(received.message);
+                it->second->done = true;
+                return true;
+            }
+            if (auto it = submitted_.find(*id); it != submitted_.end()) {
+                done = std::move(it->second.done);
+                submitted_.erase(it);
+                --in_flight_;
+            }
         }
         // A reply nobody waits for is dropped, and its fds are closed.
+        if (done) {
+            done(outcome_of(std::move(received.message), proto::Op::socket));
+            flush();
+        }
+        return true;
     }
 
-    void fail_all(Error e) {
-        std::lock_guard lock(mutex_);
-        if (!broken_) {
-            broken_ = std::move(e);
+    // The peer reads no more: requests not yet sent fail as never sent, and
+    // so does every later one; those sent are still read. The error given.
+    Error refuse_unsent() {
+        std::vector<Done> dones;
+        Error closed = direct_channel_
+                           ? make_error(ErrorCode::unavailable, "the channel is closed", EPIPE)
+                           : closed_error_;
+        {
+            std::lock_guard lock(mutex_);
+            unsendable_ = closed;
+            for (const auto& held : outbox_) {
+                auto it = submitted_.find(held.id);
+                dones.push_back(std::move(it->second.done));
+                submitted_.erase(it);
+            }
+            outbox_.clear();
         }
-        replied_.notify_all();
+        for (auto& done : dones) {
+            done({closed, false});
+        }
+        return closed;
+    }
+
+    // The link is done for: every caller waiting on it, and every submitted
+    // request, gets e (a request never sent is marked so).
+    void fail_all(Error e) {
+        std::vector<Outcome> outcomes;
+        std::vector<Done> dones;
+        {
+            std::lock_guard lock(mutex_);
+            if (!broken_) {
+                broken_ = std::move(e);
+            }
+            for (auto& [id, submitted] : submitted_) {
+                outcomes.push_back({*broken_, submitted.sent});
+                dones.push_back(std::move(submitted.done));
+            }
+            submitted_.clear();
+            outbox_.clear();
+            in_flight_ = 0;
+            replied_.notify_all();
+        }
+        for (std::size_t i = 0; i < dones.size(); ++i) {
+            dones[i](std::move(outcomes[i]));
+        }
     }
 
     UniqueFd fd_;
@@ -248,8 +431,12 @@ class Link {
     mutable std::mutex mutex_; // guards everything below
     std::condition_variable replied_;
     bool reading_ = false;
-    std::optional<Error> broken_; // set once the link failed
+    std::optional<Error> broken_;     // set once the link failed
+    std::optional<Error> unsendable_; // set once the peer stopped reading
     std::unordered_map<std::uint64_t, Slot*> waiting_;
+    std::unordered_map<std::uint64_t, Submitted> submitted_;
+    std::deque<Held> outbox_;   // submitted, not yet sent
+    std::size_t in_flight_ = 0; // submitted, sent, not yet answered
 };
 
 // Which direct channel serves a request: the namespace's identity, and the
@@ -262,6 +449,15 @@ struct ChannelKey {
     std::uint64_t ino = 0;
     std::string name;
     auto operator<=>(const ChannelKey&) const = default;
+};
+
+// What a request's namespace reference turns into here: a descriptor the
+// library opened with the caller's rights (for a path or a pid), and the key
+// of the direct channel that would serve it, when one stat(2) can tell.
+struct Target {
+    Netns netns;
+    UniqueFd opened;
+    std::optional<ChannelKey> key;
 };
 
 struct HeldChannel {
@@ -291,10 +487,60 @@ struct Client::Impl {
     Link daemon;
     ClientOptions options;
 
-    mutable std::mutex channels_mutex; // guards channels
+    mutable std::mutex channels_mutex; // guards channels, asking and retired
     std::map<ChannelKey, HeldChannel> channels;
+    // Channels asked of nsbrokerd and not yet answered: one request at a
+    // time asks for each.
+    std::set<ChannelKey> asking;
+    // Channels let go of while requests submitted on them still wait: read
+    // by completions() until they are answered.
+    std::vector<std::shared_ptr<Link>> retired;
 
-    Impl(UniqueFd fd, ClientOptions opts) : daemon(std::move(fd)), options(opts) {}
+    // Event-loop use: an epoll set of every link and of `wake`, an eventfd
+    // written when a submitted request completes.
+    UniqueFd epoll;
+    UniqueFd wake;
+    std::mutex completed_mutex; // guards completed
+    std::vector<Completion> completed;
+    std::atomic<std::uint64_t> next_submission{1};
+
+    Impl(UniqueFd fd, ClientOptions opts, UniqueFd epoll_fd, UniqueFd wake_fd)
+        : daemon(std::move(fd)), options(opts), epoll(std::move(epoll_fd)),
+          wake(std::move(wake_fd)) {}
+
+    // Puts fd in the epoll set, or changes what it is watched for.
+    void watch(int fd, bool holding, int op = EPOLL_CTL_MOD) const {
+        epoll_event e{};
+        e.events = EPOLLIN | (holding ? EPOLLOUT : 0U);
+        ::epoll_ctl(epoll.get(), op, fd, &e);
+    }
+    void unwatch(int fd) const { ::epoll_ctl(epoll.get(), EPOLL_CTL_DEL, fd, nullptr); }
+
+    void complete(std::uint64_t id, Result<std::vector<Socket>> sockets) {
+        {
+            std::lock_guard lock(completed_mutex);
+            completed.push_back({id, std::move(sockets)});
+        }
+        std::uint64_t one = 1;
+        (void)!::write(wake.get(), &one, sizeof(one));
+    }
+
+    struct Submission;
+    void submit_on_channel(std::shared_ptr<Submission> s, const ChannelKey& key,
+                           const std::shared_ptr<Link>& link);
+    void submit_to_daemon(std::shared_ptr<Submission> s);
+    void adopt_channel(const std::optional<ChannelKey>& key, bool asked, Result<Answer>& answer);
+    [[nodiscard]] bool asks_channel(const Target& target, const std::vector<SocketSpec>& specs);
+
+    // A channel leaves the map: it goes at once unless submitted requests
+    // still wait on it. Called with channels_mutex held.
+    void let_go(const std::shared_ptr<Link>& link) {
+        if (link->busy()) {
+            retired.push_back(link);
+        } else {
+            unwatch(link->fd());
+        }
+    }
 
     Result<Answer> call(proto::Request request, int fd_to_send = -1) {
         return std::move(daemon.call(std::move(request), fd_to_send).answer);
@@ -310,9 +556,10 @@ struct Client::Impl {
         return it->second.link;
     }
 
-    void forget(const ChannelKey& key, const std::shared_ptr<Link>& link) {
+    void forget(const ChannelKey& key, const Link* link) {
         std::lock_guard lock(channels_mutex);
-        if (auto it = channels.find(key); it != channels.end() && it->second.link == link) {
+        if (auto it = channels.find(key); it != channels.end() && it->second.link.get() == link) {
+            let_go(it->second.link);
             channels.erase(it);
         }
     }
@@ -326,7 +573,7 @@ struct Client::Impl {
         }
         auto outcome = link->call(r);
         if (!outcome.sent) {
-            forget(key, link);
+            forget(key, link.get());
             return std::nullopt;
         }
         return std::move(outcome.answer);
@@ -349,9 +596,11 @@ struct Client::Impl {
             auto least = std::min_element(
                 channels.begin(), channels.end(),
                 [](const auto& a, const auto& b) { return a.second.uses < b.second.uses; });
+            let_go(least->second.link);
             channels.erase(least);
         }
         if (options.max_direct_channels > 0) {
+            watch(link->fd(), false, EPOLL_CTL_ADD);
             channels.emplace(key, HeldChannel{std::move(link), 1});
         }
     }
@@ -368,8 +617,12 @@ Result<Client> Client::connect(std::string_view path, const ClientOptions& optio
         return make_error(ErrorCode::invalid_request, "bad socket path \"" + target + "\"");
     }
     UniqueFd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)};
-    if (!fd) {
-        return make_error(ErrorCode::io, std::string("socket: ") + std::strerror(errno), errno);
+    UniqueFd epoll{::epoll_create1(EPOLL_CLOEXEC)};
+    UniqueFd wake{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
+    if (!fd || !epoll || !wake) {
+        return make_error(
+            ErrorCode::io,
+            std::string("cannot open the client's descriptors: ") + std::strerror(errno), errno);
     }
     if (::connect(fd.get(), address->get(), address->length) < 0) {
         int err = errno;
@@ -377,7 +630,10 @@ Result<Client> Client::connect(std::string_view path, const ClientOptions& optio
                           "cannot connect to nsbrokerd at " + target + ": " + std::strerror(err),
                           err);
     }
-    return Client(std::make_unique<Impl>(std::move(fd), options));
+    auto impl = std::make_unique<Impl>(std::move(fd), options, std::move(epoll), std::move(wake));
+    impl->watch(impl->daemon.fd(), false, EPOLL_CTL_ADD);
+    impl->watch(impl->wake.get(), false, EPOLL_CTL_ADD);
+    return Client(std::move(impl));
 }
 
 Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
@@ -548,15 +804,6 @@ namespace {
 // Where `ip netns` names namespaces, and nsbrokerd looks names up.
 constexpr const char* netns_dir = "/run/netns";
 
-// What a request's namespace reference turns into here: a descriptor the
-// library opened with the caller's rights (for a path or a pid), and the key
-// of the direct channel that would serve it, when one stat(2) can tell.
-struct Target {
-    Netns netns;
-    UniqueFd opened;
-    std::optional<ChannelKey> key;
-};
-
 Result<Target> find_target(const Netns& netns, bool channel_only) {
     Target t{netns, {}, std::nullopt};
     const auto& ref = netns.ref();
@@ -603,8 +850,11 @@ Result<Target> find_target(const Netns& netns, bool channel_only) {
 
 } // namespace
 
-Result<std::vector<Socket>> Client::sockets(const Netns& netns,
-                                            const std::vector<SocketSpec>& specs) {
+namespace {
+
+// The request for specs, as nsbrokerd and workers get it: the unix steps
+// this process does itself are taken out.
+Result<proto::Request> socket_request(const std::vector<SocketSpec>& specs) {
     if (specs.empty() || proto::socket_count(specs) > proto::max_fds_per_message) {
         return make_error(ErrorCode::limit, "a request asks for 1 to " +
                                                 std::to_string(proto::max_fds_per_message) +
@@ -623,51 +873,20 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         r.specs[i].listen.reset();
         r.specs[i].connect.reset();
     }
-    const bool channels = impl_->options.direct_channels;
-    std::optional<Result<Answer>> answer;
-    // A path is opened only when no channel serves it: stat(2) tells first.
-    if (channels && netns.borrowed_fd() < 0 && netns.ref().kind == proto::NetnsRef::Kind::path) {
-        if (auto t = find_target(netns, true); t && t->key) {
-            answer = impl_->on_channel(*t->key, r);
-        }
-    }
+    return r;
+}
+
+// The sockets of an answer to specs, with the unix steps done here.
+Result<std::vector<Socket>> sockets_of(const std::vector<SocketSpec>& specs,
+                                       Result<Answer> answer) {
     if (!answer) {
-        auto target = find_target(netns, false);
-        if (!target) {
-            return std::move(target).error();
-        }
-        if (channels && target->key) {
-            answer = impl_->on_channel(*target->key, r);
-        }
-        if (!answer) {
-            r.netns = target->netns.ref();
-            r.channel =
-                channels && target->key && proto::socket_count(specs) < proto::max_fds_per_message;
-            answer = impl_->call(std::move(r), target->netns.borrowed_fd());
-            if (*answer) {
-                if (auto* sockets = std::get_if<proto::SocketReply>(&(*answer)->body);
-                    sockets && sockets->channel && !(*answer)->fds.empty()) {
-                    UniqueFd channel = std::move((*answer)->fds.back());
-                    (*answer)->fds.pop_back();
-                    // A name that moved to another namespace since it was
-                    // looked at here leaves the channel unused.
-                    if (sockets->channel->dev == target->key->dev &&
-                        sockets->channel->ino == target->key->ino) {
-                        impl_->keep(*target->key, std::move(channel));
-                    }
-                    sockets->channel.reset();
-                }
-            }
-        }
+        return std::move(answer).error();
     }
-    if (!*answer) {
-        return std::move(*answer).error();
-    }
-    auto reply = expect<proto::SocketReply>((*answer)->body);
+    auto reply = expect<proto::SocketReply>(answer->body);
     if (!reply) {
         return std::move(reply).error();
     }
-    auto& fds = (*answer)->fds;
+    auto& fds = answer->fds;
     if (fds.size() != reply->sockets.size()) {
         return make_error(ErrorCode::io, "nsbrokerd sent " + std::to_string(fds.size()) +
                                              " descriptors for " +
@@ -693,6 +912,199 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         }
     }
     return out;
+}
+
+// The descriptor a request to nsbrokerd carries for target, if any.
+UniqueFd descriptor_to_send(Target& target) {
+    if (target.opened) {
+        return std::move(target.opened);
+    }
+    int borrowed = target.netns.borrowed_fd();
+    return UniqueFd{borrowed >= 0 ? ::fcntl(borrowed, F_DUPFD_CLOEXEC, 3) : -1};
+}
+
+} // namespace
+
+// nsbrokerd's answer may bring a direct channel for key: kept, and taken out
+// of the answer's descriptors.
+void Client::Impl::adopt_channel(const std::optional<ChannelKey>& key, bool asked,
+                                 Result<Answer>& answer) {
+    if (asked) {
+        std::lock_guard lock(channels_mutex);
+        asking.erase(*key);
+    }
+    if (!answer) {
+        return;
+    }
+    auto* sockets = std::get_if<proto::SocketReply>(&answer->body);
+    if (!sockets || !sockets->channel || answer->fds.empty()) {
+        return;
+    }
+    UniqueFd channel = std::move(answer->fds.back());
+    answer->fds.pop_back();
+    // A name that moved to another namespace since it was looked at here
+    // leaves the channel unused.
+    if (key && sockets->channel->dev == key->dev && sockets->channel->ino == key->ino) {
+        keep(*key, std::move(channel));
+    }
+    sockets->channel.reset();
+}
+
+bool Client::Impl::asks_channel(const Target& target, const std::vector<SocketSpec>& specs) {
+    if (!options.direct_channels || !target.key ||
+        proto::socket_count(specs) >= proto::max_fds_per_message) {
+        return false;
+    }
+    std::lock_guard lock(channels_mutex);
+    return !channels.contains(*target.key) && asking.insert(*target.key).second;
+}
+
+Result<std::vector<Socket>> Client::sockets(const Netns& netns,
+                                            const std::vector<SocketSpec>& specs) {
+    auto r = socket_request(specs);
+    if (!r) {
+        return std::move(r).error();
+    }
+    Impl& im = *impl_;
+    const bool channels = im.options.direct_channels;
+    // A path is opened only when no channel serves it: stat(2) tells first.
+    if (channels && netns.borrowed_fd() < 0 && netns.ref().kind == proto::NetnsRef::Kind::path) {
+        if (auto t = find_target(netns, true); t && t->key) {
+            if (auto answer = im.on_channel(*t->key, *r)) {
+                return sockets_of(specs, std::move(*answer));
+            }
+        }
+    }
+    auto target = find_target(netns, false);
+    if (!target) {
+        return std::move(target).error();
+    }
+    if (channels && target->key) {
+        if (auto answer = im.on_channel(*target->key, *r)) {
+            return sockets_of(specs, std::move(*answer));
+        }
+    }
+    r->netns = target->netns.ref();
+    r->channel = im.asks_channel(*target, specs);
+    const bool asked = r->channel;
+    auto answer = im.call(std::move(*r), target->netns.borrowed_fd());
+    im.adopt_channel(target->key, asked, answer);
+    return sockets_of(specs, std::move(answer));
+}
+
+// ---- From an event loop ----------------------------------------------------
+
+// A submitted request on its way: what it asks, and of which namespace.
+struct Client::Impl::Submission {
+    std::uint64_t id;
+    std::vector<SocketSpec> specs;
+    proto::Request request;
+    Netns netns;
+    UniqueFd netns_fd; // a duplicate of a Netns::fd, which netns then borrows
+};
+
+void Client::Impl::submit_on_channel(std::shared_ptr<Submission> s, const ChannelKey& key,
+                                     const std::shared_ptr<Link>& link) {
+    const Link* used = link.get();
+    link->submit(s->request, {}, [this, s, key, used](Link::Outcome outcome) mutable {
+        if (!outcome.sent) {
+            forget(key, used);
+            submit_to_daemon(std::move(s));
+            return;
+        }
+        complete(s->id, sockets_of(s->specs, std::move(outcome.answer)));
+    });
+    watch(link->fd(), link->holding());
+}
+
+void Client::Impl::submit_to_daemon(std::shared_ptr<Submission> s) {
+    auto target = find_target(s->netns, false);
+    if (!target) {
+        complete(s->id, std::move(target).error());
+        return;
+    }
+    proto::Request r = s->request;
+    r.netns = target->netns.ref();
+    r.channel = asks_channel(*target, s->specs);
+    const bool asked = r.channel;
+    daemon.submit(std::move(r), descriptor_to_send(*target),
+                  [this, s, key = target->key, asked](Link::Outcome outcome) {
+                      adopt_channel(key, asked, outcome.answer);
+                      complete(s->id, sockets_of(s->specs, std::move(outcome.answer)));
+                  });
+    watch(daemon.fd(), daemon.holding());
+}
+
+Result<std::uint64_t> Client::submit_sockets(const Netns& netns,
+                                             const std::vector<SocketSpec>& specs) {
+    auto r = socket_request(specs);
+    if (!r) {
+        return std::move(r).error();
+    }
+    Impl& im = *impl_;
+    auto s = std::make_shared<Impl::Submission>(
+        Impl::Submission{im.next_submission.fetch_add(1), specs, std::move(*r), netns, {}});
+    if (netns.borrowed_fd() >= 0) {
+        s->netns_fd = UniqueFd{::fcntl(netns.borrowed_fd(), F_DUPFD_CLOEXEC, 3)};
+        if (!s->netns_fd) {
+            return make_error(ErrorCode::io, std::string("dup: ") + std::strerror(errno), errno);
+        }
+        s->netns = Netns::fd(s->netns_fd.get());
+    }
+    if (im.options.direct_channels) {
+        // stat(2) alone tells which channel serves it.
+        if (auto t = find_target(s->netns, true); t && t->key) {
+            if (auto link = im.channel_for(*t->key)) {
+                im.submit_on_channel(s, *t->key, link);
+                return s->id;
+            }
+        }
+    }
+    const std::uint64_t id = s->id;
+    im.submit_to_daemon(std::move(s));
+    return id;
+}
+
+int Client::event_fd() const noexcept {
+    return impl_->epoll.get();
+}
+
+std::vector<Completion> Client::completions() {
+    Impl& im = *impl_;
+    std::uint64_t woken = 0;
+    (void)!::read(im.wake.get(), &woken, sizeof(woken));
+    std::vector<std::shared_ptr<Link>> links;
+    {
+        std::lock_guard lock(im.channels_mutex);
+        for (const auto& [key, held] : im.channels) {
+            links.push_back(held.link);
+        }
+        links.insert(links.end(), im.retired.begin(), im.retired.end());
+    }
+    auto serve = [&im](Link& link) {
+        link.read_arrived();
+        if (link.broken()) {
+            im.unwatch(link.fd()); // a hung-up link would wake the loop for ever
+        } else {
+            im.watch(link.fd(), link.flush());
+        }
+    };
+    serve(im.daemon);
+    for (const auto& link : links) {
+        serve(*link);
+    }
+    {
+        std::lock_guard lock(im.channels_mutex);
+        std::erase_if(im.retired, [&im](const std::shared_ptr<Link>& link) {
+            if (link->busy()) {
+                return false;
+            }
+            im.unwatch(link->fd());
+            return true;
+        });
+    }
+    std::lock_guard lock(im.completed_mutex);
+    return std::exchange(im.completed, {});
 }
 
 Result<Socket> Client::socket(const Netns& netns, const SocketSpec& spec) {

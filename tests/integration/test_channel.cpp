@@ -2,18 +2,22 @@
 // they serve it as, and how a revoked, closed or dead channel sends the
 // library back to nsbrokerd. Every socket is checked with SIOCGSKNS.
 #include <doctest/doctest.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/epoll.h>
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <systemd/sd-event.h>
 #include <unistd.h>
 
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <optional>
 #include <thread>
 
@@ -540,4 +544,104 @@ TEST_CASE("channels are bounded: per Client by its option, per connection by nsb
             return r.fds.size() == 2;
         }));
     }
+}
+
+namespace {
+
+// Requests submitted from an sd-event loop, and what came of them.
+struct EventLoopRun {
+    explicit EventLoopRun(Client& c) : client(c) {}
+
+    Client& client;
+    sd_event* loop = nullptr;
+    std::map<std::uint64_t, ino_t> expected; // request id -> its namespace
+    std::size_t sockets_per_request = 1;
+    int completed = 0;
+    int wrong = 0;
+    std::map<std::string, int> errors;
+
+    static int on_ready(sd_event_source*, int, uint32_t, void* userdata) {
+        auto& run = *static_cast<EventLoopRun*>(userdata);
+        for (auto& done : run.client.completions()) {
+            ++run.completed;
+            auto it = run.expected.find(done.id);
+            if (it == run.expected.end()) {
+                ++run.wrong;
+            } else if (!done.sockets) {
+                ++run.errors[done.sockets.error().describe()];
+            } else if (done.sockets->size() != run.sockets_per_request) {
+                ++run.wrong;
+            } else {
+                for (const auto& s : *done.sockets) {
+                    run.wrong += socket_netns_inode(s.fd()) != it->second;
+                }
+            }
+        }
+        if (run.completed == static_cast<int>(run.expected.size())) {
+            sd_event_exit(run.loop, 0);
+        }
+        return 0;
+    }
+    static int on_deadline(sd_event_source*, uint64_t, void* userdata) {
+        sd_event_exit(static_cast<EventLoopRun*>(userdata)->loop, 1);
+        return 0;
+    }
+
+    // Runs the loop until every request completed (0), or a minute passed.
+    int wait_all() {
+        REQUIRE(sd_event_new(&loop) >= 0);
+        sd_event_source* io = nullptr;
+        sd_event_source* deadline = nullptr;
+        REQUIRE(sd_event_add_io(loop, &io, client.event_fd(), EPOLLIN, on_ready, this) >= 0);
+        uint64_t now = 0;
+        REQUIRE(sd_event_now(loop, CLOCK_MONOTONIC, &now) >= 0);
+        REQUIRE(sd_event_add_time(loop, &deadline, CLOCK_MONOTONIC, now + 60'000'000, 0,
+                                  on_deadline, this) >= 0);
+        int r = sd_event_loop(loop);
+        sd_event_source_unref(io);
+        sd_event_source_unref(deadline);
+        loop = sd_event_unref(loop);
+        return r;
+    }
+};
+
+} // namespace
+
+TEST_CASE("from an sd-event loop: a thousand requests in flight, each completed in its namespace") {
+    TestNetns a("loop-a");
+    TestNetns b("loop-b");
+    Daemon d;
+    auto c = connect(d);
+    UniqueFd b_fd{::open(b.path().c_str(), O_RDONLY | O_CLOEXEC)};
+    REQUIRE(b_fd);
+    EventLoopRun run(c);
+    auto udp = spec(AF_INET, SOCK_DGRAM);
+    auto submit = [&](int n) {
+        for (int i = 0; i < n; ++i) {
+            const bool to_a = i % 2 == 0;
+            // A descriptor is duplicated at submit: the caller's own may close.
+            UniqueFd own{to_a ? -1 : ::fcntl(b_fd.get(), F_DUPFD_CLOEXEC, 3)};
+            auto id = c.submit_sockets(to_a ? Netns::name(a.name()) : Netns::fd(own.get()), {udp});
+            REQUIRE_MESSAGE(id, id.error().describe());
+            run.expected[*id] = to_a ? a.inode() : b.inode();
+        }
+    };
+    SUBCASE("through nsbrokerd first, then on the channels it granted") {
+        submit(1000);
+    }
+    SUBCASE("while SIGHUP revokes the channels they were sent on") {
+        REQUIRE(c.socket(Netns::name(a.name()), udp));
+        REQUIRE(c.socket(Netns::fd(b_fd.get()), udp));
+        REQUIRE(c.direct_channels() == 2);
+        submit(500);
+        REQUIRE(d.write_policy(R"({"rules": []})"));
+        submit(500);
+    }
+    CHECK(run.wait_all() == 0);
+    CHECK(run.completed == 1000);
+    CHECK(run.wrong == 0);
+    for (const auto& [error, count] : run.errors) {
+        FAIL_CHECK(count << " requests failed: " << error);
+    }
+    CHECK(c.direct_channels() == 2);
 }

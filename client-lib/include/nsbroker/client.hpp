@@ -84,6 +84,12 @@ class Socket {
     SocketInfo info_;
 };
 
+// A request submitted from an event loop (Client::submit_sockets), completed.
+struct Completion {
+    std::uint64_t id = 0; // what submit_sockets returned
+    Result<std::vector<Socket>> sockets = make_error(ErrorCode::internal, "not completed");
+};
+
 struct ClientOptions {
     // Ask nsbrokerd for direct channels to workers and use them.
     bool direct_channels = true;
@@ -116,7 +122,21 @@ class Client {
     NSBROKER_PUBLIC Result<NamespacesReply> namespaces();
     NSBROKER_PUBLIC Result<StatsReply> stats();
 
-    // The connection's descriptor, for poll(2) or diagnostics; still owned by the Client.
+    // From an event loop, without a thread per call: submit_sockets sends a
+    // request (or holds it until the socket has room) and returns its id at
+    // once; event_fd() becomes readable when there is something to collect;
+    // completions() then reads what arrived without blocking and returns the
+    // requests that completed, each with its id. Requests on the connection
+    // and on its direct channels are pipelined, and completions come in any
+    // order. Thread-safe, and may be mixed with the blocking calls. A
+    // Netns::fd is duplicated at submit, so the caller may close its own.
+    NSBROKER_PUBLIC Result<std::uint64_t> submit_sockets(const Netns& netns,
+                                                         const std::vector<SocketSpec>& specs);
+    // For poll(2), epoll or sd_event_add_io, level-triggered (POLLIN); owned by the Client.
+    [[nodiscard]] NSBROKER_PUBLIC int event_fd() const noexcept;
+    NSBROKER_PUBLIC std::vector<Completion> completions();
+
+    // The connection's descriptor, for diagnostics; still owned by the Client.
     [[nodiscard]] NSBROKER_PUBLIC int fd() const noexcept;
     // How many direct channels the Client holds now.
     [[nodiscard]] NSBROKER_PUBLIC std::size_t direct_channels() const;
