@@ -1,12 +1,16 @@
 // Client: one SOCK_SEQPACKET connection to nsbrokerd shared by every calling
-// thread, and the direct channels to workers it granted.
+// thread, the direct channels to workers it granted, and their reservoirs.
 //
 // A caller sends its request, then waits for its reply. One waiting thread at
 // a time reads from the socket and hands each reply to the thread whose id it
 // carries, so replies may arrive in any order and no thread is dedicated to
-// reading. Direct channels work the same way, one namespace each.
+// reading. Direct channels work the same way, one namespace each. Requests
+// submitted from an event loop complete through callbacks, run by whichever
+// thread reads their replies, and wait in the Client until completions().
 #include "nsbroker/client.hpp"
 
+#include <netinet/in.h>
+#include <poll.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
@@ -265,6 +269,19 @@ class Link {
         return broken_.has_value();
     }
 
+    // Whether the peer may still answer: it has not closed, nor been found
+    // to read no more.
+    [[nodiscard]] bool open() const {
+        {
+            std::lock_guard lock(mutex_);
+            if (broken_ || unsendable_) {
+                return false;
+            }
+        }
+        pollfd p{fd_.get(), 0, 0};
+        return ::poll(&p, 1, 0) == 0;
+    }
+
     // Whether submitted requests wait to be sent.
     [[nodiscard]] bool holding() const {
         std::lock_guard lock(mutex_);
@@ -460,9 +477,19 @@ struct Target {
     std::optional<ChannelKey> key;
 };
 
+// Sockets made ahead of time on one direct channel (ClientOptions::reservoir).
+struct Reservoir {
+    using Kind = std::pair<int, int>; // family and type; tcp and udp are protocol 0
+    std::mutex mutex;                 // guards everything below
+    std::map<Kind, std::vector<Socket>> ready;
+    std::set<Kind> refilling; // a batch is on its way
+    std::set<Kind> refused;   // the channel would not make them: not asked again
+};
+
 struct HeldChannel {
     std::shared_ptr<Link> link;
     std::uint64_t uses = 0;
+    std::shared_ptr<Reservoir> reservoir; // when ClientOptions::reservoir asks for one
 };
 
 std::optional<ChannelKey> key_of_file(int fd, std::string name = {}) {
@@ -526,6 +553,11 @@ struct Client::Impl {
     }
 
     struct Submission;
+    std::optional<Result<std::vector<Socket>>> from_reservoir(const Netns& netns,
+                                                              const SocketSpec& spec);
+    void refill(const std::shared_ptr<Link>& link, const std::shared_ptr<Reservoir>& reservoir,
+                const SocketSpec& spec);
+    void let_go_closed_channels();
     void submit_on_channel(std::shared_ptr<Submission> s, const ChannelKey& key,
                            const std::shared_ptr<Link>& link);
     void submit_to_daemon(std::shared_ptr<Submission> s);
@@ -601,7 +633,8 @@ struct Client::Impl {
         }
         if (options.max_direct_channels > 0) {
             watch(link->fd(), false, EPOLL_CTL_ADD);
-            channels.emplace(key, HeldChannel{std::move(link), 1});
+            auto reservoir = options.reservoir > 0 ? std::make_shared<Reservoir>() : nullptr;
+            channels.emplace(key, HeldChannel{std::move(link), 1, std::move(reservoir)});
         }
     }
 };
@@ -716,26 +749,27 @@ Result<void> check_unix_steps(std::size_t index, const SocketSpec& s) {
     return {};
 }
 
-Error unix_step_error(std::size_t index, const std::string& step) {
+Error step_error(std::size_t index, const std::string& step) {
     int err = errno;
     ErrorCode code =
         (err == EPERM || err == EACCES) ? ErrorCode::permission_denied : ErrorCode::kernel;
     return make_error(code, where(index) + ": " + step + ": " + std::strerror(err), err);
 }
 
-// The worker's bind, listen and connect, in its order, on a socket it made.
-Result<void> do_unix_steps(std::size_t index, const SocketSpec& s, int fd, SocketInfo& info) {
+// The worker's bind, listen and connect, in its order, on a socket it made:
+// a unix socket's, and a reservoir socket's.
+Result<void> do_steps_here(std::size_t index, const SocketSpec& s, int fd, SocketInfo& info) {
     if (s.bind) {
-        auto address = proto::parse_address(AF_UNIX, *s.bind);
+        auto address = proto::parse_address(s.family, *s.bind);
         if (::bind(fd, address->get(), address->length) < 0) {
-            return unix_step_error(index, "bind " + *s.bind);
+            return step_error(index, "bind " + *s.bind);
         }
     }
     if (s.listen && ::listen(fd, *s.listen) < 0) {
-        return unix_step_error(index, "listen");
+        return step_error(index, "listen");
     }
     if (s.connect) {
-        auto address = proto::parse_address(AF_UNIX, *s.connect);
+        auto address = proto::parse_address(s.family, *s.connect);
         int rc = 0;
         do {
             rc = ::connect(fd, address->get(), address->length);
@@ -743,7 +777,7 @@ Result<void> do_unix_steps(std::size_t index, const SocketSpec& s, int fd, Socke
         // With nonblock, EAGAIN (a full backlog) is still a failure: unlike
         // EINPROGRESS it leaves the socket unconnected for good.
         if (rc < 0 && !(s.nonblock && errno == EINPROGRESS)) {
-            return unix_step_error(index, "connect " + *s.connect);
+            return step_error(index, "connect " + *s.connect);
         }
     }
     sockaddr_storage local{};
@@ -852,6 +886,44 @@ Result<Target> find_target(const Netns& netns, bool channel_only) {
 
 namespace {
 
+std::uint16_t port_of(const proto::SocketAddress& a) {
+    if (a.storage.ss_family == AF_INET) {
+        return ntohs(reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
+    }
+    return ntohs(reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_port);
+}
+
+// Whether a reservoir may serve s (ClientOptions::reservoir says which).
+bool reservoir_serves(const SocketSpec& s) {
+    if (s.options != proto::SocketOptions{}) {
+        return false;
+    }
+    if (s.family == AF_UNIX) {
+        return s.protocol == 0;
+    }
+    if (s.family != AF_INET && s.family != AF_INET6) {
+        return false;
+    }
+    const bool tcp = s.type == SOCK_STREAM && (s.protocol == 0 || s.protocol == IPPROTO_TCP);
+    const bool udp = s.type == SOCK_DGRAM && (s.protocol == 0 || s.protocol == IPPROTO_UDP);
+    if (!(tcp || udp) || s.connect) {
+        return false;
+    }
+    if (s.bind) {
+        auto address = proto::parse_address(s.family, *s.bind);
+        return address && port_of(*address) == 0;
+    }
+    return true;
+}
+
+Reservoir::Kind kind_of(const SocketSpec& s) {
+    return {s.family, s.type};
+}
+
+} // namespace
+
+namespace {
+
 // The request for specs, as nsbrokerd and workers get it: the unix steps
 // this process does itself are taken out.
 Result<proto::Request> socket_request(const std::vector<SocketSpec>& specs) {
@@ -903,7 +975,7 @@ Result<std::vector<Socket>> sockets_of(const std::vector<SocketSpec>& specs,
     for (std::size_t i = 0; i < specs.size(); ++i) {
         for (unsigned n = 0; n < specs[i].count; ++n, ++next) {
             if (unix_steps_here(specs[i])) {
-                if (auto ok = do_unix_steps(i, specs[i], fds[next].get(), reply->sockets[next]);
+                if (auto ok = do_steps_here(i, specs[i], fds[next].get(), reply->sockets[next]);
                     !ok) {
                     return std::move(ok).error();
                 }
@@ -966,6 +1038,11 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         return std::move(r).error();
     }
     Impl& im = *impl_;
+    if (im.options.reservoir > 0 && specs.size() == 1 && reservoir_serves(specs[0])) {
+        if (auto served = im.from_reservoir(netns, specs[0])) {
+            return std::move(*served);
+        }
+    }
     const bool channels = im.options.direct_channels;
     // A path is opened only when no channel serves it: stat(2) tells first.
     if (channels && netns.borrowed_fd() < 0 && netns.ref().kind == proto::NetnsRef::Kind::path) {
@@ -1093,6 +1170,7 @@ std::vector<Completion> Client::completions() {
     for (const auto& link : links) {
         serve(*link);
     }
+    im.let_go_closed_channels();
     {
         std::lock_guard lock(im.channels_mutex);
         std::erase_if(im.retired, [&im](const std::shared_ptr<Link>& link) {
@@ -1105,6 +1183,122 @@ std::vector<Completion> Client::completions() {
     }
     std::lock_guard lock(im.completed_mutex);
     return std::exchange(im.completed, {});
+}
+
+// ---- The reservoir ---------------------------------------------------------
+
+std::optional<Result<std::vector<Socket>>> Client::Impl::from_reservoir(const Netns& netns,
+                                                                        const SocketSpec& spec) {
+    auto target = find_target(netns, true);
+    if (!target || !target->key) {
+        return std::nullopt;
+    }
+    std::shared_ptr<Link> link;
+    std::shared_ptr<Reservoir> reservoir;
+    {
+        std::lock_guard lock(channels_mutex);
+        auto it = channels.find(*target->key);
+        if (it != channels.end()) {
+            ++it->second.uses;
+            link = it->second.link;
+            reservoir = it->second.reservoir;
+        }
+    }
+    if (!link || !reservoir || !link->open()) {
+        // A channel revoked, or whose worker is gone, goes with its
+        // reservoir; this request goes to nsbrokerd.
+        let_go_closed_channels();
+        return std::nullopt;
+    }
+    const auto kind = kind_of(spec);
+    std::vector<Socket> taken;
+    bool ask = false;
+    {
+        std::lock_guard lock(reservoir->mutex);
+        auto& ready = reservoir->ready[kind];
+        if (ready.size() >= spec.count) {
+            for (unsigned i = 0; i < spec.count; ++i) {
+                taken.push_back(std::move(ready.back()));
+                ready.pop_back();
+            }
+        }
+        ask = ready.size() <= options.reservoir / 2 && !reservoir->refused.contains(kind) &&
+              reservoir->refilling.insert(kind).second;
+    }
+    if (ask) {
+        refill(link, reservoir, spec);
+    }
+    if (taken.empty()) {
+        let_go_closed_channels();
+        return std::nullopt;
+    }
+    std::vector<Socket> out;
+    out.reserve(taken.size());
+    for (auto& socket : taken) {
+        SocketInfo info = socket.info();
+        UniqueFd fd = socket.take();
+        if (spec.nonblock &&
+            ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) | O_NONBLOCK) < 0) {
+            return Result<std::vector<Socket>>(step_error(0, "fcntl"));
+        }
+        if (spec.bind || spec.listen) {
+            if (auto ok = do_steps_here(0, spec, fd.get(), info); !ok) {
+                return Result<std::vector<Socket>>(std::move(ok).error());
+            }
+        }
+        out.emplace_back(std::move(fd), std::move(info));
+    }
+    return out;
+}
+
+// Asks the channel for a batch of spec's kind, plain, for the reservoir.
+void Client::Impl::refill(const std::shared_ptr<Link>& link,
+                          const std::shared_ptr<Reservoir>& reservoir, const SocketSpec& spec) {
+    SocketSpec plain;
+    plain.family = spec.family;
+    plain.type = spec.type;
+    plain.count = static_cast<unsigned>(std::min(options.reservoir, proto::max_fds_per_message));
+    proto::Request r = request_for(proto::Op::socket);
+    r.specs = {plain};
+    link->submit(std::move(r), {}, [reservoir, plain, kind = kind_of(spec)](Link::Outcome outcome) {
+        auto made = sockets_of({plain}, std::move(outcome.answer));
+        std::lock_guard lock(reservoir->mutex);
+        reservoir->refilling.erase(kind);
+        if (!made) {
+            if (made.error().code == ErrorCode::permission_denied) {
+                reservoir->refused.insert(kind);
+            }
+            return;
+        }
+        auto& ready = reservoir->ready[kind];
+        for (auto& socket : *made) {
+            ready.push_back(std::move(socket));
+        }
+    });
+    watch(link->fd(), link->holding());
+}
+
+// Channels found closed are let go, with their reservoirs and what replies
+// they still hold: sockets nobody asked for yet keep no namespace alive.
+void Client::Impl::let_go_closed_channels() {
+    std::vector<std::shared_ptr<Link>> closed;
+    {
+        std::lock_guard lock(channels_mutex);
+        std::erase_if(channels, [&closed](const auto& entry) {
+            if (entry.second.link->open()) {
+                return false;
+            }
+            closed.push_back(entry.second.link);
+            return true;
+        });
+    }
+    for (const auto& link : closed) {
+        link->read_arrived();
+    }
+    std::lock_guard lock(channels_mutex);
+    for (const auto& link : closed) {
+        let_go(link);
+    }
 }
 
 Result<Socket> Client::socket(const Netns& netns, const SocketSpec& spec) {

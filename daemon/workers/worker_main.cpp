@@ -198,7 +198,7 @@ constexpr std::size_t max_channels = 256;
 constexpr std::size_t max_unread_fds_per_channel = 2 * proto::max_fds_per_message;
 // While a channel waits for its caller to read, the worker looks again this
 // often (the kernel gives no event for a peer's reads).
-constexpr int unread_recheck_ms = 10;
+constexpr int unread_recheck_ms = 2;
 // How often the worker tells the daemon what its channels served: the daemon
 // counts it as use of the worker, and in its figures.
 constexpr int report_interval_ms = 1000;
@@ -214,6 +214,8 @@ struct DirectChannel {
     // the channel closes; the caller's library asks nsbrokerd instead.
     bool revoked = false;
     std::size_t unread_fds = 0; // sent since the caller was last seen to have read all
+    // Its next request waits until the caller has read what it was sent.
+    bool waiting_for_reads = false;
     // A reply the caller's queue had no room for, sent before anything else is read.
     std::optional<std::pair<std::string, std::vector<UniqueFd>>> unsent;
 };
@@ -234,9 +236,11 @@ class WorkerServer {
                 short events = POLLIN;
                 if (channel.unsent) {
                     events = POLLOUT;
-                } else if (!caught_up(channel)) {
+                } else if (channel.waiting_for_reads && !caught_up(channel)) {
                     throttled = true;
                     events = 0;
+                } else {
+                    channel.waiting_for_reads = false;
                 }
                 fds.push_back(pollfd{channel.fd.get(), events, 0});
                 polled.push_back(&channel);
@@ -367,7 +371,9 @@ class WorkerServer {
         last_report_ = time;
     }
 
-    // Whether the caller has read enough of what it was sent to be read from again.
+    // Whether the caller has read enough of what it was sent to be read from
+    // again. Asked when its next request is there: a caller that reads each
+    // reply before it sends again has always caught up by then.
     static bool caught_up(DirectChannel& channel) {
         if (channel.unread_fds < max_unread_fds_per_channel) {
             return true;
@@ -387,6 +393,10 @@ class WorkerServer {
                 channel.unsent.reset();
                 send_to_caller(channel, std::move(bytes), std::move(fds));
             }
+            return;
+        }
+        if (!caught_up(channel)) {
+            channel.waiting_for_reads = true;
             return;
         }
         auto received = proto::receive_message(channel.fd.get(), proto::max_message_size, true);

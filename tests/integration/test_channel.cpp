@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
@@ -644,4 +645,84 @@ TEST_CASE("from an sd-event loop: a thousand requests in flight, each completed 
         FAIL_CHECK(count << " requests failed: " << error);
     }
     CHECK(c.direct_channels() == 2);
+}
+
+namespace {
+
+// How many sockets this process holds in the namespace with inode ino.
+int open_sockets_in(ino_t ino) {
+    int n = 0;
+    for (const auto& entry : std::filesystem::directory_iterator("/proc/self/fd")) {
+        int fd = std::stoi(entry.path().filename().string());
+        struct stat st {};
+        if (::fstat(fd, &st) == 0 && S_ISSOCK(st.st_mode) && socket_netns_inode(fd) == ino) {
+            ++n;
+        }
+    }
+    return n;
+}
+
+// `ip netns add NAME` of a name chosen elsewhere, deleted with the test.
+class NamedAgain {
+  public:
+    explicit NamedAgain(std::string name) : name_(std::move(name)) {
+        REQUIRE(run("ip netns add " + name_) == 0);
+    }
+    ~NamedAgain() { run("ip netns delete " + name_ + " 2>/dev/null"); }
+    NamedAgain(const NamedAgain&) = delete;
+    NamedAgain& operator=(const NamedAgain&) = delete;
+    [[nodiscard]] ino_t inode() const {
+        struct stat st {};
+        return ::stat(("/run/netns/" + name_).c_str(), &st) == 0 ? st.st_ino : 0;
+    }
+
+  private:
+    std::string name_;
+};
+
+} // namespace
+
+TEST_CASE("the reservoir serves sockets made ahead, and never keeps a deleted namespace alive") {
+    TestNetns ns("reservoir");
+    const std::string name = ns.name();
+    const ino_t first = ns.inode();
+    Daemon d;
+    auto c = connect(d, ClientOptions{.reservoir = 8});
+    auto udp = spec(AF_INET, SOCK_DGRAM);
+    auto listener = spec(AF_INET, SOCK_STREAM);
+    listener.bind = "127.0.0.1:0";
+    listener.listen = 4;
+    // Through nsbrokerd, which grants the channel; then on the channel,
+    // which fills the reservoir of each kind.
+    REQUIRE(in_netns(c.socket(Netns::name(name), udp), first));
+    REQUIRE(in_netns(c.socket(Netns::name(name), udp), first));
+    REQUIRE(in_netns(c.socket(Netns::name(name), listener), first));
+    CHECK(open_sockets_in(first) == 16);
+    pid_t worker = worker_of(c, first);
+    REQUIRE(worker > 0);
+    {
+        // Neither nsbrokerd nor the worker answers now: only the reservoir can.
+        Stopped daemon(d.pid());
+        Stopped held(worker);
+        for (int i = 0; i < 4; ++i) {
+            CHECK(in_netns(c.socket(Netns::name(name), udp), first));
+        }
+        auto served = c.socket(Netns::name(name), listener);
+        REQUIRE(in_netns(served, first));
+        const std::string& local = served->local_address();
+        CHECK(local.starts_with("127.0.0.1:"));
+        CHECK(local != "127.0.0.1:0");
+        CHECK(socket_option(served->fd(), SO_ACCEPTCONN) == 1);
+        CHECK(tcp_connect_from(ns.path(), "127.0.0.1", std::stoi(local.substr(10))));
+    }
+
+    ns.remove();
+    REQUIRE(wait_for([&] { return !process_alive(worker); }));
+    NamedAgain again(name);
+    auto s = c.socket(Netns::name(name), udp);
+    REQUIRE(s);
+    CHECK(socket_netns_inode(s->fd()) == again.inode());
+    CHECK(socket_netns_inode(s->fd()) != first);
+    // What the reservoir held of the deleted namespace is closed.
+    CHECK(open_sockets_in(first) == 0);
 }

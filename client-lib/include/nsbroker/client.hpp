@@ -95,6 +95,18 @@ struct ClientOptions {
     bool direct_channels = true;
     // The most channels held at once; past it, the least used one closes.
     std::size_t max_direct_channels = 16;
+    // Sockets made ahead of time, per kind (family, type, protocol) and
+    // direct channel, refilled in batches on the channel; 0 keeps none. A
+    // request for one kind of socket is then served from them when the
+    // socket needs nothing privileged to be made and the caller may take
+    // its other steps itself: inet or inet6 stream (tcp) or dgram (udp)
+    // sockets with no options and no connect, unbound or bound to port 0
+    // (the library binds and listens); and unix sockets of any type. A
+    // socket from the reservoir was made as the channel's caller under the
+    // rules in force when it was made. The reservoir is emptied when its
+    // channel closes (revoked, or its worker gone) or is let go, as the
+    // library finds out on its next use of the channel, or in completions().
+    std::size_t reservoir = 0;
 };
 
 class Client {
