@@ -1,63 +1,59 @@
 // nsbroker-bench: what one socket in another network namespace costs, by
 // every way of getting one, measured side by side in one run.
 //
-//   nsbroker-bench [ITERATIONS]     (root; NSBROKERD names the daemon binary)
+//   nsbroker-bench [--json] [--cpus LIST] [ITERATIONS]
 //
-// Each figure is per socket, p50 and p99, and as a ratio to the in-thread
-// setns baseline: setns into the namespace, socket(), setns back.
+// (as root; NSBROKERD names the daemon binary). --cpus 0 or --cpus 0,1 pins
+// the benchmark and every process it starts (relays, daemons, workers,
+// dbus-daemon) to those CPUs: a wake-up on a CPU other than the waker's can
+// cost ten times the work of a whole request on a virtual machine, and
+// without pinning the scheduler decides, differently from row to row.
+//
+// Each figure is per socket, p50 and p99, and a ratio to the in-thread setns
+// baseline (setns into the namespace, socket(), setns back); each nsbroker
+// path is also compared with the floor it is built on, measured in the same
+// process. Then come sockets per second with threads, and what an idle worker
+// holds in memory. --json prints the whole report as JSON, for bench/plot.
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/socket.h>
+#include <sys/utsname.h>
 #include <sys/wait.h>
 #include <systemd/sd-bus.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <atomic>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <fstream>
 #include <functional>
+#include <iterator>
+#include <latch>
 #include <memory>
-#include <stdexcept>
+#include <mutex>
+#include <optional>
+#include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nsbroker/client.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "report.hpp"
 #include "support/harness.hpp"
 
 using namespace nsbroker;
+using bench::MemoryRow;
+using bench::Report;
+using bench::Row;
+using bench::ThroughputRow;
 using Clock = std::chrono::steady_clock;
 
 namespace {
-
-struct Figures {
-    std::string name;
-    double p50_us = 0;
-    double p99_us = 0;
-};
-
-// Runs op iterations times; each run makes sockets_per_op sockets.
-Figures measure(const std::string& name, int iterations, int sockets_per_op,
-                const std::function<void()>& op) {
-    for (int i = 0; i < std::min(iterations / 10 + 1, 50); ++i) {
-        op(); // warm up
-    }
-    std::vector<double> samples;
-    samples.reserve(static_cast<std::size_t>(iterations));
-    for (int i = 0; i < iterations; ++i) {
-        auto start = Clock::now();
-        op();
-        std::chrono::duration<double, std::micro> took = Clock::now() - start;
-        samples.push_back(took.count() / sockets_per_op);
-    }
-    std::sort(samples.begin(), samples.end());
-    auto at = [&](double q) {
-        return samples[static_cast<std::size_t>(q * (samples.size() - 1))];
-    };
-    return {name, at(0.50), at(0.99)};
-}
 
 // A failure that ends the run; thrown, so that the namespaces, daemons and
 // bus the run made are cleaned up by their destructors on the way out.
@@ -68,6 +64,355 @@ struct Fatal {
 [[noreturn]] void die(const std::string& what) {
     throw Fatal{what};
 }
+
+double micros_since(Clock::time_point start) {
+    return std::chrono::duration<double, std::micro>(Clock::now() - start).count();
+}
+
+// Runs timed_op iterations times, after a few runs to warm up; timed_op
+// makes sockets_per_op sockets and returns how long the part worth timing
+// took, in µs, so that it may prepare things outside that part.
+Row measure_timed(std::string key, std::string name, int iterations, int sockets_per_op,
+                  const std::function<double()>& timed_op) {
+    for (int i = 0; i < std::min(iterations / 10 + 1, 50); ++i) {
+        timed_op();
+    }
+    std::vector<double> samples;
+    samples.reserve(static_cast<std::size_t>(iterations));
+    for (int i = 0; i < iterations; ++i) {
+        samples.push_back(timed_op() / sockets_per_op);
+    }
+    std::sort(samples.begin(), samples.end());
+    auto at = [&](double q) {
+        return samples[static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1))];
+    };
+    return {std::move(key), std::move(name), at(0.50), at(0.99), iterations, {}};
+}
+
+// The same, timing all of op.
+Row measure(std::string key, std::string name, int iterations, int sockets_per_op,
+            const std::function<void()>& op) {
+    return measure_timed(std::move(key), std::move(name), iterations, sockets_per_op, [&] {
+        auto start = Clock::now();
+        op();
+        return micros_since(start);
+    });
+}
+
+SocketSpec udp_spec(unsigned count = 1) {
+    SocketSpec udp;
+    udp.family = AF_INET;
+    udp.type = SOCK_DGRAM;
+    udp.count = count;
+    return udp;
+}
+
+Client connect_client(const test::Daemon& daemon, bool direct_channels) {
+    auto client = Client::connect(daemon.socket_path(), {.direct_channels = direct_channels});
+    if (!client) {
+        die(client.error().describe());
+    }
+    return std::move(*client);
+}
+
+void one_socket(Client& client, const Netns& netns) {
+    auto s = client.socket(netns, udp_spec());
+    if (!s) {
+        die(s.error().describe());
+    }
+}
+
+// ---- the floors: no daemon, no JSON -----------------------------------------
+
+// A process forked to serve the benchmark on one end of a SOCK_SEQPACKET
+// socketpair; the benchmark holds the other. Closing that end ends it.
+class Forked {
+  public:
+    explicit Forked(const std::function<void(int fd)>& body) {
+        int pair[2];
+        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
+            die("socketpair");
+        }
+        ours_ = UniqueFd{pair[0]};
+        UniqueFd theirs{pair[1]};
+        pid_ = ::fork();
+        if (pid_ < 0) {
+            die("fork");
+        }
+        if (pid_ == 0) {
+            ours_.reset();
+            try {
+                body(theirs.get());
+            } catch (...) {
+                ::_exit(1);
+            }
+            ::_exit(0);
+        }
+    }
+    ~Forked() {
+        ours_.reset();
+        ::waitpid(pid_, nullptr, 0);
+    }
+    Forked(const Forked&) = delete;
+    Forked& operator=(const Forked&) = delete;
+
+    [[nodiscard]] int fd() const { return ours_.get(); }
+
+  private:
+    UniqueFd ours_;
+    pid_t pid_ = -1;
+};
+
+// A worker without nsbroker: joins the namespace, then answers every
+// message on fd with one socket, until fd closes.
+void serve_sockets(int namespace_fd, int fd) {
+    if (::setns(namespace_fd, CLONE_NEWNET) < 0) {
+        return;
+    }
+    for (;;) {
+        auto job = proto::receive_message(fd);
+        if (job.status != proto::ReceiveStatus::message) {
+            return;
+        }
+        UniqueFd s{::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
+        int fds[1] = {s.get()};
+        proto::send_message(fd, "s", fds);
+    }
+}
+
+// Sends one byte on fd and expects a socket back.
+void ask_for_socket(int fd) {
+    proto::send_message(fd, "socket");
+    auto r = proto::receive_message(fd);
+    if (r.message.fds.size() != 1) {
+        die("the relay sent no socket");
+    }
+}
+
+Row fork_per_socket(int iterations, int namespace_fd) {
+    return measure("fork", "fork+setns+socket+send, per socket", iterations, 1, [&] {
+        Forked child([&](int fd) {
+            if (::setns(namespace_fd, CLONE_NEWNET) < 0) {
+                return;
+            }
+            UniqueFd s{::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
+            int fds[1] = {s.get()};
+            proto::send_message(fd, "s", fds);
+        });
+        auto r = proto::receive_message(child.fd());
+        if (r.message.fds.size() != 1) {
+            die("forked child sent no socket");
+        }
+    });
+}
+
+// The floor of a direct channel: the client and one process in the
+// namespace, blocking I/O, a one-byte protocol.
+Row one_hop_relay(int iterations, int namespace_fd) {
+    Forked worker([&](int fd) { serve_sockets(namespace_fd, fd); });
+    return measure("relay-1hop", "bare relay: 1 process, no JSON", iterations, 1,
+                   [&] { ask_for_socket(worker.fd()); });
+}
+
+// The floor of any design through a daemon: client -> relay process ->
+// worker process in the namespace -> relay -> client.
+Row two_hop_relay(int iterations, int namespace_fd) {
+    Forked relay([&](int up) {
+        Forked worker([&](int down) { serve_sockets(namespace_fd, down); });
+        for (;;) {
+            auto request = proto::receive_message(up);
+            if (request.status != proto::ReceiveStatus::message) {
+                return;
+            }
+            proto::send_message(worker.fd(), request.message.data);
+            auto reply = proto::receive_message(worker.fd());
+            proto::send_message(up, reply.message.data, proto::raw_fds(reply.message.fds));
+        }
+    });
+    return measure("relay-2hop", "bare relay: 2 processes, no JSON", iterations, 1,
+                   [&] { ask_for_socket(relay.fd()); });
+}
+
+// ---- nsbroker ---------------------------------------------------------------
+
+// The first socket in a namespace that has no worker yet: a new namespace
+// for each sample, made and deleted outside the timed part.
+Row cold_namespace(std::string key, std::string name, Client& client, int iterations) {
+    return measure_timed(std::move(key), std::move(name), iterations, 1, [&] {
+        test::TestNetns fresh("cold");
+        auto netns = Netns::name(fresh.name());
+        auto start = Clock::now();
+        one_socket(client, netns);
+        return micros_since(start);
+    });
+}
+
+// The pid of the worker serving namespace name, as nsbrokerd lists it.
+pid_t worker_of(Client& client, const std::string& name) {
+    auto listing = client.namespaces();
+    if (!listing) {
+        die(listing.error().describe());
+    }
+    for (const auto& ns : listing->namespaces) {
+        if (std::find(ns.names.begin(), ns.names.end(), name) != ns.names.end() &&
+            ns.worker_pid != 0) {
+            return ns.worker_pid;
+        }
+    }
+    die("nsbrokerd lists no worker for " + name);
+}
+
+// The processor time process pid has used, all its threads, user and
+// system, in µs (/proc/PID/stat, in clock ticks).
+double cpu_us_of(pid_t pid) {
+    std::ifstream file("/proc/" + std::to_string(pid) + "/stat");
+    std::string stat((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
+    // The fields after the command name, which may hold spaces, start at
+    // the state (field 3); utime and stime are fields 14 and 15.
+    auto end_of_name = stat.rfind(')');
+    if (end_of_name == std::string::npos) {
+        die("cannot read /proc/" + std::to_string(pid) + "/stat");
+    }
+    std::istringstream fields(stat.substr(end_of_name + 2));
+    std::vector<std::string> f{std::istream_iterator<std::string>(fields),
+                               std::istream_iterator<std::string>()};
+    if (f.size() < 13) {
+        die("short /proc/" + std::to_string(pid) + "/stat");
+    }
+    double ticks = std::atof(f[11].c_str()) + std::atof(f[12].c_str());
+    return ticks * 1e6 / static_cast<double>(::sysconf(_SC_CLK_TCK));
+}
+
+// Threads asking for one socket a request for a fixed time, each through
+// the Client client_of(thread) gives it: sockets a second, and the
+// processor time a socket cost this process, the daemon and the worker.
+struct Flow {
+    double sockets_per_s = 0;
+    double client_cpu_us = 0;
+    double daemon_cpu_us = 0;
+    double worker_cpu_us = 0;
+};
+
+Flow measure_flow(int threads, const std::function<Client&(int)>& client_of,
+                  const test::Daemon& daemon, const std::string& name) {
+    // Long enough that starting and stopping the threads is noise.
+    constexpr auto window = std::chrono::milliseconds(1500);
+    const auto netns = Netns::name(name);
+    std::atomic<bool> stop{false};
+    std::atomic<long> made{0};
+    std::latch warmed(threads + 1);
+    std::latch go(1);
+    std::mutex failure_mutex;
+    std::optional<std::string> failure;
+    auto fail = [&](const Error& e) {
+        std::lock_guard lock(failure_mutex);
+        failure = e.describe();
+    };
+    std::vector<std::thread> workers;
+    for (int t = 0; t < threads; ++t) {
+        workers.emplace_back([&, t] {
+            Client& client = client_of(t);
+            // The first request may start a worker and open a channel.
+            auto first = client.socket(netns, udp_spec());
+            warmed.arrive_and_wait();
+            go.wait();
+            if (!first) {
+                fail(first.error());
+                return;
+            }
+            long mine = 0;
+            while (!stop.load(std::memory_order_relaxed)) {
+                auto s = client.socket(netns, udp_spec());
+                if (!s) {
+                    fail(s.error());
+                    break;
+                }
+                ++mine;
+            }
+            made += mine;
+        });
+    }
+    warmed.arrive_and_wait();
+    const pid_t worker = worker_of(client_of(0), name);
+    const double cpu_before[3] = {cpu_us_of(::getpid()), cpu_us_of(daemon.pid()),
+                                  cpu_us_of(worker)};
+    auto start = Clock::now();
+    go.count_down();
+    std::this_thread::sleep_for(window);
+    stop = true;
+    for (auto& w : workers) {
+        w.join();
+    }
+    double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    if (failure) {
+        die(*failure);
+    }
+    const double sockets = static_cast<double>(made.load());
+    return {sockets / seconds, (cpu_us_of(::getpid()) - cpu_before[0]) / sockets,
+            (cpu_us_of(daemon.pid()) - cpu_before[1]) / sockets,
+            (cpu_us_of(worker) - cpu_before[2]) / sockets};
+}
+
+// Sockets a second for 1, 4 and 16 threads: sharing one Client or with a
+// Client each, on direct channels or through nsbrokerd.
+void add_throughput_series(Report& report, const test::Daemon& daemon, const std::string& name,
+                           bool shared, bool channels) {
+    const std::string series = std::string(shared ? "one Client shared" : "a Client each") +
+                               (channels ? ", direct channel" : ", through nsbrokerd");
+    const std::string key =
+        std::string(shared ? "shared-" : "own-") + (channels ? "channel-" : "daemon-");
+    for (int threads : {1, 4, 16}) {
+        std::vector<Client> clients;
+        for (int t = 0; t < (shared ? 1 : threads); ++t) {
+            clients.push_back(connect_client(daemon, channels));
+        }
+        auto client_of = [&](int t) -> Client& {
+            return clients[shared ? 0 : static_cast<std::size_t>(t)];
+        };
+        const std::string count = std::to_string(threads);
+        Flow flow = measure_flow(threads, client_of, daemon, name);
+        ThroughputRow row;
+        row.key = key + count;
+        row.name = series + ", " + count + (threads == 1 ? " thread" : " threads");
+        row.series = series;
+        row.threads = threads;
+        row.clients = static_cast<int>(clients.size());
+        row.direct_channels = channels;
+        row.sockets_per_s = flow.sockets_per_s;
+        row.client_cpu_us = flow.client_cpu_us;
+        row.daemon_cpu_us = flow.daemon_cpu_us;
+        row.worker_cpu_us = flow.worker_cpu_us;
+        report.add(std::move(row));
+    }
+}
+
+// One line of /proc/PID/smaps_rollup, in KiB.
+long smaps_field(const std::string& rollup, const std::string& field) {
+    std::istringstream lines(rollup);
+    std::string line;
+    while (std::getline(lines, line)) {
+        if (line.starts_with(field + ":")) {
+            return std::atol(line.c_str() + field.size() + 1);
+        }
+    }
+    die("no " + field + " in smaps_rollup");
+}
+
+// The memory of the worker serving namespace name, as nsbrokerd lists it.
+MemoryRow idle_worker_memory(Client& client, const std::string& name, std::string mode) {
+    const pid_t pid = worker_of(client, name);
+    std::ifstream file("/proc/" + std::to_string(pid) + "/smaps_rollup");
+    std::stringstream rollup;
+    rollup << file.rdbuf();
+    if (!file) {
+        die("cannot read the smaps_rollup of worker " + std::to_string(pid));
+    }
+    const std::string text = rollup.str();
+    return {std::move(mode), pid, smaps_field(text, "Pss"), smaps_field(text, "Rss"),
+            smaps_field(text, "Private_Clean") + smaps_field(text, "Private_Dirty")};
+}
+
+// ---- D-Bus ------------------------------------------------------------------
 
 struct BusRelease {
     void operator()(sd_bus* bus) const noexcept { sd_bus_flush_close_unref(bus); }
@@ -113,32 +458,94 @@ void open_over_dbus(sd_bus* bus, const std::string& name, unsigned count) {
     sd_bus_message_unref(reply);
 }
 
+// ---- the run ----------------------------------------------------------------
+
+std::string load_average() {
+    std::ifstream file("/proc/loadavg");
+    std::string one, five, fifteen;
+    file >> one >> five >> fifteen;
+    return one + " " + five + " " + fifteen;
+}
+
+void note_machine(Report& report, int iterations) {
+    utsname u{};
+    ::uname(&u);
+    report.note("kernel", std::string(u.release));
+    report.note("cpus", std::thread::hardware_concurrency());
+    report.note("iterations", iterations);
+    report.note("load before", load_average());
+}
+
+struct Options {
+    int iterations = 2000;
+    bool json = false;
+    std::string cpus; // empty: wherever the scheduler puts them
+};
+
+// Pins this process, and so every process it starts later, to the CPUs
+// listed ("0", "0,1").
+void pin_to(const std::string& cpus) {
+    cpu_set_t set;
+    CPU_ZERO(&set);
+    std::istringstream list(cpus);
+    std::string cpu;
+    while (std::getline(list, cpu, ',')) {
+        if (cpu.empty() || cpu.find_first_not_of("0123456789") != std::string::npos) {
+            die("--cpus takes a list of CPU numbers, like 0,1");
+        }
+        CPU_SET(std::atoi(cpu.c_str()), &set);
+    }
+    if (::sched_setaffinity(0, sizeof(set), &set) < 0) {
+        die("sched_setaffinity " + cpus + ": " + std::strerror(errno));
+    }
+}
+
+Options parse_options(int argc, char** argv) {
+    Options o;
+    for (int i = 1; i < argc; ++i) {
+        std::string arg = argv[i];
+        if (arg == "--json") {
+            o.json = true;
+        } else if (arg == "--cpus" && i + 1 < argc) {
+            o.cpus = argv[++i];
+        } else if (!arg.empty() && arg.find_first_not_of("0123456789") == std::string::npos) {
+            o.iterations = std::atoi(arg.c_str());
+        } else {
+            die("usage: nsbroker-bench [--json] [--cpus LIST] [ITERATIONS]");
+        }
+    }
+    if (o.iterations < 10) {
+        die("ITERATIONS must be at least 10");
+    }
+    return o;
+}
+
 } // namespace
 
 int run(int argc, char** argv) {
-    int iterations = argc > 1 ? std::atoi(argv[1]) : 2000;
-    if (iterations < 10) {
-        die("ITERATIONS must be at least 10");
-    }
+    const Options options = parse_options(argc, argv);
+    const int n = options.iterations;
     ::setenv("NSBROKERD", NSBROKERD_PATH, 0);
     ::setenv("DBUS_BUS_CONFIG", DBUS_BUS_CONFIG_PATH, 0);
     ::setenv("DBUS_POLICY", DBUS_POLICY_PATH, 0);
-    test::TestNetns ns("bench");
-    test::Daemon daemon({"--log-level", "warn"});
-    auto client = Client::connect(daemon.socket_path());
-    if (!client) {
-        die(client.error().describe());
+
+    if (!options.cpus.empty()) {
+        pin_to(options.cpus);
     }
+    Report report;
+    note_machine(report, n);
+    report.note("pinned to cpus", options.cpus.empty() ? "no" : options.cpus);
+    test::TestNetns ns("bench");
     UniqueFd home{::open("/proc/thread-self/ns/net", O_RDONLY | O_CLOEXEC)};
     UniqueFd target{::open(ns.path().c_str(), O_RDONLY | O_CLOEXEC)};
     if (!home || !target) {
         die("cannot open the namespaces");
     }
 
-    std::vector<Figures> results;
-    results.push_back(measure("socket()+close, own namespace", iterations, 1,
-                              [] { UniqueFd s{::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)}; }));
-    results.push_back(measure("setns+socket+setns back, in thread", iterations, 1, [&] {
+    // The floors and the ways without nsbroker.
+    report.add(measure("socket", "socket()+close, own namespace", n, 1,
+                       [] { UniqueFd s{::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)}; }));
+    report.add(measure("setns", "setns+socket+setns back, in thread", n, 1, [&] {
         if (::setns(target.get(), CLONE_NEWNET) < 0) {
             die("setns");
         }
@@ -147,126 +554,96 @@ int run(int argc, char** argv) {
             die("setns back");
         }
     }));
-    results.push_back(measure("fork+setns+socket+send, per socket", iterations / 4, 1, [&] {
-        int pair[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
-            die("socketpair");
-        }
-        UniqueFd ours{pair[0]};
-        UniqueFd theirs{pair[1]};
-        pid_t child = ::fork();
-        if (child == 0) {
-            ::setns(target.get(), CLONE_NEWNET);
-            int s = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
-            int fds[1] = {s};
-            proto::send_message(theirs.get(), "s", fds);
-            ::_exit(0);
-        }
-        auto r = proto::receive_message(ours.get());
-        ::waitpid(child, nullptr, 0);
-        if (r.message.fds.size() != 1) {
-            die("forked child sent no socket");
-        }
-    }));
-    {
-        // The floor of any relay design: client -> relay process -> worker
-        // process in the namespace -> relay -> client, blocking I/O, no JSON.
-        int up[2];
-        int down[2];
-        if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, up) < 0 ||
-            ::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, down) < 0) {
-            die("socketpair");
-        }
-        UniqueFd client_end{up[0]};
-        pid_t relay = ::fork();
-        if (relay == 0) {
-            client_end.reset();
-            pid_t worker = ::fork();
-            if (worker == 0) {
-                ::close(up[1]);
-                ::close(down[0]);
-                ::setns(target.get(), CLONE_NEWNET);
-                for (;;) {
-                    auto job = proto::receive_message(down[1]);
-                    if (job.status != proto::ReceiveStatus::message) {
-                        ::_exit(0);
-                    }
-                    UniqueFd s{::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
-                    int fds[1] = {s.get()};
-                    proto::send_message(down[1], "s", fds);
-                }
-            }
-            ::close(down[1]);
-            for (;;) {
-                auto request = proto::receive_message(up[1]);
-                if (request.status != proto::ReceiveStatus::message) {
-                    ::_exit(0);
-                }
-                proto::send_message(down[0], request.message.data);
-                auto reply = proto::receive_message(down[0]);
-                proto::send_message(up[1], reply.message.data, proto::raw_fds(reply.message.fds));
-            }
-        }
-        ::close(up[1]);
-        ::close(down[0]);
-        ::close(down[1]);
-        results.push_back(measure("bare relay: 2 processes, no JSON", iterations, 1, [&] {
-            proto::send_message(client_end.get(), "socket");
-            auto r = proto::receive_message(client_end.get());
-            if (r.message.fds.size() != 1) {
-                die("relay sent no socket");
-            }
-        }));
-        client_end.reset();
-        ::waitpid(relay, nullptr, 0);
-    }
-    SocketSpec udp;
-    udp.family = AF_INET;
-    udp.type = SOCK_DGRAM;
-    auto netns = Netns::name(ns.name());
-    results.push_back(measure("nsbroker, one socket a request", iterations, 1, [&] {
-        auto s = client->socket(netns, udp);
-        if (!s) {
-            die(s.error().describe());
-        }
-    }));
-    SocketSpec batch = udp;
-    batch.count = 253;
-    results.push_back(
-        measure("nsbroker, 253 sockets a request", std::max(iterations / 20, 10), 253, [&] {
-            auto s = client->sockets(netns, {batch});
-            if (!s || s->size() != 253) {
-                die("batch failed");
-            }
-        }));
+    report.add(fork_per_socket(n / 4, target.get()));
+    report.add(one_hop_relay(n, target.get()));
+    report.add(two_hop_relay(n, target.get()));
 
-    const Figures relay = results[3];
-    const Figures single = results[4];
-    const Figures batched = results[5];
+    // nsbroker, in its default worker mode (fork).
+    const auto netns = Netns::name(ns.name());
+    {
+        test::Daemon daemon({"--log-level", "warn"});
+        Client through_daemon = connect_client(daemon, false);
+        Client on_channel = connect_client(daemon, true);
+        report.add(measure("daemon", "nsbroker, one socket a request, through nsbrokerd", n, 1,
+                           [&] { one_socket(through_daemon, netns); }));
+        report.add(measure("channel", "nsbroker, one socket a request, direct channel", n, 1,
+                           [&] { one_socket(on_channel, netns); }));
+        const std::vector<SocketSpec> batch{udp_spec(253)};
+        const int batches = std::max(n / 20, 10);
+        auto batch_on = [&](Client& client) {
+            return [&] {
+                auto s = client.sockets(netns, batch);
+                if (!s || s->size() != 253) {
+                    die("batch failed: " +
+                        (s ? std::to_string(s->size()) + " sockets" : s.error().describe()));
+                }
+            };
+        };
+        report.add(measure("daemon-253", "nsbroker, 253 sockets a request, through nsbrokerd",
+                           batches, 253, batch_on(through_daemon)));
+        report.add(measure("channel-253", "nsbroker, 253 sockets a request, direct channel",
+                           batches, 253, batch_on(on_channel)));
+        // Each row measured the path its name says.
+        if (through_daemon.direct_channels() != 0 || on_channel.direct_channels() != 1) {
+            die("a Client holds direct channels other than the ones asked for");
+        }
+    }
+    {
+        // Throughput has a daemon of its own: nothing the rows above left
+        // behind (channels, descriptors, a worker's heap) weighs on it.
+        test::Daemon daemon({"--log-level", "warn"});
+        for (bool shared : {true, false}) {
+            for (bool channels : {true, false}) {
+                add_throughput_series(report, daemon, ns.name(), shared, channels);
+            }
+        }
+    }
+
+    // A namespace's first socket, and an idle worker's memory, by worker mode.
+    for (const char* mode : {"fork", "exec"}) {
+        test::Daemon daemon({"--log-level", "warn", "--worker-mode", mode});
+        Client client = connect_client(daemon, true);
+        one_socket(client, netns);
+        report.add(idle_worker_memory(client, ns.name(), mode));
+        report.add(cold_namespace(std::string("cold-") + mode,
+                                  std::string("nsbroker, first socket in a namespace, ") + mode +
+                                      " worker",
+                                  client, std::max(n / 20, 10)));
+    }
+
     {
         // The same daemon's D-Bus front end, on a private bus, called by sd-bus.
         test::PrivateBus bus;
-        test::Daemon bus_daemon({"--log-level", "warn"}, {bus.env()});
+        test::Daemon daemon({"--log-level", "warn"}, {bus.env()});
         auto caller = broker_on_bus(bus.address());
-        results.push_back(measure("nsbroker over D-Bus, one socket a call", iterations, 1,
-                                  [&] { open_over_dbus(caller.get(), ns.name(), 0); }));
+        report.add(measure("dbus", "nsbroker over D-Bus, one socket a call", n, 1,
+                           [&] { open_over_dbus(caller.get(), ns.name(), 0); }));
         // dbus-daemon passes at most 16 descriptors in a message.
-        results.push_back(measure("nsbroker over D-Bus, 16 sockets a call",
-                                  std::max(iterations / 4, 10), 16,
-                                  [&] { open_over_dbus(caller.get(), ns.name(), 16); }));
+        report.add(measure("dbus-16", "nsbroker over D-Bus, 16 sockets a call", std::max(n / 4, 10),
+                           16, [&] { open_over_dbus(caller.get(), ns.name(), 16); }));
+    }
+    report.note("load after", load_average());
+
+    report.compare_all("setns");
+    report.compare("relay-2hop", "relay-1hop");
+    report.compare("daemon", "relay-2hop");
+    report.compare("channel", "relay-1hop");
+    report.compare("channel", "daemon");
+    report.compare("channel-253", "daemon-253");
+    report.compare("cold-fork", "fork");
+    report.compare("cold-exec", "fork");
+    report.compare("dbus", "daemon");
+    for (const char* threads : {"4", "16"}) {
+        for (const char* series : {"shared-channel-", "shared-daemon-", "own-channel-"}) {
+            report.compare(series + std::string(threads), "own-daemon-" + std::string(threads));
+        }
     }
 
-    const double base = results[1].p50_us;
-    std::printf("%-40s %10s %10s %12s\n", "per socket", "p50 us", "p99 us", "p50 / setns");
-    for (const auto& r : results) {
-        std::printf("%-40s %10.2f %10.2f %11.2fx\n", r.name.c_str(), r.p50_us, r.p99_us,
-                    r.p50_us / base);
+    if (options.json) {
+        std::printf("%s\n", report.to_json().dump(2).c_str());
+    } else {
+        report.print_tables(stdout);
     }
-    std::printf("\nsingle request: %.2fx in-thread setns (target 6x), %.2fx the bare relay\n",
-                single.p50_us / base, single.p50_us / relay.p50_us);
-    std::printf("batch of 253:   %.2fx in-thread setns (target 1.5x)\n", batched.p50_us / base);
-    std::printf("over D-Bus:     %.2fx the socket for one socket a call\n",
-                results[6].p50_us / single.p50_us);
     return 0;
 }
 
