@@ -15,6 +15,7 @@
 // process. Then come sockets per second with threads, and what an idle worker
 // holds in memory. --json prints the whole report as JSON, for bench/plot.
 #include <fcntl.h>
+#include <poll.h>
 #include <sched.h>
 #include <sys/socket.h>
 #include <sys/utsname.h>
@@ -353,6 +354,60 @@ Flow measure_flow(int threads, const std::function<Client&(int)>& client_of,
             (cpu_us_of(worker) - cpu_before[2]) / sockets};
 }
 
+// Sockets a second from one thread driving one Client from a poll(2) loop,
+// with depth requests in flight on its direct channel.
+ThroughputRow event_loop_flow(const test::Daemon& daemon, const std::string& name, int depth) {
+    constexpr auto window = std::chrono::milliseconds(1500);
+    Client client = connect_client(daemon, true);
+    const auto netns = Netns::name(name);
+    one_socket(client, netns);
+    const pid_t worker = worker_of(client, name);
+    int in_flight = 0;
+    long made = 0;
+    auto collect = [&] {
+        pollfd p{client.event_fd(), POLLIN, 0};
+        if (::poll(&p, 1, 10'000) != 1) {
+            die("no completion within 10 s");
+        }
+        for (auto& done : client.completions()) {
+            if (!done.sockets) {
+                die(done.sockets.error().describe());
+            }
+            ++made;
+            --in_flight;
+        }
+    };
+    const double cpu_before[3] = {cpu_us_of(::getpid()), cpu_us_of(daemon.pid()),
+                                  cpu_us_of(worker)};
+    const auto start = Clock::now();
+    while (Clock::now() - start < window) {
+        for (; in_flight < depth; ++in_flight) {
+            if (auto id = client.submit_sockets(netns, {udp_spec()}); !id) {
+                die(id.error().describe());
+            }
+        }
+        collect();
+    }
+    while (in_flight > 0) {
+        collect();
+    }
+    const double seconds = std::chrono::duration<double>(Clock::now() - start).count();
+    const double sockets = static_cast<double>(made);
+    ThroughputRow row;
+    row.key = "loop-channel-1";
+    row.name = "one Client from an event loop, " + std::to_string(depth) +
+               " requests in flight, direct channel, 1 thread";
+    row.series = "one Client from an event loop, direct channel";
+    row.threads = 1;
+    row.clients = 1;
+    row.direct_channels = true;
+    row.sockets_per_s = sockets / seconds;
+    row.client_cpu_us = (cpu_us_of(::getpid()) - cpu_before[0]) / sockets;
+    row.daemon_cpu_us = (cpu_us_of(daemon.pid()) - cpu_before[1]) / sockets;
+    row.worker_cpu_us = (cpu_us_of(worker) - cpu_before[2]) / sockets;
+    return row;
+}
+
 // Sockets a second for 1, 4 and 16 threads: sharing one Client or with a
 // Client each, on direct channels or through nsbrokerd.
 void add_throughput_series(Report& report, const test::Daemon& daemon, const std::string& name,
@@ -568,6 +623,16 @@ int run(int argc, char** argv) {
                            [&] { one_socket(through_daemon, netns); }));
         report.add(measure("channel", "nsbroker, one socket a request, direct channel", n, 1,
                            [&] { one_socket(on_channel, netns); }));
+        auto reserving = Client::connect(daemon.socket_path(), {.reservoir = 64});
+        if (!reserving) {
+            die(reserving.error().describe());
+        }
+        // Through nsbrokerd, then on the channel, which fills the reservoir.
+        one_socket(*reserving, netns);
+        one_socket(*reserving, netns);
+        report.add(measure("reservoir",
+                           "nsbroker, one socket from a reservoir of 64, refilled on the channel",
+                           n, 1, [&] { one_socket(*reserving, netns); }));
         const std::vector<SocketSpec> batch{udp_spec(253)};
         const int batches = std::max(n / 20, 10);
         auto batch_on = [&](Client& client) {
@@ -597,6 +662,7 @@ int run(int argc, char** argv) {
                 add_throughput_series(report, daemon, ns.name(), shared, channels);
             }
         }
+        report.add(event_loop_flow(daemon, ns.name(), 64));
     }
 
     // A namespace's first socket, and an idle worker's memory, by worker mode.
@@ -629,10 +695,12 @@ int run(int argc, char** argv) {
     report.compare("daemon", "relay-2hop");
     report.compare("channel", "relay-1hop");
     report.compare("channel", "daemon");
+    report.compare("reservoir", "channel");
     report.compare("channel-253", "daemon-253");
     report.compare("cold-fork", "fork");
     report.compare("cold-exec", "fork");
     report.compare("dbus", "daemon");
+    report.compare("loop-channel-1", "own-daemon-4");
     for (const char* threads : {"4", "16"}) {
         for (const char* series : {"shared-channel-", "shared-daemon-", "own-channel-"}) {
             report.compare(series + std::string(threads), "own-daemon-" + std::string(threads));

@@ -165,17 +165,20 @@ class Link {
                 return {*broken_, true};
             }
             if (reading_) {
-                replied_.wait(lock);
+                // Woken when its reply is there, or to read in turn.
+                slot.woken.wait(lock);
                 continue;
             }
+            // This thread reads until its own reply comes, handing each
+            // other reply to its waiting thread, then hands reading on.
             reading_ = true;
             lock.unlock();
             read_one(false);
             lock.lock();
             reading_ = false;
-            replied_.notify_all();
         }
         waiting_.erase(request.id);
+        hand_on_reading();
         lock.unlock();
         return outcome_of(std::move(slot.message), request.op);
     }
@@ -261,7 +264,7 @@ class Link {
         }
         std::lock_guard lock(mutex_);
         reading_ = false;
-        replied_.notify_all();
+        hand_on_reading();
     }
 
     [[nodiscard]] bool broken() const {
@@ -308,7 +311,22 @@ class Link {
     struct Slot {
         bool done = false;
         proto::Message message;
+        std::condition_variable woken;
     };
+
+    // With the lock held, and no thread reading: wakes one thread still
+    // waiting for its reply to read for everyone.
+    void hand_on_reading() {
+        if (reading_) {
+            return;
+        }
+        for (auto& [id, slot] : waiting_) {
+            if (!slot->done) {
+                slot->woken.notify_one();
+                return;
+            }
+        }
+    }
     struct Held {
         std::uint64_t id;
         std::string bytes;
@@ -376,6 +394,7 @@ class Link {
             if (auto it = waiting_.find(*id); it != waiting_.end()) {
                 it->second->message = std::move(received.message);
                 it->second->done = true;
+                it->second->woken.notify_one();
                 return true;
             }
             if (auto it = submitted_.find(*id); it != submitted_.end()) {
@@ -432,7 +451,9 @@ class Link {
             submitted_.clear();
             outbox_.clear();
             in_flight_ = 0;
-            replied_.notify_all();
+            for (auto& [id, slot] : waiting_) {
+                slot->woken.notify_one();
+            }
         }
         for (std::size_t i = 0; i < dones.size(); ++i) {
             dones[i](std::move(outcomes[i]));
@@ -446,7 +467,6 @@ class Link {
     bool direct_channel_ = false; // see describe_as
 
     mutable std::mutex mutex_; // guards everything below
-    std::condition_variable replied_;
     bool reading_ = false;
     std::optional<Error> broken_;     // set once the link failed
     std::optional<Error> unsendable_; // set once the peer stopped reading
@@ -1213,7 +1233,8 @@ std::optional<Result<std::vector<Socket>>> Client::Impl::from_reservoir(const Ne
     const auto kind = kind_of(spec);
     std::vector<Socket> taken;
     bool ask = false;
-    {
+    // Takes spec.count sockets if there are as many; whether a batch is on its way.
+    auto take = [&] {
         std::lock_guard lock(reservoir->mutex);
         auto& ready = reservoir->ready[kind];
         if (ready.size() >= spec.count) {
@@ -1224,6 +1245,12 @@ std::optional<Result<std::vector<Socket>>> Client::Impl::from_reservoir(const Ne
         }
         ask = ready.size() <= options.reservoir / 2 && !reservoir->refused.contains(kind) &&
               reservoir->refilling.insert(kind).second;
+        return !ask && reservoir->refilling.contains(kind);
+    };
+    if (take() && taken.empty()) {
+        // The batch may have come: read it, without waiting.
+        link->read_arrived();
+        take();
     }
     if (ask) {
         refill(link, reservoir, spec);
