@@ -233,7 +233,8 @@ int cmd_exec(std::string_view broker, int argc, char** argv, int index) {
     }
     std::vector<Socket> sockets;
     {
-        auto client = Client::connect(broker);
+        // One request: a direct channel would serve nothing after it.
+        auto client = Client::connect(broker, ClientOptions{.direct_channels = false});
         if (!client) {
             return refused(client.error());
         }

@@ -726,3 +726,35 @@ TEST_CASE("the reservoir serves sockets made ahead, and never keeps a deleted na
     // What the reservoir held of the deleted namespace is closed.
     CHECK(open_sockets_in(first) == 0);
 }
+
+TEST_CASE("a caller that leaves its replies unread holds up no one else, and loses nothing") {
+    TestNetns ns("unread");
+    Daemon d;
+    UniqueFd raw = connect_raw(d);
+    auto granted = raw_call(raw.get(), socket_request(ns.name(), "dgram", true));
+    REQUIRE(granted.fds.size() == 2);
+    int channel = granted.fds.back().get();
+    // Four batches of 253: past what a worker sends a caller that has not read.
+    const std::string batch =
+        R"({"id": 7, "op": "socket", "sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
+    for (int i = 0; i < 4; ++i) {
+        REQUIRE(proto::send_message(channel, batch) == proto::SendStatus::sent);
+    }
+    // Everyone else is served meanwhile, on a channel of their own and
+    // through nsbrokerd.
+    auto c = connect(d);
+    auto other = connect(d, through_daemon);
+    for (int i = 0; i < 20; ++i) {
+        CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+    }
+    CHECK(in_netns(other.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+    // Read late, every batch is there, whole.
+    for (int i = 0; i < 4; ++i) {
+        pollfd p{channel, POLLIN, 0};
+        REQUIRE(::poll(&p, 1, 30'000) == 1);
+        auto reply = proto::receive_message(channel);
+        REQUIRE(reply.status == proto::ReceiveStatus::message);
+        CHECK(reply.message.fds.size() == 253);
+        CHECK(socket_netns_inode(reply.message.fds.front().get()) == ns.inode());
+    }
+}
