@@ -65,6 +65,70 @@ TEST_CASE("a socket request round-trips through the codec") {
     CHECK(socket_count(back.specs) == 6);
 }
 
+TEST_CASE("socket requests of every shape round-trip, written directly or through the DOM") {
+    SocketSpec plain;
+    plain.family = AF_INET6;
+    plain.type = SOCK_DGRAM;
+    SocketSpec steps;
+    steps.family = AF_INET;
+    steps.type = SOCK_STREAM;
+    steps.nonblock = true;
+    steps.bind = "127.0.0.1:0";
+    steps.listen = 0;
+    steps.count = 3;
+    SocketSpec connecting;
+    connecting.family = AF_UNIX;
+    connecting.type = SOCK_SEQPACKET;
+    connecting.connect = "@demo";
+    SocketSpec packet;
+    packet.family = AF_PACKET;
+    packet.type = SOCK_DGRAM;
+    packet.protocol = 0x88cc; // LLDP
+    SocketSpec with_options = plain;
+    with_options.options.rcvbuf = 4096;
+    SocketSpec odd_text = connecting;
+    odd_text.connect = "/tmp/caf\xc3\xa9 \"quoted\"";
+    const std::vector<std::optional<NetnsRef>> refs = {std::nullopt, NetnsRef::by_name("blue"),
+                                                       NetnsRef::by_path("/run/netns/bl\\ue"),
+                                                       NetnsRef::by_pid(4242), NetnsRef::by_fd()};
+    for (const auto& ref : refs) {
+        for (const auto& specs : std::vector<std::vector<SocketSpec>>{
+                 {plain}, {steps, connecting, packet}, {with_options}, {odd_text, plain}}) {
+            for (bool channel : {false, true}) {
+                Request r;
+                r.id = 18446744073709551615u;
+                r.op = Op::socket;
+                r.netns = ref;
+                r.specs = specs;
+                r.channel = channel;
+                const std::string bytes = encode_request(r);
+                CAPTURE(bytes);
+                auto decoded = ref ? decode_request(bytes) : decode_channel_request(bytes);
+                if (ref && channel) {
+                    REQUIRE(std::holds_alternative<Request>(decoded));
+                } else if (!ref && channel) {
+                    // A channel request asks for no channel.
+                    CHECK(std::holds_alternative<RequestError>(decoded));
+                    continue;
+                }
+                if (auto* bad = std::get_if<RequestError>(&decoded)) {
+                    FAIL(bytes << ": " << bad->error.message);
+                }
+                const Request& back = std::get<Request>(decoded);
+                CHECK(back.id == r.id);
+                CHECK(back.channel == channel);
+                CHECK(back.specs == specs);
+                CHECK(back.netns.has_value() == ref.has_value());
+                if (ref) {
+                    CHECK(back.netns->kind == ref->kind);
+                    CHECK(back.netns->text == ref->text);
+                    CHECK(back.netns->pid == ref->pid);
+                }
+            }
+        }
+    }
+}
+
 TEST_CASE("names and numbers are both accepted for family, type and protocol") {
     auto r = decode_ok(R"({"id":1,"op":"socket","netns":{"pid":1},
         "socket":{"family":2,"type":"dgram","protocol":"udp"}})");
