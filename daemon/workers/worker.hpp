@@ -39,6 +39,7 @@
 #include "sys/event.hpp"
 #include "sys/netns.hpp"
 #include "sys/timer.hpp"
+#include "workers/worker_sandbox.hpp"
 
 namespace nsbroker::daemon {
 
@@ -95,14 +96,14 @@ class Worker {
   public:
     enum class State { starting, ready, exiting, dead };
 
-    // Forks the worker for netns and watches it. netns.fd is handed to the
-    // child and closed here; netns.pidfd is watched for as long as the worker
-    // lives. settings and owner must outlive the Worker. Throws SystemError
-    // when the process cannot be started or watched (a forked child is then
-    // killed and reaped).
+    // Forks the worker for netns, confined by filter, and watches it.
+    // netns.fd is handed to the child and closed here; netns.pidfd is
+    // watched for as long as the worker lives. settings and owner must
+    // outlive the Worker. Throws SystemError when the process cannot be
+    // started or watched (a forked child is then killed and reaped).
     static std::unique_ptr<Worker> start(sd_event* loop, WorkerOwner& owner,
-                                         const WorkerSettings& settings, ResolvedNetns netns,
-                                         WorkerSponsor sponsor);
+                                         const WorkerSettings& settings, const WorkerFilter& filter,
+                                         ResolvedNetns netns, WorkerSponsor sponsor);
     ~Worker();
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
