@@ -40,7 +40,7 @@ std::uint64_t to_usec(std::chrono::seconds s) {
 } // namespace
 
 std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
-                                      const WorkerSettings& settings, const WorkerFilter& filter,
+                                      const WorkerSettings& settings, const WorkerKit& kit,
                                       ResolvedNetns netns, WorkerSponsor sponsor) {
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
@@ -60,15 +60,16 @@ std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
     }
     if (pid == 0) {
         const bool exec = settings.mode == WorkerMode::exec;
-        if (!place_worker_fds(theirs.get(), netns.fd.get(), exec ? filter.sealed().get() : -1)) {
+        if (!place_worker_fds(theirs.get(), netns.fd.get(),
+                              exec ? kit.filter.sealed().get() : -1)) {
             ::_exit(127);
         }
         if (exec) {
             ::execv("/proc/self/exe", const_cast<char* const*>(argv));
             ::_exit(127);
         }
-        setup_logging(log_level, true);
-        ::_exit(run_worker(&filter));
+        spdlog::set_default_logger(kit.logger);
+        ::_exit(run_worker(&kit.filter));
     }
     theirs.reset();
     netns.fd.reset();
