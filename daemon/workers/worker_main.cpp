@@ -19,6 +19,7 @@
 
 #include <fcntl.h>
 #include <linux/sockios.h>
+#include <malloc.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -251,6 +252,15 @@ class WorkerServer {
             if (served_.requests != 0) {
                 timeout = timeout < 0 ? report_interval_ms : std::min(timeout, report_interval_ms);
             }
+            if (trim_when_idle_ && ::poll(fds.data(), fds.size(), 0) == 0) {
+                // Once, after the first job, when there is nothing to do:
+                // the heap pages that starting and that job wrote (copies
+                // of the daemon's, in a forked worker) go back, and the
+                // first job did not wait for it.
+                ::malloc_trim(0);
+                trim_when_idle_ = false;
+                trimmed_ = true;
+            }
             int n = ::poll(fds.data(), fds.size(), timeout);
             if (n < 0 && errno != EINTR) {
                 spdlog::error("worker {}: poll: {}", ::getpid(), std::strerror(errno));
@@ -298,6 +308,7 @@ class WorkerServer {
             // closed by the message's destructor.
             auto [reply, fds] = serve(*job);
             send_reply(control_, reply, fds);
+            trim_when_idle_ = !trimmed_;
         } else if (auto* grant = std::get_if<proto::ChannelGrant>(&*message)) {
             if (received.message.fds.size() != 1) {
                 spdlog::error("worker {}: a channel came without its descriptor", ::getpid());
@@ -511,6 +522,8 @@ class WorkerServer {
     Credentials credentials_;
     std::list<DirectChannel> channels_;
     proto::ChannelsServed served_; // not yet reported
+    bool trim_when_idle_ = false;
+    bool trimmed_ = false;
     std::chrono::steady_clock::time_point last_report_;
 };
 
