@@ -45,7 +45,7 @@ int main(int argc, char** argv) {
     if (options.worker) {
         // Straight out: a confined worker may not even open the files that
         // exit handlers (a leak checker, say) would want.
-        ::_exit(run_worker());
+        ::_exit(run_worker(nullptr));
     }
     raise_descriptor_limit();
     try {

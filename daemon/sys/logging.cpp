@@ -104,7 +104,7 @@ bool stderr_is_journal() {
            st.st_dev == dev && st.st_ino == ino;
 }
 
-void setup_logging(const std::string& level, bool worker) {
+std::shared_ptr<spdlog::logger> make_logger(const std::string& level, bool worker) {
     std::shared_ptr<spdlog::logger> logger;
     if (!stderr_is_journal()) {
         logger = std::make_shared<spdlog::logger>(
@@ -116,7 +116,12 @@ void setup_logging(const std::string& level, bool worker) {
     } else {
         logger = std::make_shared<spdlog::logger>("nsbrokerd", std::make_shared<JournalSink>());
     }
-    spdlog::set_default_logger(logger);
+    logger->set_level(spdlog::level::from_str(level));
+    return logger;
+}
+
+void setup_logging(const std::string& level, bool worker) {
+    spdlog::set_default_logger(make_logger(level, worker));
     spdlog::set_level(spdlog::level::from_str(level));
 }
 

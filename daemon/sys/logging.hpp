@@ -7,8 +7,13 @@
 
 #include <sys/types.h>
 
+#include <memory>
 #include <optional>
 #include <string>
+
+namespace spdlog {
+class logger;
+}
 
 namespace nsbroker::daemon {
 
@@ -42,7 +47,10 @@ class ScopedLogFields {
 // True when JOURNAL_STREAM names this process's stderr.
 bool stderr_is_journal();
 
-// Installs the default logger for the daemon or for a worker.
+// The logger of the daemon or of a worker, at level.
+std::shared_ptr<spdlog::logger> make_logger(const std::string& level, bool worker);
+
+// Installs make_logger(level, worker) as the default logger.
 void setup_logging(const std::string& level, bool worker);
 
 } // namespace nsbroker::daemon

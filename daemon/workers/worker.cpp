@@ -40,8 +40,8 @@ std::uint64_t to_usec(std::chrono::seconds s) {
 } // namespace
 
 std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
-                                      const WorkerSettings& settings, ResolvedNetns netns,
-                                      WorkerSponsor sponsor) {
+                                      const WorkerSettings& settings, const WorkerKit& kit,
+                                      ResolvedNetns netns, WorkerSponsor sponsor) {
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
         throw_errno("socketpair");
@@ -59,15 +59,17 @@ std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
         throw_errno("fork");
     }
     if (pid == 0) {
-        if (!place_worker_fds(theirs.get(), netns.fd.get())) {
+        const bool exec = settings.mode == WorkerMode::exec;
+        if (!place_worker_fds(theirs.get(), netns.fd.get(),
+                              exec ? kit.filter.sealed().get() : -1)) {
             ::_exit(127);
         }
-        if (settings.mode == WorkerMode::exec) {
+        if (exec) {
             ::execv("/proc/self/exe", const_cast<char* const*>(argv));
             ::_exit(127);
         }
-        setup_logging(log_level, true);
-        ::_exit(run_worker());
+        spdlog::set_default_logger(kit.logger);
+        ::_exit(run_worker(&kit.filter));
     }
     theirs.reset();
     netns.fd.reset();

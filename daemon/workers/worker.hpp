@@ -39,6 +39,11 @@
 #include "sys/event.hpp"
 #include "sys/netns.hpp"
 #include "sys/timer.hpp"
+#include "workers/worker_sandbox.hpp"
+
+namespace spdlog {
+class logger;
+}
 
 namespace nsbroker::daemon {
 
@@ -53,6 +58,14 @@ struct WorkerSettings {
     std::chrono::seconds unnamed_idle_timeout{5};
     std::chrono::seconds job_timeout{10}; // a worker that takes longer is killed
     std::string log_level = "info";       // for exec'd workers
+};
+
+// What the pool makes once for all its workers, so that no worker pays for
+// it as it starts: the seccomp filter, compiled, and the logger a forked
+// worker installs (an exec'd one builds its own).
+struct WorkerKit {
+    WorkerFilter filter;
+    std::shared_ptr<spdlog::logger> logger;
 };
 
 // Called exactly once per job: with the sockets and their fds (fds owned by
@@ -95,14 +108,14 @@ class Worker {
   public:
     enum class State { starting, ready, exiting, dead };
 
-    // Forks the worker for netns and watches it. netns.fd is handed to the
-    // child and closed here; netns.pidfd is watched for as long as the worker
-    // lives. settings and owner must outlive the Worker. Throws SystemError
-    // when the process cannot be started or watched (a forked child is then
-    // killed and reaped).
+    // Forks the worker for netns, with what kit holds, and watches it.
+    // netns.fd is handed to the child and closed here; netns.pidfd is
+    // watched for as long as the worker lives. settings and owner must
+    // outlive the Worker. Throws SystemError when the process cannot be
+    // started or watched (a forked child is then killed and reaped).
     static std::unique_ptr<Worker> start(sd_event* loop, WorkerOwner& owner,
-                                         const WorkerSettings& settings, ResolvedNetns netns,
-                                         WorkerSponsor sponsor);
+                                         const WorkerSettings& settings, const WorkerKit& kit,
+                                         ResolvedNetns netns, WorkerSponsor sponsor);
     ~Worker();
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;

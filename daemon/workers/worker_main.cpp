@@ -19,6 +19,7 @@
 
 #include <fcntl.h>
 #include <linux/sockios.h>
+#include <malloc.h>
 #include <poll.h>
 #include <sched.h>
 #include <signal.h>
@@ -47,20 +48,28 @@
 
 namespace nsbroker::daemon {
 
-bool place_worker_fds(int channel, int netns) noexcept {
-    // Lift both above the target slots first, so that dup2 cannot clobber one
-    // with the other.
-    int high_channel = ::fcntl(channel, F_DUPFD, 10);
-    int high_netns = ::fcntl(netns, F_DUPFD, 10);
-    if (high_channel < 0 || high_netns < 0) {
-        return false;
+bool place_worker_fds(int channel, int netns, int filter) noexcept {
+    // Lift each above the target slots first, so that dup2 cannot clobber one
+    // with another.
+    const int targets[] = {worker_channel_fd, worker_netns_fd, worker_filter_fd};
+    const int fds[] = {channel, netns, filter};
+    int high[3] = {-1, -1, -1};
+    int placed = 0;
+    for (int i = 0; i < 3 && fds[i] >= 0; ++i) {
+        high[i] = ::fcntl(fds[i], F_DUPFD, 10);
+        if (high[i] < 0) {
+            return false;
+        }
+        placed = i + 1;
     }
-    if (::dup2(high_channel, worker_channel_fd) < 0 || ::dup2(high_netns, worker_netns_fd) < 0) {
-        return false;
+    // dup2 leaves them without close-on-exec, so that an exec'd worker image
+    // inherits exactly these.
+    for (int i = 0; i < placed; ++i) {
+        if (::dup2(high[i], targets[i]) < 0) {
+            return false;
+        }
     }
-    // dup2 leaves both without close-on-exec, so that an exec'd worker image
-    // inherits exactly these two.
-    return ::close_range(worker_netns_fd + 1, ~0U, 0) == 0;
+    return ::close_range(static_cast<unsigned>(targets[placed - 1]) + 1, ~0U, 0) == 0;
 }
 
 namespace {
@@ -158,7 +167,7 @@ class Credentials {
 
 // Joins the namespace on fd 4, checks the kernel agrees where we are, and
 // gives up every privilege the rest of the worker's life does not need.
-Result<void> enter_namespace(PortFloor& floor) {
+Result<void> enter_namespace(PortFloor& floor, const WorkerFilter& filter) {
     UniqueFd netns{worker_netns_fd};
     auto target = verify_netns(netns.get());
     if (!target) {
@@ -178,7 +187,7 @@ Result<void> enter_namespace(PortFloor& floor) {
     if (auto opened = floor.open(); !opened) {
         return opened;
     }
-    return confine_worker();
+    return confine_worker(filter);
 }
 
 void reset_signals() {
@@ -249,6 +258,15 @@ class WorkerServer {
             if (served_.requests != 0) {
                 timeout = timeout < 0 ? report_interval_ms : std::min(timeout, report_interval_ms);
             }
+            if (trim_when_idle_ && ::poll(fds.data(), fds.size(), 0) == 0) {
+                // Once, after the first job, when there is nothing to do:
+                // the heap pages that starting and that job wrote (copies
+                // of the daemon's, in a forked worker) go back, and the
+                // first job did not wait for it.
+                ::malloc_trim(0);
+                trim_when_idle_ = false;
+                trimmed_ = true;
+            }
             int n = ::poll(fds.data(), fds.size(), timeout);
             if (n < 0 && errno != EINTR) {
                 spdlog::error("worker {}: poll: {}", ::getpid(), std::strerror(errno));
@@ -296,6 +314,7 @@ class WorkerServer {
             // closed by the message's destructor.
             auto [reply, fds] = serve(*job);
             send_reply(control_, reply, fds);
+            trim_when_idle_ = !trimmed_;
         } else if (auto* grant = std::get_if<proto::ChannelGrant>(&*message)) {
             if (received.message.fds.size() != 1) {
                 spdlog::error("worker {}: a channel came without its descriptor", ::getpid());
@@ -524,20 +543,31 @@ class WorkerServer {
     Credentials credentials_;
     std::list<DirectChannel> channels_;
     proto::ChannelsServed served_; // not yet reported
+    bool trim_when_idle_ = false;
+    bool trimmed_ = false;
     std::chrono::steady_clock::time_point last_report_;
 };
 
 } // namespace
 
-int run_worker() {
+int run_worker(const WorkerFilter* filter) {
     reset_signals();
     // The daemon's end of the channel closes when it exits; this covers the
     // case where it is killed before it can close it.
     ::prctl(PR_SET_PDEATHSIG, SIGKILL);
     const int channel = worker_channel_fd;
     try {
+        std::optional<WorkerFilter> passed;
+        if (filter == nullptr) {
+            auto read = WorkerFilter::read(UniqueFd{worker_filter_fd});
+            if (!read) {
+                send_reply(channel, proto::Reply{0, read.error()});
+                return 1;
+            }
+            filter = &passed.emplace(std::move(*read));
+        }
         PortFloor floor;
-        if (auto entered = enter_namespace(floor); !entered) {
+        if (auto entered = enter_namespace(floor, *filter); !entered) {
             send_reply(channel, proto::Reply{0, entered.error()});
             return 1;
         }

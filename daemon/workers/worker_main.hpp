@@ -4,16 +4,23 @@
 
 namespace nsbroker::daemon {
 
-// Where a worker finds its descriptors, in both worker modes.
+class WorkerFilter;
+
+// Where a worker finds its descriptors, in both worker modes; an exec'd
+// worker also finds its seccomp filter's sealed memfd.
 inline constexpr int worker_channel_fd = 3;
 inline constexpr int worker_netns_fd = 4;
+inline constexpr int worker_filter_fd = 5;
 
-// Moves channel and netns to fds 3 and 4 and closes every other descriptor.
-// Called in the child between fork and run_worker (or exec). Async-signal-safe.
-// Returns false when a descriptor could not be placed.
-bool place_worker_fds(int channel, int netns) noexcept;
+// Moves channel, netns and filter (when it is not -1) to fds 3, 4 and 5 and
+// closes every other descriptor. Called in the child between fork and
+// run_worker (or exec). Async-signal-safe. Returns false when a descriptor
+// could not be placed.
+bool place_worker_fds(int channel, int netns, int filter) noexcept;
 
-// Runs the worker on fds 3 (channel) and 4 (namespace); returns the exit status.
-int run_worker();
+// Runs the worker on fds 3 (channel) and 4 (namespace) and confines it with
+// filter: the daemon's, in a forked worker, or when null (an exec'd worker)
+// the one on fd 5. Returns the exit status.
+int run_worker(const WorkerFilter* filter);
 
 } // namespace nsbroker::daemon

@@ -5,6 +5,8 @@
 #include <algorithm>
 #include <spdlog/spdlog.h>
 
+#include "sys/logging.hpp"
+
 namespace nsbroker::daemon {
 
 namespace {
@@ -24,10 +26,19 @@ std::size_t sponsored_cap(std::size_t max_workers) {
     return max_workers - max_workers / root_reserve_divisor;
 }
 
+WorkerKit make_kit(const WorkerSettings& settings) {
+    auto filter = WorkerFilter::compile();
+    if (!filter) {
+        throw SystemError(filter.error().sys_errno,
+                          "the workers' seccomp filter: " + filter.error().message);
+    }
+    return {std::move(*filter), make_logger(settings.log_level, true)};
+}
+
 } // namespace
 
 WorkerPool::WorkerPool(sd_event* loop, WorkerPoolConfig config)
-    : loop_(loop), config_(std::move(config)),
+    : loop_(loop), config_(std::move(config)), kit_(make_kit(config_)),
       kill_timer_(loop, [this](std::uint64_t) { on_stop_grace_over(); }) {}
 
 WorkerPool::~WorkerPool() = default;
@@ -74,7 +85,7 @@ void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, WorkerSponsor
 
 Worker* WorkerPool::spawn(ResolvedNetns netns, WorkerSponsor sponsor) {
     const NetnsIdentity identity = netns.identity;
-    auto worker = Worker::start(loop_, *this, config_, std::move(netns), sponsor);
+    auto worker = Worker::start(loop_, *this, config_, kit_, std::move(netns), sponsor);
     ++spawned_;
     Worker* raw = worker.get();
     live_.emplace(identity, std::move(worker));

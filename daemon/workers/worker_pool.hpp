@@ -92,6 +92,7 @@ class WorkerPool : private WorkerOwner {
 
     sd_event* loop_;
     WorkerPoolConfig config_;
+    WorkerKit kit_;
     // The workers that take jobs, one per namespace.
     std::map<NetnsIdentity, std::unique_ptr<Worker>> live_;
     // Exiting or dead workers, kept until their process is reaped.

@@ -10,18 +10,24 @@
 //      and CAP_SETGID (each job's sockets are made as its caller);
 //   4. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
 //   5. a seccomp allowlist: anything else fails with EPERM. Identity changes
-//      may touch effective ids only, never the real or saved ones.
+//      may touch effective ids only, never the real or saved ones. The
+//      daemon compiles it once (WorkerFilter); the worker loads the program
+//      with seccomp(2), as libseccomp's seccomp_load would.
 // The worker keeps the daemon's real uid; without the allowlist, that uid
 // could still open the daemon's files, so the filter is what closes files,
 // exec, setns and namespace creation.
 #include "workers/worker_sandbox.hpp"
 
+#include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/seccomp.h>
 #include <linux/sockios.h>
 #include <seccomp.h>
 #include <sys/capability.h>
 #include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/prctl.h>
+#include <sys/stat.h>
 #include <sys/syscall.h>
 #include <unistd.h>
 
@@ -77,7 +83,7 @@ Result<void> drop_capabilities() {
 // sockets, naming interfaces, reading the sysctl it opened before, lowering
 // and raising its effective capabilities (never beyond the permitted five),
 // taking a caller's effective ids, memory, logging, and exit.
-Result<void> install_filter() {
+Result<void> write_filter(int fd) {
     std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ERRNO(EPERM)),
                                                             seccomp_release);
     if (!filter) {
@@ -136,8 +142,91 @@ Result<void> install_filter() {
     if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(setgroups), 0); r < 0) {
         return kernel_error("seccomp_rule_add(setgroups)", -r);
     }
-    if (int r = seccomp_load(filter.get()); r < 0) {
-        return kernel_error("seccomp_load", -r);
+    if (int r = seccomp_export_bpf(filter.get(), fd); r < 0) {
+        return kernel_error("seccomp_export_bpf", -r);
+    }
+    return {};
+}
+
+// A program longer than this is not one write_filter made (the kernel's own
+// limit is BPF_MAXINSNS, 4096 instructions).
+constexpr std::size_t max_filter_bytes = 4096 * sizeof(sock_filter);
+
+// The program in a memfd that compile() made, checked to be sealed.
+Result<std::vector<sock_filter>> read_program(BorrowedFd sealed) {
+    // Only a program no one can change is worth loading in every worker.
+    constexpr int all_seals = F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL;
+    int seals = ::fcntl(sealed.get(), F_GET_SEALS);
+    if (seals < 0) {
+        return kernel_error("F_GET_SEALS");
+    }
+    if ((seals & all_seals) != all_seals) {
+        return make_error(ErrorCode::internal, "the worker's filter is not sealed");
+    }
+    struct stat st {};
+    if (::fstat(sealed.get(), &st) < 0) {
+        return kernel_error("fstat(filter)");
+    }
+    auto size = static_cast<std::size_t>(st.st_size);
+    if (size == 0 || size > max_filter_bytes || size % sizeof(sock_filter) != 0) {
+        return make_error(ErrorCode::internal, "the worker's filter has a bad size");
+    }
+    std::vector<sock_filter> program(size / sizeof(sock_filter));
+    ssize_t n = ::pread(sealed.get(), program.data(), size, 0);
+    if (n < 0) {
+        return kernel_error("pread(filter)");
+    }
+    if (static_cast<std::size_t>(n) != size) {
+        return make_error(ErrorCode::internal, "the worker's filter was cut short");
+    }
+    return program;
+}
+
+} // namespace
+
+Result<WorkerFilter> WorkerFilter::compile() {
+    UniqueFd memfd{::memfd_create("nsbroker-worker-filter", MFD_CLOEXEC | MFD_ALLOW_SEALING)};
+    if (!memfd) {
+        return kernel_error("memfd_create");
+    }
+    if (auto written = write_filter(memfd.get()); !written) {
+        return std::move(written).error();
+    }
+    if (::fcntl(memfd.get(), F_ADD_SEALS,
+                F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
+        return kernel_error("F_ADD_SEALS");
+    }
+    auto program = read_program(memfd.borrow());
+    if (!program) {
+        return std::move(program).error();
+    }
+    WorkerFilter filter;
+    filter.sealed_ = std::move(memfd);
+    filter.program_ = std::move(*program);
+    return filter;
+}
+
+Result<WorkerFilter> WorkerFilter::read(UniqueFd sealed) {
+    auto program = read_program(sealed.borrow());
+    if (!program) {
+        return std::move(program).error();
+    }
+    WorkerFilter filter;
+    filter.program_ = std::move(*program);
+    return filter;
+}
+
+namespace {
+
+// What seccomp_load does with the program, without compiling it again: no
+// flags, so no thread sync (a worker has one thread), no logging, no
+// speculation exceptions.
+Result<void> install_filter(const WorkerFilter& filter) {
+    const auto& program = filter.program();
+    sock_fprog prog{static_cast<unsigned short>(program.size()),
+                    const_cast<sock_filter*>(program.data())};
+    if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) {
+        return kernel_error("seccomp(SECCOMP_SET_MODE_FILTER)", errno);
     }
     return {};
 }
@@ -147,7 +236,7 @@ Result<void> install_filter() {
 // Present only in builds with LeakSanitizer.
 extern "C" __attribute__((weak)) void __lsan_do_leak_check();
 
-Result<void> confine_worker() {
+Result<void> confine_worker(const WorkerFilter& filter) {
     // A leak checker's end-of-process check needs /proc and clone(2), which
     // the filter forbids; in such a build, check now, and not again at exit.
     if (__lsan_do_leak_check != nullptr) {
@@ -162,7 +251,7 @@ Result<void> confine_worker() {
     if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
         return kernel_error("PR_SET_DUMPABLE", errno);
     }
-    return install_filter();
+    return install_filter(filter);
 }
 
 namespace {

@@ -5,15 +5,44 @@
 // socket maker does not use.
 #pragma once
 
+#include <linux/filter.h>
+
+#include <vector>
+
 #include "nsbroker/error.hpp"
 #include "nsbroker/protocol.hpp"
+#include "nsbroker/unique_fd.hpp"
 #include "nsbroker/worker_protocol.hpp"
 
 namespace nsbroker::daemon {
 
-// Confines the calling process for good. Call after setns and the
-// namespace check, before serving jobs; there is no way back.
-Result<void> confine_worker();
+// The worker's seccomp allowlist as the BPF program the kernel runs.
+// Compiling it with libseccomp costs a worker more than everything else it
+// does before its first socket, so the daemon compiles it once and every
+// worker only loads it: a forked worker from the daemon's memory, an exec'd
+// one from a sealed memfd the daemon passes it.
+class WorkerFilter {
+  public:
+    // Compiles the allowlist into a sealed memfd, and reads it back.
+    static Result<WorkerFilter> compile();
+    // The program in a sealed memfd made by compile(). Takes the memfd and
+    // closes it: the filter read holds none.
+    static Result<WorkerFilter> read(UniqueFd sealed);
+
+    // A compiled filter's memfd, for an exec'd worker. Its seals forbid any
+    // change, so the daemon and every worker load the same program.
+    [[nodiscard]] BorrowedFd sealed() const { return sealed_.borrow(); }
+    [[nodiscard]] const std::vector<sock_filter>& program() const { return program_; }
+
+  private:
+    UniqueFd sealed_;
+    std::vector<sock_filter> program_;
+};
+
+// Confines the calling process for good with filter as its seccomp filter.
+// Call after setns and the namespace check, before serving jobs; there is no
+// way back.
+Result<void> confine_worker(const WorkerFilter& filter);
 
 // The network capabilities a confined worker keeps in its permitted set,
 // beside CAP_SETUID and CAP_SETGID, which only become_caller uses.

@@ -7,6 +7,7 @@
 
 #include <cerrno>
 #include <cstring>
+#include <memory>
 #include <stdexcept>
 
 #include "nsbroker/throw_errno.hpp"
@@ -42,15 +43,18 @@ void collect_fds(msghdr& msg, std::vector<UniqueFd>& out) {
 
 Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
     // One byte more than allowed, so that an oversized message is detected
-    // even where the kernel does not report MSG_TRUNC. The buffer is reused:
-    // zero-filling 64 KiB for every message would cost more than the message.
-    thread_local std::vector<char> buffer;
-    if (buffer.size() < max_size + 1) {
-        buffer.resize(max_size + 1);
+    // even where the kernel does not report MSG_TRUNC. The buffer is reused,
+    // and never zero-filled: that would cost more than the message, and
+    // would make a worker hold 64 KiB of pages that only recvmsg should touch.
+    thread_local std::unique_ptr<char[]> buffer;
+    thread_local std::size_t buffer_size = 0;
+    if (buffer_size < max_size + 1) {
+        buffer.reset(new char[max_size + 1]);
+        buffer_size = max_size + 1;
     }
     Received result;
     ControlBuffer control;
-    iovec iov{buffer.data(), max_size + 1};
+    iovec iov{buffer.get(), max_size + 1};
     msghdr msg{};
     msg.msg_iov = &iov;
     msg.msg_iovlen = 1;
@@ -102,7 +106,7 @@ Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
         result.message = {};
         return result;
     }
-    result.message.data.assign(buffer.data(), static_cast<std::size_t>(n));
+    result.message.data.assign(buffer.get(), static_cast<std::size_t>(n));
     result.status = ReceiveStatus::message;
     return result;
 }

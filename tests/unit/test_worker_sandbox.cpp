@@ -1,9 +1,14 @@
 // confine_worker: after it, a process can make sockets and nothing else of
-// what a compromised worker would want.
+// what a compromised worker would want. WorkerFilter: the allowlist compiled
+// once, the same program for every worker, and no one can change it.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <linux/sockios.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -11,6 +16,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cstring>
 
 #include "workers/worker_sandbox.hpp"
 
@@ -18,10 +24,20 @@ using namespace nsbroker::daemon;
 
 namespace {
 
-// Runs probe in a confined child; returns what it returned (through a pipe:
-// a sanitizer's exit handler may change the exit status of a confined process).
+const WorkerFilter& compiled() {
+    static const WorkerFilter filter = [] {
+        auto made = WorkerFilter::compile();
+        REQUIRE(made);
+        return std::move(*made);
+    }();
+    return filter;
+}
+
+// Runs probe in a child confined by filter; returns what it returned
+// (through a pipe: a sanitizer's exit handler may change the exit status of
+// a confined process).
 template <typename Probe>
-int in_confined_child(Probe probe) {
+int in_confined_child(Probe probe, const WorkerFilter& filter = compiled()) {
     int result[2];
     REQUIRE(::pipe2(result, O_CLOEXEC) == 0);
     pid_t child = ::fork();
@@ -29,7 +45,7 @@ int in_confined_child(Probe probe) {
         ::close(result[0]);
         int netns = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
         unsigned char answer = 100;
-        if (netns >= 0 && confine_worker()) {
+        if (netns >= 0 && confine_worker(filter)) {
             answer = static_cast<unsigned char>(probe(netns));
         }
         if (::write(result[1], &answer, 1) != 1) {
@@ -114,4 +130,48 @@ TEST_CASE("a confined worker makes sockets as its caller and keeps its own real 
               int tcp = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
               return tcp >= 0 && ::fstat(tcp, &owner) == 0 && owner.st_uid == 0 ? 0 : 5;
           }) == 0);
+}
+
+TEST_CASE("a confined worker still waits on its channels and sees what a caller left unread") {
+    // A worker is given its channels; it never makes one.
+    int pair[2];
+    REQUIRE(::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) == 0);
+    nsbroker::UniqueFd ours{pair[0]};
+    nsbroker::UniqueFd peer{pair[1]};
+    CHECK(in_confined_child([&](int) {
+              pollfd fds[1] = {{ours.get(), POLLOUT, 0}};
+              const timespec none{};
+              int queued = -1;
+              bool ok = ::poll(fds, 1, 0) == 1 && ::ppoll(fds, 1, &none, nullptr) == 1 &&
+                        ::write(ours.get(), "x", 1) == 1 &&
+                        ::ioctl(ours.get(), SIOCOUTQ, &queued) == 0 && queued > 0;
+              return ok ? 0 : 1;
+          }) == 0);
+}
+
+TEST_CASE("the compiled filter is sealed, and a worker reads back the same program") {
+    const auto& filter = compiled();
+    REQUIRE(!filter.program().empty());
+    auto copy = filter.sealed().duplicate();
+    REQUIRE(copy);
+    CHECK(::pwrite(copy.get(), "x", 1, 0) < 0);
+    CHECK(errno == EPERM);
+    CHECK(::ftruncate(copy.get(), 0) < 0);
+    auto read = WorkerFilter::read(std::move(copy));
+    REQUIRE(read);
+    REQUIRE(read->program().size() == filter.program().size());
+    CHECK(std::memcmp(read->program().data(), filter.program().data(),
+                      filter.program().size() * sizeof(sock_filter)) == 0);
+    // An exec'd worker confines itself with the copy it read.
+    CHECK(in_confined_child([](int) { return refused(::open("/etc/hostname", O_RDONLY)) ? 0 : 1; },
+                            *read) == 0);
+}
+
+TEST_CASE("a filter that is not sealed is not loaded") {
+    nsbroker::UniqueFd memfd{::memfd_create("unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING)};
+    REQUIRE(memfd);
+    const auto& program = compiled().program();
+    const auto bytes = program.size() * sizeof(sock_filter);
+    REQUIRE(::write(memfd.get(), program.data(), bytes) == static_cast<ssize_t>(bytes));
+    CHECK(!WorkerFilter::read(std::move(memfd)));
 }
