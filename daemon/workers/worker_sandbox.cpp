@@ -35,6 +35,7 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
+#include <vector>
 #include <memory>
 
 namespace nsbroker::daemon {
@@ -111,7 +112,13 @@ Result<void> write_filter(int fd) {
         SCMP_SYS(capset),        SCMP_SYS(poll),
         SCMP_SYS(ppoll),
     };
-    for (int call : allowed) {
+    std::vector<int> calls(std::begin(allowed), std::end(allowed));
+#if defined(__SANITIZE_ADDRESS__)
+    // AddressSanitizer asks for the signal stack whenever an exception is
+    // thrown (a worker throws on a malformed request from a direct channel).
+    calls.push_back(SCMP_SYS(sigaltstack));
+#endif
+    for (int call : calls) {
         if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ALLOW, call, 0); r < 0) {
             return kernel_error("seccomp_rule_add", -r);
         }
