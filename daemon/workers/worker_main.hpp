@@ -16,4 +16,11 @@ bool place_worker_fds(int channel, int netns) noexcept;
 // Runs the worker on fds 3 (channel) and 4 (namespace); returns the exit status.
 int run_worker();
 
+// The worker's serving loop on control, as run_worker runs it, but without
+// joining a namespace or confining anything: it serves in the calling
+// thread's namespace, and takes callers' identities for that thread only.
+// For driving the worker in-process (tests/fuzz/fuzz_worker_channel.cpp).
+// control stays the caller's; returns when its peer closes it.
+int serve_in_place(int control);
+
 } // namespace nsbroker::daemon
