@@ -31,6 +31,7 @@
 #include <cstdlib>
 #include <deque>
 #include <fstream>
+#include <map>
 #include <optional>
 #include <spdlog/spdlog.h>
 #include <string>
@@ -96,17 +97,27 @@ std::uint64_t reported_total = 0;      // what its ChannelsServed notices counte
 std::vector<std::uint64_t> closed_ids; // ChannelClosed not yet matched
 std::deque<std::pair<proto::Reply, std::size_t>> job_replies; // with their descriptor counts
 
-int count_fds() {
+// What each open descriptor is, by number.
+std::map<int, std::string> open_fds() {
     DIR* dir = ::opendir("/proc/self/fd");
     if (dir == nullptr) {
         broken("opendir /proc/self/fd");
     }
-    int n = 0;
+    std::map<int, std::string> fds;
     while (const dirent* entry = ::readdir(dir)) {
-        n += entry->d_name[0] != '.';
+        int fd = std::atoi(entry->d_name);
+        if (entry->d_name[0] == '.' || fd == ::dirfd(dir)) {
+            continue;
+        }
+        char target[PATH_MAX] = "";
+        std::string path = std::string("/proc/self/fd/") + entry->d_name;
+        if (::readlink(path.c_str(), target, sizeof target - 1) < 0) {
+            continue; // closed since it was listed
+        }
+        fds[fd] = target;
     }
     ::closedir(dir);
-    return n - 1; // the directory's own
+    return fds;
 }
 
 void wait_for(int fd, short events, Clock::time_point deadline, const char* what) {
@@ -342,7 +353,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
     // report from that thread is symbolized too.
     if (__sanitizer_symbolize_pc != nullptr) {
         char out[256];
-        __sanitizer_symbolize_pc(reinterpret_cast<void*>(&count_fds), "%p", out, sizeof out);
+        __sanitizer_symbolize_pc(reinterpret_cast<void*>(&open_fds), "%F %L", out, sizeof out);
     }
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
@@ -356,7 +367,7 @@ extern "C" int LLVMFuzzerInitialize(int*, char***) {
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
     FuzzedDataProvider input(data, size);
-    const int fds_before = count_fds();
+    const auto fds_before = open_fds();
     const auto deadline = Clock::now() + patience;
 
     proto::ChannelGrant grant;
@@ -467,26 +478,37 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     closed_ids.clear();
 
     // A job behind everything the worker had to do for this channel; once
-    // it is answered, the worker holds nothing of the channel.
+    // it is answered, the worker holds nothing of the channel. The job is
+    // refused before any socket is made, so that the worker holds nothing of
+    // its own either while this thread counts descriptors.
     proto::WorkerJob job;
     job.id = next_job++;
     proto::SocketSpec spec;
-    spec.family = AF_UNIX;
-    spec.type = SOCK_DGRAM;
+    spec.family = AF_INET;
+    spec.type = SOCK_STREAM;
+    spec.bind = "0.0.0.0:1";
     job.specs = {spec};
+    job.caller = {1000, 1000, {}};
+    job.restricted = proto::JobRestriction{"no low ports", {}};
     proto::send_message(daemon_end.get(), proto::encode_job(job));
     while (job_replies.empty()) {
         read_control(deadline);
     }
     auto [reply, fd_count] = std::move(job_replies.front());
     job_replies.pop_front();
-    const auto* made = std::get_if<proto::SocketReply>(&reply.body);
-    if (reply.id != job.id || made == nullptr || made->sockets.size() != 1 || fd_count != 1) {
+    const auto* refused = std::get_if<Error>(&reply.body);
+    if (reply.id != job.id || refused == nullptr || refused->code != ErrorCode::permission_denied ||
+        fd_count != 0) {
         broken("the worker no longer serves the daemon's jobs");
     }
-    if (int now = count_fds(); now != fds_before) {
-        broken("descriptors leaked: " + std::to_string(fds_before) + " before, " +
-               std::to_string(now) + " after");
+    if (auto now = open_fds(); now != fds_before) {
+        std::string what = "descriptors leaked:";
+        for (const auto& [fd, target] : now) {
+            if (!fds_before.contains(fd)) {
+                what += " " + std::to_string(fd) + " (" + target + ")";
+            }
+        }
+        broken(what);
     }
     return 0;
 }
