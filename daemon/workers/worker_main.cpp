@@ -579,4 +579,18 @@ int run_worker(const WorkerFilter* filter) {
     }
 }
 
+int serve_in_place(int control) {
+    try {
+        PortFloor floor;
+        if (auto opened = floor.open(); !opened) {
+            spdlog::error("worker {}: {}", ::getpid(), opened.error().describe());
+            return 1;
+        }
+        return WorkerServer(control, floor).run();
+    } catch (const std::exception& e) {
+        spdlog::error("worker {}: {}", ::getpid(), e.what());
+        return 1;
+    }
+}
+
 } // namespace nsbroker::daemon

@@ -23,4 +23,11 @@ bool place_worker_fds(int channel, int netns, int filter) noexcept;
 // the one on fd 5. Returns the exit status.
 int run_worker(const WorkerFilter* filter);
 
+// The worker's serving loop on control, as run_worker runs it, but without
+// joining a namespace or confining anything: it serves in the calling
+// thread's namespace, and takes callers' identities for that thread only.
+// For driving the worker in-process (tests/fuzz/fuzz_worker_channel.cpp).
+// control stays the caller's; returns when its peer closes it.
+int serve_in_place(int control);
+
 } // namespace nsbroker::daemon

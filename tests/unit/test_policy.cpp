@@ -3,6 +3,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include "nsbroker/codec.hpp"
 #include "nsbroker/socket_option_table.hpp"
 #include "nsbroker/typed_spec.hpp"
 #include "policy/policy.hpp"
@@ -227,5 +228,174 @@ TEST_CASE("each socket option a grant covers is refused without that grant, and 
         CHECK_FALSE(refused.allowed);
         CHECK(refused.reason.starts_with("rule \"r\": sockets[0]: "));
         CHECK(refused.reason.ends_with(" not granted"));
+    }
+}
+
+namespace {
+
+// A decision as everything a caller or a worker sees of it.
+std::string outcome(const Decision& d) {
+    if (!d.allowed) {
+        return "refused: " + d.reason;
+    }
+    std::string text = "allowed";
+    if (d.rule != nullptr) {
+        text += " by \"" + d.rule->name + "\", granting";
+        for (Privilege p : job_restriction(*d.rule).grants) {
+            text += " " + std::string(proto::to_string(p));
+        }
+        text += ", " + std::to_string(d.rule->max_sockets_per_request) + " sockets, " +
+                std::to_string(d.rule->max_requests_in_flight) + " in flight";
+    }
+    return text + (d.owned_only ? ", owned only" : "");
+}
+
+// Every single spec of the kinds the rules tell apart: each family, type,
+// a netlink protocol granted or not, each option a grant covers (and one no
+// grant covers), a low port, a high one or none, one socket or five.
+std::vector<proto::SocketSpec> every_spec() {
+    std::vector<proto::SocketSpec> specs;
+    for (int family : {AF_INET, AF_INET6, AF_UNIX, AF_NETLINK, AF_PACKET, AF_CAN}) {
+        std::vector<std::optional<std::string>> binds{std::nullopt};
+        if (family == AF_INET) {
+            binds = {std::nullopt, "0.0.0.0:80", "0.0.0.0:8080", "0.0.0.0:0"};
+        } else if (family == AF_INET6) {
+            binds = {std::nullopt, "[::]:80", "[::]:8080"};
+        }
+        for (int type : {SOCK_STREAM, SOCK_DGRAM, SOCK_SEQPACKET, SOCK_RAW}) {
+            for (int protocol : {0, 9, 16}) {
+                for (int option = 0; option < 6; ++option) {
+                    for (const auto& bind : binds) {
+                        for (unsigned count : {1U, 5U}) {
+                            auto s = spec(family, type, protocol);
+                            s.bind = bind;
+                            s.count = count;
+                            switch (option) {
+                            case 1:
+                                s.options.mark = 1;
+                                break;
+                            case 2:
+                                s.options.transparent = true;
+                                break;
+                            case 3:
+                                s.options.freebind = true;
+                                break;
+                            case 4:
+                                s.options.bindtodevice = "eth0";
+                                break;
+                            case 5:
+                                s.options.reuseaddr = true;
+                                break;
+                            default:
+                                break;
+                            }
+                            specs.push_back(std::move(s));
+                        }
+                    }
+                }
+            }
+        }
+    }
+    return specs;
+}
+
+} // namespace
+
+TEST_CASE("a caller's own rules decide its every request as the whole policy does") {
+    const char* texts[] = {
+        R"({"rules": [
+            {"name": "agents", "users": [1000], "namespaces": {"names": ["qrouter-*", "qdhcp-?"]},
+             "families": ["inet", "netlink"], "netlink_protocols": ["route", "generic"],
+             "grant": ["raw", "bindtodevice", "net_admin"],
+             "limits": {"sockets_per_request": 4, "requests_in_flight": 8}},
+            {"name": "agents' servers", "users": [1000], "namespaces": {"names": ["qrouter-*"]},
+             "grant": ["low_ports"]},
+            {"groups": [4242], "namespaces": {"any": true}, "families": ["inet6", "packet", "unix"],
+             "types": ["dgram", "raw"], "grant": ["packet", "mark", "transparent"]},
+            {"name": "owners", "users": ["*"], "namespaces": {"owned": true, "names": ["web-*"]},
+             "netlink_protocols": ["route"]},
+            {"name": "someone else", "users": [3000], "namespaces": {"any": true},
+             "grant": ["raw", "packet", "low_ports", "bindtodevice", "mark", "transparent",
+                       "net_admin"]}
+        ]})",
+        R"({"rules": [{"name": "default", "users": ["*"], "namespaces": {"owned": true}}]})",
+        R"({"rules": [{"name": "group only", "groups": [4242], "namespaces": {"any": true},
+                       "grant": ["low_ports"], "limits": {"sockets_per_request": 2}}]})",
+        R"({"rules": []})",
+    };
+    const Caller callers[] = {
+        user(0),
+        user(1000),           // named by uid
+        user(1001, {4242}),   // a member by its supplementary groups
+        {1002, 4242, {}, 42}, // a member by its primary group
+        user(1000, {4242}),   // named, and a member
+        user(2000),           // named by no rule
+    };
+    std::vector<NamespaceFacts> namespaces;
+    for (const char* name : {"", "qrouter-1", "qdhcp-1", "qdhcp-10", "web-1", "blue"}) {
+        for (bool owned : {false, true}) {
+            NamespaceFacts facts;
+            if (*name != '\0') {
+                facts.name = name;
+            }
+            facts.owned_by_caller = owned;
+            namespaces.push_back(std::move(facts));
+        }
+    }
+    // Each spec alone, and with the next: a port bound by either asks for
+    // a rule that grants low ports.
+    const auto specs = every_spec();
+    std::vector<std::vector<proto::SocketSpec>> requests;
+    for (std::size_t i = 0; i < specs.size(); ++i) {
+        requests.push_back({specs[i]});
+        if (i % 5 == 0) {
+            requests.push_back({specs[i], specs[(i * 7 + 3) % specs.size()]});
+        }
+    }
+
+    for (const char* text : texts) {
+        auto policy = Policy::parse(text);
+        REQUIRE_MESSAGE(policy, policy.error().message);
+        for (const auto& caller : callers) {
+            CAPTURE(caller.uid);
+            const std::string own_text = policy->for_caller(caller);
+            CAPTURE(own_text);
+            auto own = Policy::parse(own_text);
+            REQUIRE_MESSAGE(own, own.error().message);
+            // What the worker gets holds exactly the caller's rules, and
+            // says the same again.
+            CHECK(own->rules().size() == policy->rules_for(caller));
+            CHECK(own->for_caller(caller) == own_text);
+            std::size_t compared = 0;
+            std::size_t allowed = 0;
+            std::size_t differing = 0;
+            std::string first_difference;
+            for (const auto& facts : namespaces) {
+                for (const auto& request : requests) {
+                    auto whole = policy->decide(caller, facts, request);
+                    auto theirs = own->decide(caller, facts, request);
+                    ++compared;
+                    allowed += whole.allowed;
+                    if (outcome(whole) != outcome(theirs) && differing++ == 0) {
+                        first_difference = "namespace " + facts.name.value_or("(unnamed)") +
+                                           (facts.owned_by_caller ? " (owned)" : "") + ": " +
+                                           proto::family_name(request[0].family) + " " +
+                                           proto::type_name(request[0].type) + ": " +
+                                           outcome(whole) + " | " + outcome(theirs);
+                    }
+                }
+            }
+            INFO(first_difference);
+            CHECK(differing == 0);
+            // The requests tell the rules apart: some are allowed, and for
+            // every caller but root, some are refused.
+            CHECK(compared > 10000);
+            if (policy->rules_for(caller) > 0) {
+                CHECK(allowed > 0);
+            }
+            if (caller.uid != 0) {
+                CHECK(allowed < compared);
+            }
+        }
     }
 }
