@@ -3,6 +3,7 @@
 #include "workers/worker.hpp"
 
 #include <fcntl.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/wait.h>
@@ -137,6 +138,17 @@ proto::NamespaceInfo Worker::describe() const {
     info.requests = requests_;
     info.sockets = sockets_;
     return info;
+}
+
+bool Worker::alive() {
+    if (state_ == State::dead || !channel_) {
+        return false;
+    }
+    pollfd p{channel_.get(), 0, 0};
+    if (::poll(&p, 1, 0) == 1 && (p.revents & (POLLHUP | POLLERR)) != 0) {
+        read_replies();
+    }
+    return state_ != State::dead;
 }
 
 void Worker::submit(proto::WorkerJob job, JobDone done) {

@@ -141,6 +141,12 @@ class Worker {
     // the worker fails. Only for a worker its owner still holds as live.
     void submit(proto::WorkerJob job, JobDone done);
 
+    // Whether the process can still take a job. One killed a moment ago
+    // (its direct channels fall back to the daemon at once) may not have
+    // been reaped yet; its channel tells, and the worker then fails, after
+    // reading what it said before it died.
+    [[nodiscard]] bool alive();
+
     // Gives the worker a direct channel: worker_end is the socketpair's end
     // it serves, with grant saying for whom. The lease is dropped when the
     // channel closes. False, with nothing sent, when the worker takes no

@@ -47,7 +47,7 @@ bool WorkerPool::submit_to_running(const NetnsIdentity& identity,
                                    const std::optional<std::string>& name, proto::WorkerJob& job,
                                    JobDone& done) {
     auto it = live_.find(identity);
-    if (stopping_ || it == live_.end()) {
+    if (stopping_ || it == live_.end() || !it->second->alive()) {
         return false;
     }
     it->second->reached(WorkerSponsor{}, name, UniqueFd{});
@@ -62,7 +62,7 @@ void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, WorkerSponsor
         return;
     }
     Worker* worker = nullptr;
-    if (auto it = live_.find(netns.identity); it != live_.end()) {
+    if (auto it = live_.find(netns.identity); it != live_.end() && it->second->alive()) {
         worker = it->second.get();
         worker->reached(sponsor, netns.name, std::move(netns.pidfd));
     } else {

@@ -35,8 +35,8 @@
 #include <cstdint>
 #include <cstring>
 #include <iterator>
-#include <vector>
 #include <memory>
+#include <vector>
 
 namespace nsbroker::daemon {
 
