@@ -3,6 +3,7 @@
 #include "core/core.hpp"
 
 #include <spdlog/spdlog.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 
 #include <cerrno>
@@ -55,6 +56,12 @@ std::vector<std::string> features(WorkerMode mode) {
 
 Core::Core(sd_event* loop, CoreConfig config)
     : loop_(loop), config_(std::move(config)), policy_(load_policy_or_throw(config_.policy_path)) {
+    if (auto& fds = config_.limits.direct_channel_fds; fds == 0) {
+        rlimit limit{};
+        fds = ::getrlimit(RLIMIT_NOFILE, &limit) == 0 && limit.rlim_cur != RLIM_INFINITY
+                  ? limit.rlim_cur / 4
+                  : 65536;
+    }
     spdlog::info("policy: {} ({} rules)", policy_.origin(), policy_.rules().size());
     pool_ = std::make_unique<WorkerPool>(loop_, config_.workers);
     netns_watch_ = std::make_unique<NetnsWatch>(
@@ -342,11 +349,16 @@ std::optional<UniqueFd> Core::open_channel(const Caller& caller,
                                            const std::shared_ptr<Channel>& channel,
                                            const ChannelOffer& offer) {
     const auto& limits = config_.limits;
-    auto by_uid = direct_channels_by_uid_.find(caller.uid);
+    auto held_by = [this](uid_t uid) {
+        auto it = direct_channels_by_uid_.find(uid);
+        return it == direct_channels_by_uid_.end() ? std::size_t{0} : it->second;
+    };
+    const std::size_t held_by_users = direct_channels_ - held_by(0);
     if (stopping_ || direct_channels_ >= limits.direct_channels ||
         channel->direct_channels >= limits.direct_channels_per_channel ||
-        (caller.uid != 0 && by_uid != direct_channels_by_uid_.end() &&
-         by_uid->second >= limits.direct_channels_per_uid)) {
+        (caller.uid != 0 &&
+         (held_by(caller.uid) >= limits.direct_channels_per_uid ||
+          (held_by_users + 1) * proto::max_fds_per_message > limits.direct_channel_fds))) {
         return std::nullopt;
     }
     proto::ChannelGrant grant{next_direct_channel_, job_caller(caller),    caller.pid,

@@ -34,8 +34,14 @@ struct CallerLimits {
     // channel to the daemon, per uid other than root, and in all. Past a
     // bound a request is still served, without a channel.
     std::size_t direct_channels_per_channel = 16;
-    std::size_t direct_channels_per_uid = 64;
+    std::size_t direct_channels_per_uid = 16;
     std::size_t direct_channels = 4096;
+    // A worker leaves a channel's caller at most 253 sockets unread, which
+    // the kernel charges to the workers' user as it does the daemon's (see
+    // DescriptorBudget). Callers other than root hold channels only while
+    // 253 for each fits in this; 0: a quarter of RLIMIT_NOFILE, besides the
+    // quarter the daemon's own budget takes.
+    std::size_t direct_channel_fds = 0;
 };
 
 struct CoreConfig {

@@ -204,7 +204,7 @@ void reset_signals() {
 // caller that stops reading its replies is not read from again until it has
 // caught up: what it has not read stays charged to the worker's user.
 constexpr std::size_t max_channels = 256;
-constexpr std::size_t max_unread_fds_per_channel = 2 * proto::max_fds_per_message;
+constexpr std::size_t max_unread_fds_per_channel = proto::max_fds_per_message;
 // While a channel waits for its caller to read, the worker looks again this
 // often (the kernel gives no event for a peer's reads).
 constexpr int unread_recheck_ms = 2;
@@ -223,8 +223,9 @@ struct DirectChannel {
     // the channel closes; the caller's library asks nsbrokerd instead.
     bool revoked = false;
     std::size_t unread_fds = 0; // sent since the caller was last seen to have read all
-    // Its next request waits until the caller has read what it was sent.
-    bool waiting_for_reads = false;
+    // A request read whose sockets would leave more than
+    // max_unread_fds_per_channel unread: served once the caller has read.
+    std::optional<proto::Request> held;
     // A reply the caller's queue had no room for, sent before anything else is read.
     std::optional<std::pair<std::string, std::vector<UniqueFd>>> unsent;
 };
@@ -242,14 +243,18 @@ class WorkerServer {
             polled.clear();
             bool throttled = false;
             for (auto& channel : channels_) {
+                if (channel.held && !channel.unsent &&
+                    (channel.revoked || has_room(channel, *channel.held))) {
+                    proto::Request r = std::move(*channel.held);
+                    channel.held.reset();
+                    serve_request(channel, r);
+                }
                 short events = POLLIN;
                 if (channel.unsent) {
                     events = POLLOUT;
-                } else if (channel.waiting_for_reads && !caught_up(channel)) {
+                } else if (channel.held) {
                     throttled = true;
                     events = 0;
-                } else {
-                    channel.waiting_for_reads = false;
                 }
                 fds.push_back(pollfd{channel.fd.get(), events, 0});
                 polled.push_back(&channel);
@@ -334,6 +339,13 @@ class WorkerServer {
 
     void open_channel(proto::ChannelGrant grant, UniqueFd fd) {
         std::optional<Policy> policy;
+        if (!grant.policy && grant.caller.uid != 0) {
+            // Only root is served without rules.
+            spdlog::error("worker {}: channel {} for uid {} came without its rules", ::getpid(),
+                          grant.id, grant.caller.uid);
+            closed(grant.id);
+            return;
+        }
         if (grant.policy) {
             auto parsed = Policy::parse(*grant.policy);
             if (!parsed) {
@@ -355,8 +367,8 @@ class WorkerServer {
         channel.policy = std::move(policy);
     }
 
-    // What is queued is still answered; the caller's next send fails, which
-    // sends it back to the daemon.
+    // What is queued is answered `unavailable`, unserved; the caller's next
+    // send fails. Either sends the caller back to the daemon.
     static void revoke_channel(DirectChannel& channel) {
         if (!channel.revoked) {
             channel.revoked = true;
@@ -390,11 +402,12 @@ class WorkerServer {
         last_report_ = time;
     }
 
-    // Whether the caller has read enough of what it was sent to be read from
-    // again. Asked when its next request is there: a caller that reads each
-    // reply before it sends again has always caught up by then.
-    static bool caught_up(DirectChannel& channel) {
-        if (channel.unread_fds < max_unread_fds_per_channel) {
+    // Whether the sockets r asks for may be sent without leaving the caller
+    // more than max_unread_fds_per_channel unread. Asked when r has come: a
+    // caller that reads each reply before it sends again has read them all.
+    static bool has_room(DirectChannel& channel, const proto::Request& r) {
+        const std::size_t count = proto::socket_count(r.specs);
+        if (channel.unread_fds + count <= max_unread_fds_per_channel) {
             return true;
         }
         int queued = 0;
@@ -412,10 +425,6 @@ class WorkerServer {
                 channel.unsent.reset();
                 send_to_caller(channel, std::move(bytes), std::move(fds));
             }
-            return;
-        }
-        if (!caught_up(channel)) {
-            channel.waiting_for_reads = true;
             return;
         }
         auto received = proto::receive_message(channel.fd.get(), proto::max_message_size, true);
@@ -439,6 +448,19 @@ class WorkerServer {
             return;
         }
         auto& r = std::get<proto::Request>(request);
+        if (!received.message.fds.empty()) {
+            answer(channel, {r.id, make_error(ErrorCode::invalid_request,
+                                              "a worker channel takes no descriptors")});
+            return;
+        }
+        if (!channel.revoked && !has_room(channel, r)) {
+            channel.held = std::move(r);
+            return;
+        }
+        serve_request(channel, r);
+    }
+
+    void serve_request(DirectChannel& channel, proto::Request& r) {
         if (channel.revoked) {
             send_to_caller(
                 channel,
@@ -446,11 +468,6 @@ class WorkerServer {
                                                       "the direct channel was revoked: nsbrokerd "
                                                       "serves the request instead")}),
                 {});
-            return;
-        }
-        if (!received.message.fds.empty()) {
-            answer(channel, {r.id, make_error(ErrorCode::invalid_request,
-                                              "a worker channel takes no descriptors")});
             return;
         }
         auto [reply, fds] = serve_for(channel, r);

@@ -758,3 +758,31 @@ TEST_CASE("a caller that leaves its replies unread holds up no one else, and los
         CHECK(socket_netns_inode(reply.message.fds.front().get()) == ns.inode());
     }
 }
+
+TEST_CASE("a user holds at most 16 channels, however many connections it opens") {
+    Daemon d;
+    CHECK(as_nobody(Nobody::own_netns, [&] {
+              std::vector<UniqueFd> connections;
+              std::vector<UniqueFd> channels;
+              for (int c = 0; c < 2; ++c) {
+                  connections.push_back(connect_raw(d));
+                  for (int i = 0; i < 10; ++i) {
+                      UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+                      int passed[1] = {own.get()};
+                      auto r = raw_call(connections.back().get(),
+                                        R"({"id": 1, "op": "socket", "netns": {"fd": 0},
+                                            "socket": {"family": "inet", "type": "dgram"},
+                                            "channel": true})",
+                                        passed);
+                      if (r.text.find(R"("ok":true)") == std::string::npos) {
+                          std::fprintf(stderr, "%s\n", r.text.c_str());
+                          return 10;
+                      }
+                      if (r.fds.size() == 2) {
+                          channels.push_back(std::move(r.fds.back()));
+                      }
+                  }
+              }
+              return channels.size() == 16 ? 0 : 11;
+          }) == 0);
+}
