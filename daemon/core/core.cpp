@@ -64,9 +64,8 @@ Core::Core(sd_event* loop, CoreConfig config)
     }
     spdlog::info("policy: {} ({} rules)", policy_.origin(), policy_.rules().size());
     pool_ = std::make_unique<WorkerPool>(loop_, config_.workers);
-    netns_watch_ = std::make_unique<NetnsWatch>(
-        loop_, config_.workers.netns_dir,
-        [this](const std::string& name) { pool_->name_deleted(name); });
+    netns_watch_ = std::make_unique<NetnsWatch>(loop_, config_.workers.netns_dir,
+                                                [this] { pool_->names_changed(); });
     netns_watch_->ensure();
     note_activity();
 }

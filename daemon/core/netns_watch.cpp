@@ -1,6 +1,7 @@
 // inotify on the /run/netns directory.
 #include "core/netns_watch.hpp"
 
+#include <fcntl.h>
 #include <sys/inotify.h>
 #include <unistd.h>
 
@@ -12,9 +13,20 @@
 
 namespace nsbroker::daemon {
 
-NetnsWatch::NetnsWatch(sd_event* loop, std::string dir,
-                       std::function<void(const std::string&)> on_deleted)
-    : loop_(loop), dir_(std::move(dir)), on_deleted_(std::move(on_deleted)) {}
+NetnsWatch::NetnsWatch(sd_event* loop, std::string dir, std::function<void()> on_changed)
+    : loop_(loop), dir_(std::move(dir)), on_changed_(std::move(on_changed)) {
+    mountinfo_.reset(::open("/proc/self/mountinfo", O_RDONLY | O_CLOEXEC));
+    if (!mountinfo_) {
+        spdlog::warn("/proc/self/mountinfo: {}; names unmounted without being deleted are "
+                     "not noticed",
+                     std::strerror(errno));
+        return;
+    }
+    sd_event_source* s = nullptr;
+    check_sd(sd_event_add_io(loop_, &s, mountinfo_.get(), EPOLLPRI, &NetnsWatch::on_mounts, this),
+             "sd_event_add_io(mountinfo)");
+    mounts_source_.reset(s);
+}
 
 void NetnsWatch::ensure() {
     if (watching_) {
@@ -55,10 +67,16 @@ int NetnsWatch::on_event(sd_event_source*, int fd, uint32_t, void* userdata) {
                 continue;
             }
             if ((ev->mask & (IN_DELETE | IN_MOVED_FROM)) && ev->len > 0) {
-                self->on_deleted_(std::string(ev->name));
+                self->on_changed_();
             }
         }
     }
+    return 0;
+}
+
+int NetnsWatch::on_mounts(sd_event_source*, int, uint32_t, void* userdata) {
+    // The poll that reported the change also consumed it.
+    static_cast<NetnsWatch*>(userdata)->on_changed_();
     return 0;
 }
 

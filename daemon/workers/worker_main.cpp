@@ -302,6 +302,7 @@ class WorkerServer {
     std::optional<int> serve_daemon() {
         auto received = proto::receive_message(control_);
         if (received.status == proto::ReceiveStatus::closed) {
+            report_served(true); // what the channels served is counted even now
             return 0;
         }
         if (received.status != proto::ReceiveStatus::message) {
@@ -531,7 +532,16 @@ class WorkerServer {
                 job.restricted = job_restriction(*decision.rule);
             }
         }
-        return serve(job);
+        auto served = serve(job);
+        if (const auto* e = std::get_if<Error>(&served.first.body);
+            e && e->code == ErrorCode::permission_denied) {
+            // The worker's own part of the policy (ports below the
+            // namespace's floor), logged as nsbrokerd logs it for its jobs.
+            spdlog::warn(
+                "denied socket request {} of uid {} pid {} on its channel by its worker: {}",
+                request.id, caller.uid, caller.pid, e->message);
+        }
+        return served;
     }
 
     // Makes a job's sockets, or says why not.

@@ -187,24 +187,30 @@ void WorkerPool::revoke_channels() {
     }
 }
 
-void WorkerPool::name_deleted(const std::string& name) {
+void WorkerPool::names_changed() {
     std::vector<Worker*> unnamed;
     for (auto& [identity, worker] : live_) {
-        if (!worker->forget_name(name)) {
+        std::vector<std::string> lost;
+        for (const auto& name : worker->names()) {
+            auto r = open_netns_path(config_.netns_dir + "/" + name);
+            if (!r || r->identity != identity) {
+                lost.push_back(name);
+            }
+        }
+        if (lost.empty()) {
             continue;
         }
+        // A channel may have been granted through a name it lost.
         worker->revoke_channels();
-        bool still_named = false;
-        for (const auto& other : worker->names()) {
-            auto r = open_netns_path(config_.netns_dir + "/" + other);
-            still_named = still_named || (r && r->identity == identity);
+        for (const auto& name : lost) {
+            worker->forget_name(name);
+            spdlog::info("worker {}: \"{}\" no longer names its namespace", worker->pid(), name);
         }
-        if (!still_named) {
+        if (worker->names().empty()) {
             unnamed.push_back(worker.get());
         }
     }
     for (Worker* w : unnamed) {
-        spdlog::info("namespace \"{}\" was deleted; worker {} exits", name, w->pid());
         w->exit_when_done("namespace deleted");
     }
 }

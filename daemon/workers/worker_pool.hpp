@@ -61,10 +61,11 @@ class WorkerPool : private WorkerOwner {
     // Every worker's direct channels are revoked (the policy changed).
     void revoke_channels();
 
-    // A /run/netns entry went away: workers that had it lose the direct
-    // channels granted so far (one may have come through that name), and
-    // those that no longer have a name exit.
-    void name_deleted(const std::string& name);
+    // /run/netns changed (a name deleted, unmounted or mounted over): a
+    // worker reached by a name that no longer leads to its namespace loses
+    // it and the direct channels granted so far (one may have come through
+    // that name); one with no name left exits.
+    void names_changed();
 
     // Every worker exits; calls all_exited once every process is reaped.
     void stop(std::function<void()> all_exited);

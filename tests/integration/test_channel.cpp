@@ -786,3 +786,31 @@ TEST_CASE("a user holds at most 16 channels, however many connections it opens")
               return channels.size() == 16 ? 0 : 11;
           }) == 0);
 }
+
+TEST_CASE("a name unmounted without being deleted, or mounted over, revokes its channels") {
+    TestNetns ns("unmounted");
+    TestNetns elsewhere("elsewhere");
+    for (bool over : {false, true}) {
+        CAPTURE(over);
+        SecondName other(ns, over ? "over" : "bare");
+        Daemon d;
+        UniqueFd raw = connect_raw(d);
+        auto granted = raw_call(raw.get(), socket_request(other.name(), "dgram", true));
+        REQUIRE(granted.fds.size() == 2);
+        UniqueFd channel = std::move(granted.fds.back());
+        const std::string path = "/run/netns/" + other.name();
+        REQUIRE(::umount2(path.c_str(), MNT_DETACH) == 0);
+        if (over) {
+            REQUIRE(::mount(elsewhere.path().c_str(), path.c_str(), nullptr, MS_BIND, nullptr) ==
+                    0);
+        }
+        CHECK(wait_for([&] {
+            auto r = raw_call(channel.get(), socket_request("", "dgram", false));
+            return r.status != proto::ReceiveStatus::message ||
+                   r.text.find(R"("code":"unavailable")") != std::string::npos;
+        }));
+        // The namespace's first name still serves it.
+        auto c = connect(d);
+        CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
+    }
+}

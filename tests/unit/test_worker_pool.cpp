@@ -562,7 +562,7 @@ TEST_CASE("callers other than root may fill three quarters of max_workers, never
     t.stop_all();
 }
 
-TEST_CASE("name_deleted: a worker exits when no name of its namespace is left") {
+TEST_CASE("names_changed: a worker exits when no name of its namespace is left") {
     PoolUnderTest t(quick_config());
     NamedNetns a(t.netns_dir(), "a");
     NamedNetns a_too(t.netns_dir(), "a-too", a);
@@ -574,9 +574,10 @@ TEST_CASE("name_deleted: a worker exits when no name of its namespace is left") 
     t.make_socket(b.by_name());
     CHECK(t.pool().spawned() == 2);
 
-    t.pool().name_deleted("nothing-of-ours");
+    t.pool().names_changed();
+    CHECK(t.state_of(a.identity()) == "ready");
     a.remove();
-    t.pool().name_deleted("a");
+    t.pool().names_changed();
     CHECK(t.state_of(a.identity()) == "ready"); // "a-too" still names it
     auto described = t.pool().describe();
     for (const auto& info : described) {
@@ -586,7 +587,7 @@ TEST_CASE("name_deleted: a worker exits when no name of its namespace is left") 
     }
 
     a_too.remove();
-    t.pool().name_deleted("a-too");
+    t.pool().names_changed();
     CHECK(t.state_of(a.identity()) == "exiting");
     REQUIRE(t.run_until_exited(1));
     CHECK(t.state_of(a.identity()).empty());
