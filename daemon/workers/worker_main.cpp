@@ -428,6 +428,14 @@ class WorkerServer {
             }
             return;
         }
+        if (channel.held) {
+            // Not read from until the held request is served; a caller that
+            // hung up meanwhile is gone with it.
+            if (revents & (POLLHUP | POLLERR)) {
+                close_channel(channel);
+            }
+            return;
+        }
         auto received = proto::receive_message(channel.fd.get(), proto::max_message_size, true);
         switch (received.status) {
         case proto::ReceiveStatus::would_block:

@@ -97,7 +97,8 @@ struct ClientOptions {
     std::size_t max_direct_channels = 16;
     // Sockets made ahead of time, per kind (family, type, protocol) and
     // direct channel, refilled in batches on the channel; 0 keeps none. A
-    // request for one kind of socket is then served from them when the
+    // socket() or sockets() call for one kind of socket (not submit_sockets)
+    // is then served from them when the
     // socket needs nothing privileged to be made and the caller may take
     // its other steps itself: inet or inet6 stream (tcp) or dgram (udp)
     // sockets with no options and no connect, unbound or bound to port 0
