@@ -198,7 +198,17 @@ struct Expected {
     std::optional<std::uint64_t> id;
     std::optional<ErrorCode> code;      // when the answer must be this error
     std::optional<std::string> message; // and say exactly this
+    // A request the worker reads whole: once the channel is revoked it is
+    // answered `unavailable`, unserved, whatever it asks.
+    bool revocable = false;
 };
+
+// What a revoked channel answers a request it no longer serves.
+const std::string revoked_answer =
+    "the direct channel was revoked: nsbrokerd serves the request instead";
+
+// Whether the daemon has sent a revocation that covers the channel.
+bool revoke_sent = false;
 
 // Judges one message as the worker must, from the same codec and the full
 // policy rather than the rules the grant carried.
@@ -217,15 +227,16 @@ Expected expect(const std::string& message, bool with_fds, const daemon::Caller&
     }
     if (auto why = daemon::unix_address_refusal(caller, request.specs)) {
         return {request.id,
-                caller.uid == 0 ? ErrorCode::invalid_request : ErrorCode::permission_denied, *why};
+                caller.uid == 0 ? ErrorCode::invalid_request : ErrorCode::permission_denied, *why,
+                true};
     }
     if (policy != nullptr) {
         auto decision = policy->decide(caller, facts, request.specs);
         if (!decision.allowed) {
-            return {request.id, ErrorCode::permission_denied, decision.reason};
+            return {request.id, ErrorCode::permission_denied, decision.reason, true};
         }
     }
-    return {request.id, std::nullopt, std::nullopt};
+    return {request.id, std::nullopt, std::nullopt, true};
 }
 
 // Reads the replies queued on the caller's end; false once the worker has
@@ -259,6 +270,10 @@ bool read_replies(int fd, std::deque<Expected>& expected) {
         if (const auto* error = std::get_if<Error>(&reply->body)) {
             if (!r.message.fds.empty()) {
                 broken("an error reply carried descriptors");
+            }
+            if (want.revocable && revoke_sent && error->code == ErrorCode::unavailable &&
+                error->message == revoked_answer) {
+                continue;
             }
             if (want.code && (error->code != *want.code || error->message != *want.message)) {
                 broken("refused otherwise than the daemon would (" + *want.message +
@@ -397,6 +412,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     worker_end.reset();
 
     std::deque<Expected> expected;
+    revoke_sent = false;
     bool open = true;     // the worker has not closed the channel
     bool sending = true;  // the caller's sends still reach the worker
     bool closes = false;  // a message was sent after which the worker closes it
@@ -407,6 +423,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             proto::RevokeChannels revoke;
             revoke.all = input.ConsumeBool();
             revoke.ids = {grant.id + (input.ConsumeBool() ? 0 : 1)};
+            revoke_sent = revoke_sent || revoke.all || revoke.ids.front() == grant.id;
             proto::send_message(daemon_end.get(), proto::encode_revoke(revoke));
             continue;
         }
