@@ -19,6 +19,7 @@
 
 #include "core/core.hpp"
 #include "frontend/socket_frontend.hpp"
+#include "fuzz_descriptors.hpp"
 #include "nsbroker/address.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
@@ -38,24 +39,7 @@ std::string socket_path;
     std::abort();
 }
 
-UniqueFd descriptor(int kind) {
-    switch (kind) {
-    case 0:
-        return UniqueFd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};
-    case 1: {
-        int p[2];
-        if (::pipe2(p, O_CLOEXEC) < 0) {
-            return {};
-        }
-        ::close(p[1]);
-        return UniqueFd{p[0]};
-    }
-    case 2:
-        return UniqueFd{::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
-    default:
-        return UniqueFd{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
-    }
-}
+using fuzz::descriptor;
 
 } // namespace
 

@@ -38,6 +38,7 @@
 #include <thread>
 #include <vector>
 
+#include "fuzz_descriptors.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
 #include "nsbroker/worker_protocol.hpp"
@@ -137,24 +138,7 @@ void wait_for(int fd, short events, Clock::time_point deadline, const char* what
     }
 }
 
-UniqueFd descriptor(int kind) {
-    switch (kind) {
-    case 0:
-        return UniqueFd{::open("/dev/null", O_RDONLY | O_CLOEXEC)};
-    case 1: {
-        int p[2];
-        if (::pipe2(p, O_CLOEXEC) < 0) {
-            return {};
-        }
-        ::close(p[1]);
-        return UniqueFd{p[0]};
-    }
-    case 2:
-        return UniqueFd{::socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
-    default:
-        return UniqueFd{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
-    }
-}
+using fuzz::descriptor;
 
 // Reads one message from the worker's control channel: a notice that reads,
 // or the reply to a job.

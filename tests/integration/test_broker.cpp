@@ -20,6 +20,7 @@
 #include "nsbroker/client.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "support/clients.hpp"
 #include "support/harness.hpp"
 
 using namespace nsbroker;
@@ -27,31 +28,10 @@ using namespace nsbroker::test;
 
 namespace {
 
-Client connect(const Daemon& d, const ClientOptions& options = {}) {
-    auto c = Client::connect(d.socket_path(), options);
-    REQUIRE_MESSAGE(c, c.error().describe());
-    return std::move(*c);
-}
-
-// The worker serving the namespace with this inode, or 0.
-pid_t worker_of(Client& c, ino_t ino) {
-    auto list = c.namespaces();
-    REQUIRE(list);
-    for (const auto& n : list->namespaces) {
-        if (n.ino == ino) {
-            return n.worker_pid;
-        }
-    }
-    return 0;
-}
-
 // A raw protocol connection, for what the library would never send.
 struct RawConnection {
     UniqueFd fd;
-    explicit RawConnection(const Daemon& d) {
-        auto address = proto::parse_address(AF_UNIX, d.socket_path());
-        fd.reset(::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0));
-        REQUIRE(::connect(fd.get(), address->get(), address->length) == 0);
+    explicit RawConnection(const Daemon& d) : fd(connect_raw(d)) {
         int big = 512 * 1024;
         ::setsockopt(fd.get(), SOL_SOCKET, SO_SNDBUF, &big, sizeof(big));
     }

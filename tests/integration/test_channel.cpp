@@ -25,6 +25,7 @@
 #include "nsbroker/client.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/fd_passing.hpp"
+#include "support/clients.hpp"
 #include "support/harness.hpp"
 
 using namespace nsbroker;
@@ -34,23 +35,6 @@ namespace {
 
 constexpr uid_t nobody = 65534;
 const ClientOptions through_daemon{.direct_channels = false};
-
-Client connect(const Daemon& d, const ClientOptions& options = {}) {
-    auto c = Client::connect(d.socket_path(), options);
-    REQUIRE_MESSAGE(c, c.error().describe());
-    return std::move(*c);
-}
-
-pid_t worker_of(Client& c, ino_t ino) {
-    auto list = c.namespaces();
-    REQUIRE(list);
-    for (const auto& n : list->namespaces) {
-        if (n.ino == ino) {
-            return n.worker_pid;
-        }
-    }
-    return 0;
-}
 
 // Whether r is a socket in the namespace with inode ino.
 bool in_netns(const Result<Socket>& r, ino_t ino) {
@@ -135,17 +119,6 @@ ino_t inode_of(const std::optional<std::vector<UniqueFd>>& handed) {
     return handed && handed->size() == 1 ? socket_netns_inode((*handed)[0].get()) : 0;
 }
 
-// A connection to d of the test's own, spoken to in the protocol's bytes.
-UniqueFd connect_raw(const Daemon& d) {
-    sockaddr_un address{};
-    address.sun_family = AF_UNIX;
-    REQUIRE(d.socket_path().size() < sizeof(address.sun_path));
-    std::strcpy(address.sun_path, d.socket_path().c_str());
-    UniqueFd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)};
-    REQUIRE(::connect(fd.get(), reinterpret_cast<sockaddr*>(&address), sizeof(address)) == 0);
-    return fd;
-}
-
 // A raw request on fd and its reply, with the descriptors that came with it.
 struct RawReply {
     proto::ReceiveStatus status = proto::ReceiveStatus::closed;
@@ -174,6 +147,14 @@ std::string socket_request(const std::string& netns_name, const std::string& typ
     std::string netns = netns_name.empty() ? "" : R"("netns": {"name": ")" + netns_name + R"("}, )";
     return R"({"id": 1, "op": "socket", )" + netns + R"("sockets": [{"family": "inet", "type": ")" +
            type + R"("}])" + (channel ? R"(, "channel": true)" : "") + "}";
+}
+
+// The direct channel nsbrokerd grants on raw with a socket of the
+// namespace named name.
+UniqueFd granted_channel(int raw, const std::string& name) {
+    auto granted = raw_call(raw, socket_request(name, "dgram", true));
+    REQUIRE_MESSAGE(granted.fds.size() == 2, granted.text);
+    return std::move(granted.fds.back());
 }
 
 // A second /run/netns name for a namespace, as a bind mount of its first,
@@ -480,9 +461,8 @@ TEST_CASE("a channel answers what it cannot serve with an error, and keeps servi
     TestNetns ns("strict");
     Daemon d;
     UniqueFd raw = connect_raw(d);
-    auto granted = raw_call(raw.get(), socket_request(ns.name(), "dgram", true));
-    REQUIRE(granted.fds.size() == 2);
-    int channel = granted.fds.back().get();
+    UniqueFd granted = granted_channel(raw.get(), ns.name());
+    int channel = granted.get();
 
     auto expect_error = [&](const std::string& request, const std::string& code,
                             std::span<const int> fds = {}) {
@@ -731,9 +711,8 @@ TEST_CASE("a caller that leaves its replies unread holds up no one else, and los
     TestNetns ns("unread");
     Daemon d;
     UniqueFd raw = connect_raw(d);
-    auto granted = raw_call(raw.get(), socket_request(ns.name(), "dgram", true));
-    REQUIRE(granted.fds.size() == 2);
-    int channel = granted.fds.back().get();
+    UniqueFd granted = granted_channel(raw.get(), ns.name());
+    int channel = granted.get();
     // Four batches of 253: past what a worker sends a caller that has not read.
     const std::string batch =
         R"({"id": 7, "op": "socket", "sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
@@ -795,9 +774,7 @@ TEST_CASE("a name unmounted without being deleted, or mounted over, revokes its 
         SecondName other(ns, over ? "over" : "bare");
         Daemon d;
         UniqueFd raw = connect_raw(d);
-        auto granted = raw_call(raw.get(), socket_request(other.name(), "dgram", true));
-        REQUIRE(granted.fds.size() == 2);
-        UniqueFd channel = std::move(granted.fds.back());
+        UniqueFd channel = granted_channel(raw.get(), other.name());
         const std::string path = "/run/netns/" + other.name();
         REQUIRE(::umount2(path.c_str(), MNT_DETACH) == 0);
         if (over) {
