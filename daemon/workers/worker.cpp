@@ -167,8 +167,14 @@ bool Worker::grant_channel(const proto::ChannelGrant& grant, UniqueFd worker_end
     if (state_ == State::exiting || state_ == State::dead) {
         return false;
     }
+    UniqueFd kept{::fcntl(worker_end.get(), F_DUPFD_CLOEXEC, 0)};
+    if (!kept) {
+        spdlog::warn("worker {}: cannot keep a copy of a direct channel: {}", pid_,
+                     std::strerror(errno));
+        return false;
+    }
     outbox_.push_back({proto::encode_channel_grant(grant), std::move(worker_end)});
-    channels_.emplace(grant.id, std::move(lease));
+    channels_.emplace(grant.id, GrantedChannel{std::move(kept), std::move(lease)});
     flush();
     return true;
 }
@@ -177,7 +183,6 @@ void Worker::revoke_channels() {
     if (channels_.empty() || state_ == State::dead) {
         return;
     }
-    channels_.clear();
     outbox_.push_back({proto::encode_revoke({true, {}}), {}});
     flush();
 }
@@ -188,8 +193,6 @@ void Worker::exit_when_done(const char* why) {
         return;
     }
     spdlog::debug("worker {} for {}: exiting ({})", pid_, describe_identity(identity_), why);
-    // Its direct channels close as it goes; their callers turn to the daemon.
-    channels_.clear();
     state_ = State::exiting;
     asked_to_exit_ = true;
     idle_timer_.disarm();
@@ -402,8 +405,7 @@ void Worker::read_replies() {
 void Worker::handle_reply(proto::Message message) {
     if (auto notice = proto::decode_notice(message.data)) {
         if (auto* closed = std::get_if<proto::ChannelClosed>(&*notice)) {
-            // A lease already dropped (revoked) is gone already.
-            channels_.erase(closed->id);
+            end_channel(closed->id);
         } else if (auto* served = std::get_if<proto::ChannelsServed>(&*notice)) {
             requests_ += served->requests;
             sockets_ += served->sockets;
@@ -467,7 +469,10 @@ void Worker::fail(const std::string& why) {
     idle_timer_.disarm();
     job_deadline_.disarm();
     outbox_.clear();
-    channels_.clear();
+    // Its direct channels closed with it; their callers turn to the daemon.
+    while (!channels_.empty()) {
+        end_channel(channels_.begin()->first);
+    }
     auto pending = std::move(pending_);
     pending_.clear();
     if (!pending.empty()) {
@@ -479,6 +484,16 @@ void Worker::fail(const std::string& why) {
     for (auto& [id, job] : pending) {
         job.done(make_error(ErrorCode::worker_failed, why), {});
     }
+}
+
+void Worker::end_channel(std::uint64_t id) {
+    auto it = channels_.find(id);
+    if (it == channels_.end()) {
+        return;
+    }
+    GrantedChannel channel = std::move(it->second);
+    channels_.erase(it);
+    owner_.channel_ended(std::move(channel));
 }
 
 } // namespace nsbroker::daemon

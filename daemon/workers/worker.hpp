@@ -81,12 +81,21 @@ struct WorkerSponsor {
 
 class Worker;
 
-// What the granter of a direct channel keeps for it (its place in the
-// limits), held by the Worker that serves the channel until the channel
-// closes, is revoked, or the worker goes.
+// What the granter of a direct channel keeps for it: its place in the
+// limits.
 class ChannelLease {
   public:
     virtual ~ChannelLease() = default;
+};
+
+// A direct channel as the daemon keeps it: a copy of the end the worker
+// serves, and its lease. Sockets the worker sent and the caller has not read
+// are charged to the workers' user, so the lease outlives the worker's use
+// of the channel: the copy is shut down then, and the lease is dropped once
+// it reports nothing queued (SIOCOUTQ), or the caller closes its end.
+struct GrantedChannel {
+    UniqueFd end;
+    std::unique_ptr<ChannelLease> lease;
 };
 
 // What a Worker tells whoever owns it, from the event loop.
@@ -99,6 +108,9 @@ class WorkerOwner {
     virtual void worker_reaped(Worker& worker) = 0;
     // The worker's direct channels served this since it last said.
     virtual void channels_served(const proto::ChannelsServed& served) = 0;
+    // The worker no longer serves this channel; its caller may still have
+    // sockets to read.
+    virtual void channel_ended(GrantedChannel channel) = 0;
 
   protected:
     ~WorkerOwner() = default;
@@ -148,13 +160,13 @@ class Worker {
     [[nodiscard]] bool alive();
 
     // Gives the worker a direct channel: worker_end is the socketpair's end
-    // it serves, with grant saying for whom. The lease is dropped when the
-    // channel closes. False, with nothing sent, when the worker takes no
-    // more work.
+    // it serves, with grant saying for whom. The channel goes to the owner
+    // (channel_ended) when the worker closes it or the worker goes. False,
+    // with nothing sent, when the worker takes no more work.
     bool grant_channel(const proto::ChannelGrant& grant, UniqueFd worker_end,
                        std::unique_ptr<ChannelLease> lease);
     // Every direct channel stops taking requests: the worker answers those
-    // it has read and closes them. Their leases go now.
+    // queued `unavailable` and closes them.
     void revoke_channels();
     [[nodiscard]] std::size_t channels() const { return channels_.size(); }
 
@@ -206,6 +218,7 @@ class Worker {
     void read_replies();
     void handle_reply(proto::Message message);
     void fail(const std::string& why);
+    void end_channel(std::uint64_t id);
 
     sd_event* loop_;
     WorkerOwner& owner_;
@@ -224,7 +237,7 @@ class Worker {
     std::vector<WatchedProcess> processes_;
     std::map<std::uint64_t, Pending> pending_;
     std::deque<Outgoing> outbox_;
-    std::map<std::uint64_t, std::unique_ptr<ChannelLease>> channels_;
+    std::map<std::uint64_t, GrantedChannel> channels_;
     std::uint64_t next_job_ = 1;
     std::uint64_t last_used_ = 0; // CLOCK_MONOTONIC, microseconds
     std::uint64_t requests_ = 0;

@@ -2,6 +2,10 @@
 // there may be and whose they are, and stopping them all.
 #include "workers/worker_pool.hpp"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+
 #include <algorithm>
 #include <spdlog/spdlog.h>
 
@@ -15,6 +19,11 @@ namespace {
 // them: longer than a socket job takes, short enough that a stuck worker
 // does not hold up a restart by systemd.
 constexpr std::uint64_t stop_grace_usec = 5'000'000;
+
+// How often the leases of ended direct channels are looked at while their
+// callers have sockets left to read: the kernel gives no event for a
+// peer's reads.
+constexpr std::uint64_t drain_check_usec = 1'000'000;
 
 // A quarter of max_workers (rounded down) is kept for root's workers and
 // for namespaces a rule names: callers other than root, each starting
@@ -39,6 +48,7 @@ WorkerKit make_kit(const WorkerSettings& settings) {
 
 WorkerPool::WorkerPool(sd_event* loop, WorkerPoolConfig config)
     : loop_(loop), config_(std::move(config)), kit_(make_kit(config_)),
+      drain_timer_(loop, [this](std::uint64_t) { check_draining(); }),
       kill_timer_(loop, [this](std::uint64_t) { on_stop_grace_over(); }) {}
 
 WorkerPool::~WorkerPool() = default;
@@ -160,6 +170,25 @@ void WorkerPool::channels_served(const proto::ChannelsServed& served) {
     served_on_channels_.sockets += served.sockets;
     for (auto [code, count] : served.errors) {
         served_on_channels_.errors[code] += count;
+    }
+}
+
+void WorkerPool::channel_ended(GrantedChannel channel) {
+    // The caller reads what is queued, then EOF, and its sends fail.
+    ::shutdown(channel.end.get(), SHUT_RDWR);
+    draining_.push_back(std::move(channel));
+    check_draining();
+}
+
+void WorkerPool::check_draining() {
+    std::erase_if(draining_, [](const GrantedChannel& channel) {
+        int queued = 0;
+        return ::ioctl(channel.end.get(), SIOCOUTQ, &queued) != 0 || queued == 0;
+    });
+    if (draining_.empty()) {
+        drain_timer_.disarm();
+    } else if (!drain_timer_.armed()) {
+        drain_timer_.arm_in(drain_check_usec);
     }
 }
 

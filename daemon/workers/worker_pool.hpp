@@ -84,6 +84,11 @@ class WorkerPool : private WorkerOwner {
     void worker_exiting(Worker& worker) override;
     void worker_reaped(Worker& worker) override;
     void channels_served(const proto::ChannelsServed& served) override;
+    void channel_ended(GrantedChannel channel) override;
+
+    // Drops the leases of ended channels whose callers have read all they
+    // were sent, and looks again later while some have not.
+    void check_draining();
 
     Worker* spawn(ResolvedNetns netns, WorkerSponsor sponsor);
     // Makes room for one more worker for sponsor; the reason when it cannot.
@@ -101,6 +106,9 @@ class WorkerPool : private WorkerOwner {
     std::uint64_t spawned_ = 0;
     std::uint64_t exited_ = 0;
     proto::ChannelsServed served_on_channels_;
+    // Ended direct channels whose callers have sockets left to read.
+    std::vector<GrantedChannel> draining_;
+    OneShotTimer drain_timer_;
     bool stopping_ = false;
     std::function<void()> all_exited_;
     OneShotTimer kill_timer_;

@@ -766,6 +766,73 @@ TEST_CASE("a user holds at most 16 channels, however many connections it opens")
           }) == 0);
 }
 
+TEST_CASE("a channel's place is held while its caller leaves sockets unread, after its worker "
+          "is gone") {
+    TestNetns ns("held");
+    const std::string name = ns.name();
+    for (bool revoked : {false, true}) {
+        CAPTURE(revoked);
+        Daemon d;
+        REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
+        NobodyInStep child([&](NobodyInStep& step) {
+            UniqueFd raw = connect_raw(d);
+            std::vector<UniqueFd> channels;
+            const std::string batch =
+                R"({"id": 7, "op": "socket", "sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
+            for (int i = 0; i < 16; ++i) {
+                auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+                if (granted.fds.size() != 2) {
+                    std::fprintf(stderr, "%s\n", granted.text.c_str());
+                    return 10;
+                }
+                channels.push_back(std::move(granted.fds.back()));
+                pollfd p{channels.back().get(), POLLIN, 0};
+                if (proto::send_message(p.fd, batch) != proto::SendStatus::sent ||
+                    ::poll(&p, 1, 30'000) != 1) {
+                    return 11;
+                }
+            }
+            // 16 channels of 253 unread sockets each; the worker goes.
+            if (!step.done() || !step.next()) {
+                return 12;
+            }
+            for (const auto& channel : channels) {
+                pollfd p{channel.get(), POLLRDHUP, 0};
+                if (::poll(&p, 1, 30'000) != 1) {
+                    return 13;
+                }
+            }
+            // Served, without a channel, on this connection and on another.
+            UniqueFd another = connect_raw(d);
+            for (int fd : {raw.get(), another.get()}) {
+                auto more = raw_call(fd, socket_request(name, "dgram", true));
+                if (more.fds.size() != 1) {
+                    std::fprintf(stderr, "%zu fds: %s\n", more.fds.size(), more.text.c_str());
+                    return 14;
+                }
+            }
+            // Once the unread sockets are gone, channels are granted again.
+            channels.clear();
+            return wait_for([&] {
+                return raw_call(another.get(), socket_request(name, "dgram", true)).fds.size() == 2;
+            })
+                       ? 0
+                       : 15;
+        });
+        REQUIRE(child.next());
+        auto c = connect(d, through_daemon);
+        const pid_t worker = worker_of(c, ns.inode());
+        REQUIRE(worker > 0);
+        if (revoked) {
+            REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
+        } else {
+            REQUIRE(::kill(worker, SIGKILL) == 0);
+        }
+        CHECK(child.done());
+        CHECK(child.result() == 0);
+    }
+}
+
 TEST_CASE("a name unmounted without being deleted, or mounted over, revokes its channels") {
     TestNetns ns("unmounted");
     TestNetns elsewhere("elsewhere");
