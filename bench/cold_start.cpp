@@ -3,9 +3,10 @@
 //
 //   nsbroker-cold-start [NAMESPACES]     (root; NSBROKERD names the daemon binary)
 //
-// For each worker mode it starts the daemon, makes NAMESPACES namespaces
-// (not timed), asks once for a socket in each (timed: the daemon starts a
-// worker for it), and then reads every idle worker's smaps_rollup.
+// For each worker mode, with a spare worker and without, it starts the
+// daemon, makes NAMESPACES namespaces (not timed), asks once for a socket in
+// each, 20 ms apart (timed: the daemon starts a worker for it, or sends its
+// spare), and then reads every idle worker's smaps_rollup.
 #include <fcntl.h>
 #include <sched.h>
 #include <sys/socket.h>
@@ -21,6 +22,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "nsbroker/client.hpp"
@@ -73,15 +75,18 @@ double fork_per_socket(int netns_fd) {
     return took;
 }
 
-// The daemon's children, its workers.
-std::vector<pid_t> children_of(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-    std::vector<pid_t> pids;
-    pid_t child = 0;
-    while (in >> child) {
-        pids.push_back(child);
+// The pid of the worker serving the namespace named name, or 0.
+pid_t worker_of(Client& client, const std::string& name) {
+    auto listing = client.namespaces();
+    if (!listing) {
+        throw std::runtime_error(listing.error().describe());
     }
-    return pids;
+    for (const auto& ns : listing->namespaces) {
+        if (std::find(ns.names.begin(), ns.names.end(), name) != ns.names.end()) {
+            return ns.worker_pid;
+        }
+    }
+    return 0;
 }
 
 // Time the process has spent on a processor, in microseconds
@@ -127,7 +132,7 @@ Memory mean_memory(const std::vector<pid_t>& pids) {
 }
 
 void print_row(const char* what, const Spread& s, double fork_p50) {
-    std::printf("%-34s %9.0f %9.0f %9.0f %8.2fx\n", what, s.p50, s.min, s.max, s.p50 / fork_p50);
+    std::printf("%-38s %9.0f %9.0f %9.0f %8.2fx\n", what, s.p50, s.min, s.max, s.p50 / fork_p50);
 }
 
 struct ModeFigures {
@@ -138,12 +143,16 @@ struct ModeFigures {
     Memory many;       // mean of every worker, all alive at once
 };
 
-ModeFigures measure_mode(const char* mode, int namespaces) {
+// Namespaces come one at a time, as they are made: making one takes longer
+// than this, and so does starting a spare worker in its place.
+constexpr auto between_namespaces = std::chrono::milliseconds(20);
+
+ModeFigures measure_mode(const char* mode, const char* spares, int namespaces) {
     std::vector<std::unique_ptr<test::TestNetns>> spaces;
     for (int i = 0; i < namespaces; ++i) {
         spaces.push_back(std::make_unique<test::TestNetns>("cold"));
     }
-    test::Daemon daemon({"--log-level", "warn", "--worker-mode", mode});
+    test::Daemon daemon({"--log-level", "warn", "--worker-mode", mode, "--spare-workers", spares});
     auto client = Client::connect(daemon.socket_path());
     if (!client) {
         throw std::runtime_error(client.error().describe());
@@ -155,32 +164,31 @@ ModeFigures measure_mode(const char* mode, int namespaces) {
     std::vector<double> samples;
     std::vector<double> daemon_cpu;
     std::vector<double> worker_cpu;
+    std::vector<pid_t> workers;
     for (std::size_t i = 0; i < spaces.size(); ++i) {
-        auto before = children_of(daemon.pid());
+        std::this_thread::sleep_for(between_namespaces);
+        const std::string& name = spaces[i]->name();
         double daemon_before = cpu_us(daemon.pid());
         auto start = Clock::now();
-        auto s = client->socket(Netns::name(spaces[i]->name()), udp);
+        auto s = client->socket(Netns::name(name), udp);
         samples.push_back(elapsed_us(start));
         if (!s) {
             throw std::runtime_error(s.error().describe());
         }
         daemon_cpu.push_back(cpu_us(daemon.pid()) - daemon_before);
-        for (pid_t pid : children_of(daemon.pid())) {
-            if (std::find(before.begin(), before.end(), pid) == before.end()) {
-                worker_cpu.push_back(cpu_us(pid));
-            }
+        workers.push_back(worker_of(*client, name));
+        if (workers.back() == 0) {
+            throw std::runtime_error("nsbrokerd lists no worker for " + name);
         }
+        // From its fork (as a spare, too) to its first reply.
+        worker_cpu.push_back(cpu_us(workers.back()));
         if (i == 0) {
             // Settled: the worker has answered and waits for its next job.
-            ::usleep(100000);
-            figures.one = mean_memory(children_of(daemon.pid()));
+            std::this_thread::sleep_for(std::chrono::milliseconds(100));
+            figures.one = mean_memory(workers);
         }
     }
-    ::usleep(100000);
-    auto workers = children_of(daemon.pid());
-    if (workers.size() != spaces.size()) {
-        throw std::runtime_error("expected one worker per namespace");
-    }
+    std::this_thread::sleep_for(std::chrono::milliseconds(100));
     figures.cold = spread(samples);
     figures.daemon_cpu = spread(daemon_cpu);
     figures.worker_cpu = spread(worker_cpu);
@@ -208,29 +216,38 @@ int run(int argc, char** argv) {
         }
     }
     Spread fork = spread(forks);
-    ModeFigures by_fork = measure_mode("fork", namespaces);
-    ModeFigures by_exec = measure_mode("exec", namespaces);
+    struct Mode {
+        const char* label;
+        ModeFigures figures;
+    };
+    const Mode modes[] = {
+        {"fork workers", measure_mode("fork", "1", namespaces)},
+        {"exec workers", measure_mode("exec", "1", namespaces)},
+        {"fork workers, no spare", measure_mode("fork", "0", namespaces)},
+        {"exec workers, no spare", measure_mode("exec", "0", namespaces)},
+    };
 
-    std::printf("%-34s %9s %9s %9s %9s\n", "first socket, us", "p50", "min", "max", "/ fork");
+    std::printf("%-38s %9s %9s %9s %9s\n", "first socket, us", "p50", "min", "max", "/ fork");
     print_row("fork+setns+socket+send", fork, fork.p50);
-    print_row("cold namespace, fork workers", by_fork.cold, fork.p50);
-    print_row("cold namespace, exec workers", by_exec.cold, fork.p50);
-    std::printf("\n%-34s %9s %9s %9s\n", "processor time, us", "p50", "min", "max");
-    auto cpu_row = [](const char* what, const Spread& s) {
-        std::printf("%-34s %9.0f %9.0f %9.0f\n", what, s.p50, s.min, s.max);
+    for (const auto& m : modes) {
+        print_row(("cold namespace, " + std::string(m.label)).c_str(), m.figures.cold, fork.p50);
+    }
+    std::printf("\n%-38s %9s %9s %9s\n", "processor time, us", "p50", "min", "max");
+    auto cpu_row = [](const std::string& what, const Spread& s) {
+        std::printf("%-38s %9.0f %9.0f %9.0f\n", what.c_str(), s.p50, s.min, s.max);
     };
-    cpu_row("daemon, fork workers", by_fork.daemon_cpu);
-    cpu_row("new worker, fork workers", by_fork.worker_cpu);
-    cpu_row("daemon, exec workers", by_exec.daemon_cpu);
-    cpu_row("new worker, exec workers", by_exec.worker_cpu);
-    std::printf("\n%-34s %9s %9s %9s\n", "idle worker, KiB", "Pss", "Private", "Rss");
-    auto memory_row = [](const char* what, const Memory& m) {
-        std::printf("%-34s %9.0f %9.0f %9.0f\n", what, m.pss, m.private_kib, m.rss);
+    for (const auto& m : modes) {
+        cpu_row(std::string("daemon, ") + m.label, m.figures.daemon_cpu);
+        cpu_row(std::string("new worker, ") + m.label, m.figures.worker_cpu);
+    }
+    std::printf("\n%-38s %9s %9s %9s\n", "idle worker, KiB", "Pss", "Private", "Rss");
+    auto memory_row = [](const std::string& what, const Memory& m) {
+        std::printf("%-38s %9.0f %9.0f %9.0f\n", what.c_str(), m.pss, m.private_kib, m.rss);
     };
-    memory_row("fork worker, alone", by_fork.one);
-    memory_row("fork worker, mean of all", by_fork.many);
-    memory_row("exec worker, alone", by_exec.one);
-    memory_row("exec worker, mean of all", by_exec.many);
+    for (const auto& m : modes) {
+        memory_row(std::string(m.label) + ", alone", m.figures.one);
+        memory_row(std::string(m.label) + ", mean of all", m.figures.many);
+    }
     std::printf("\n(%d namespaces per mode; fork per socket %d times)\n", namespaces,
                 namespaces * 4);
     return 0;

@@ -675,6 +675,14 @@ int run(int argc, char** argv) {
                                   std::string("nsbroker, first socket in a namespace, ") + mode +
                                       " worker",
                                   client, std::max(n / 20, 10)));
+        // The same without a spare worker: each new namespace waits for its fork.
+        test::Daemon forking(
+            {"--log-level", "warn", "--worker-mode", mode, "--spare-workers", "0"});
+        Client forking_client = connect_client(forking, true);
+        report.add(cold_namespace(std::string("cold-") + mode + "-nospare",
+                                  std::string("nsbroker, first socket in a namespace, ") + mode +
+                                      " worker, no spare",
+                                  forking_client, std::max(n / 20, 10)));
     }
 
     {
@@ -699,6 +707,10 @@ int run(int argc, char** argv) {
     report.compare("channel-253", "daemon-253");
     report.compare("cold-fork", "fork");
     report.compare("cold-exec", "fork");
+    report.compare("cold-fork-nospare", "fork");
+    report.compare("cold-exec-nospare", "fork");
+    // The floor of a cold namespace: a request that crosses nsbrokerd at all.
+    report.compare("daemon", "fork");
     report.compare("dbus", "daemon");
     report.compare("loop-channel-1", "own-daemon-4");
     for (const char* threads : {"4", "16"}) {

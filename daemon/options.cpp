@@ -15,6 +15,9 @@ namespace nsbroker::daemon {
 
 namespace {
 
+// More would only hold processes and memory for namespaces that may never come.
+constexpr std::size_t max_spare_workers = 64;
+
 // The help text. Every default is read from the structs that hold it.
 void print_usage() {
     const Options d;
@@ -45,6 +48,10 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
                               used idle worker exits (default {workers})
   --max-workers-per-uid N     workers one user other than root may start for
                               namespaces it owns (default {workers_per_uid})
+  --spare-workers N           workers forked ahead, each waiting for the next
+                              namespace that needs one, so that its first
+                              request does not wait for a fork; 0 forks on
+                              demand (default {spares}, at most {max_spares})
   --max-connections N         connections of users other than root (default {connections})
   --max-connections-per-uid N connections one uid may hold (default {connections_per_uid})
   --max-requests-in-flight N  unanswered requests on one connection, or D-Bus
@@ -68,6 +75,7 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
                    fmt::arg("unnamed", w.unnamed_idle_timeout.count()),
                    fmt::arg("job", w.job_timeout.count()), fmt::arg("workers", w.max_workers),
                    fmt::arg("workers_per_uid", w.max_workers_per_uid),
+                   fmt::arg("spares", w.spare_workers), fmt::arg("max_spares", max_spare_workers),
                    fmt::arg("connections", limits.connections),
                    fmt::arg("connections_per_uid", limits.connections_per_uid),
                    fmt::arg("in_flight", limits.requests_in_flight),
@@ -90,6 +98,7 @@ enum : int {
     opt_max_in_flight,
     opt_unnamed_idle,
     opt_max_workers_per_uid,
+    opt_spare_workers,
     opt_max_fds_per_connection,
     opt_max_fds_per_uid,
     opt_max_fds,
@@ -149,6 +158,7 @@ ParsedOptions parse_options(int argc, char** argv) {
         {"max-requests-in-flight", required_argument, nullptr, opt_max_in_flight},
         {"unnamed-idle-timeout", required_argument, nullptr, opt_unnamed_idle},
         {"max-workers-per-uid", required_argument, nullptr, opt_max_workers_per_uid},
+        {"spare-workers", required_argument, nullptr, opt_spare_workers},
         {"max-fds-per-connection", required_argument, nullptr, opt_max_fds_per_connection},
         {"max-fds-per-uid", required_argument, nullptr, opt_max_fds_per_uid},
         {"max-fds", required_argument, nullptr, opt_max_fds},
@@ -204,6 +214,15 @@ ParsedOptions parse_options(int argc, char** argv) {
                            : c == opt_job_timeout  ? o.core.workers.job_timeout
                                                    : o.exit_idle_time;
             target = std::chrono::seconds(*seconds);
+            break;
+        }
+        case opt_spare_workers: {
+            auto n = parse_count(arg);
+            if (!n || *n > max_spare_workers) {
+                return usage_error("--spare-workers needs a number from 0 to " +
+                                   std::to_string(max_spare_workers));
+            }
+            o.core.workers.spare_workers = *n;
             break;
         }
         case opt_no_dbus:

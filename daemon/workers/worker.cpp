@@ -40,9 +40,9 @@ std::uint64_t to_usec(std::chrono::seconds s) {
 
 } // namespace
 
-std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
-                                      const WorkerSettings& settings, const WorkerKit& kit,
-                                      ResolvedNetns netns, WorkerSponsor sponsor) {
+std::unique_ptr<Worker> Worker::launch(sd_event* loop, WorkerOwner& owner,
+                                       const WorkerSettings& settings, const WorkerKit& kit,
+                                       int netns_fd) {
     int pair[2];
     if (::socketpair(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0, pair) < 0) {
         throw_errno("socketpair");
@@ -61,8 +61,7 @@ std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
     }
     if (pid == 0) {
         const bool exec = settings.mode == WorkerMode::exec;
-        if (!place_worker_fds(theirs.get(), netns.fd.get(),
-                              exec ? kit.filter.sealed().get() : -1)) {
+        if (!place_worker_fds(theirs.get(), netns_fd, exec ? kit.filter.sealed().get() : -1)) {
             ::_exit(127);
         }
         if (exec) {
@@ -73,32 +72,56 @@ std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
         ::_exit(run_worker(&kit.filter));
     }
     theirs.reset();
-    netns.fd.reset();
     int flags = ::fcntl(ours.get(), F_GETFL);
     ::fcntl(ours.get(), F_SETFL, flags | O_NONBLOCK);
-    std::unique_ptr<Worker> worker;
     try {
-        worker.reset(
-            new Worker(loop, owner, settings, netns.identity, pid, std::move(ours), sponsor));
+        return std::unique_ptr<Worker>(new Worker(loop, owner, settings, pid, std::move(ours)));
     } catch (...) {
         // Without its event sources nobody would reap it.
         ::kill(pid, SIGKILL);
         ::waitpid(pid, nullptr, 0);
         throw;
     }
-    worker->reached(sponsor, netns.name, std::move(netns.pidfd));
-    spdlog::info("worker {} started for namespace {}{}", pid, describe_identity(netns.identity),
-                 netns.name ? " (" + *netns.name + ")" : std::string{});
+}
+
+std::unique_ptr<Worker> Worker::start(sd_event* loop, WorkerOwner& owner,
+                                      const WorkerSettings& settings, const WorkerKit& kit,
+                                      ResolvedNetns netns, WorkerSponsor sponsor) {
+    auto worker = launch(loop, owner, settings, kit, netns.fd.get());
+    netns.fd.reset();
+    worker->state_ = State::starting;
+    worker->serve(std::move(netns), sponsor);
     return worker;
 }
 
-Worker::Worker(sd_event* loop, WorkerOwner& owner, const WorkerSettings& settings,
-               NetnsIdentity identity, pid_t pid, UniqueFd channel, WorkerSponsor sponsor)
-    : loop_(loop), owner_(owner), settings_(settings), identity_(identity), pid_(pid),
-      channel_(std::move(channel)),
+std::unique_ptr<Worker> Worker::start_spare(sd_event* loop, WorkerOwner& owner,
+                                            const WorkerSettings& settings, const WorkerKit& kit) {
+    auto worker = launch(loop, owner, settings, kit, -1);
+    spdlog::debug("spare worker {} started", worker->pid_);
+    return worker;
+}
+
+void Worker::enter(ResolvedNetns netns, WorkerSponsor sponsor) {
+    state_ = State::starting;
+    outbox_.push_back({proto::encode_enter_namespace(), std::move(netns.fd)});
+    flush();
+    serve(std::move(netns), sponsor);
+}
+
+void Worker::serve(ResolvedNetns netns, WorkerSponsor sponsor) {
+    spare_ = false;
+    identity_ = netns.identity;
+    sponsor_ = sponsor.uid;
+    reached(sponsor, netns.name, std::move(netns.pidfd));
+    spdlog::info("worker {} started for namespace {}{}", pid_, describe_identity(identity_),
+                 netns.name ? " (" + *netns.name + ")" : std::string{});
+}
+
+Worker::Worker(sd_event* loop, WorkerOwner& owner, const WorkerSettings& settings, pid_t pid,
+               UniqueFd channel)
+    : loop_(loop), owner_(owner), settings_(settings), pid_(pid), channel_(std::move(channel)),
       idle_timer_(loop, [this](std::uint64_t armed_for) { on_idle_timer(armed_for); }),
-      job_deadline_(loop, [this](std::uint64_t armed_for) { on_job_deadline(armed_for); }),
-      sponsor_(sponsor.uid) {
+      job_deadline_(loop, [this](std::uint64_t armed_for) { on_job_deadline(armed_for); }) {
     sd_event_source* s = nullptr;
     check_sd(sd_event_add_io(loop_, &s, channel_.get(), EPOLLIN, &Worker::on_io, this),
              "sd_event_add_io(worker)");
@@ -128,7 +151,8 @@ void Worker::reached(const WorkerSponsor& sponsor, const std::optional<std::stri
 proto::NamespaceInfo Worker::describe() const {
     // The wire has one word for a worker that is going away, whether it
     // was asked to or failed.
-    static constexpr const char* state_names[] = {"starting", "ready", "exiting", "exiting"};
+    static constexpr const char* state_names[] = {"starting", "starting", "ready", "exiting",
+                                                  "exiting"};
     proto::NamespaceInfo info;
     info.dev = identity_.dev;
     info.ino = identity_.ino;
@@ -233,6 +257,8 @@ int Worker::on_exit(sd_event_source*, const siginfo_t* si, void* userdata) {
     bool quiet = self->asked_to_exit_ && si->si_code == CLD_EXITED && si->si_status == 0;
     if (quiet) {
         spdlog::debug("worker {} {}", self->pid_, self->exit_reason_);
+    } else if (self->spare_) {
+        spdlog::warn("spare worker {} {}", self->pid_, self->exit_reason_);
     } else {
         spdlog::warn("worker {} for {} {}", self->pid_, describe_identity(self->identity_),
                      self->exit_reason_);

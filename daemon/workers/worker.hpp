@@ -7,6 +7,8 @@
 // - pidfd watches of the processes that reached its namespace by pid.
 //
 // Its states:
+//   spare     forked before any namespace needed it, waiting to be told
+//             which one to enter (enter); it serves nothing until then.
 //   starting  forked; the startup notice (the reply to id 0) has not come.
 //             Jobs are sent anyway: the worker reads them once it is in.
 //   ready     in its namespace, serving jobs.
@@ -118,7 +120,7 @@ class WorkerOwner {
 
 class Worker {
   public:
-    enum class State { starting, ready, exiting, dead };
+    enum class State { spare, starting, ready, exiting, dead };
 
     // Forks the worker for netns, with what kit holds, and watches it.
     // netns.fd is handed to the child and closed here; netns.pidfd is
@@ -128,11 +130,22 @@ class Worker {
     static std::unique_ptr<Worker> start(sd_event* loop, WorkerOwner& owner,
                                          const WorkerSettings& settings, const WorkerKit& kit,
                                          ResolvedNetns netns, WorkerSponsor sponsor);
+    // Forks a spare: a worker with no namespace yet, which has done all of
+    // its starting that does not depend on one. It holds the daemon's
+    // privileges until enter() names its namespace, and reads only its
+    // channel. Throws as start() does.
+    static std::unique_ptr<Worker> start_spare(sd_event* loop, WorkerOwner& owner,
+                                               const WorkerSettings& settings,
+                                               const WorkerKit& kit);
+    // Sends a spare into netns, as start() would have started it there.
+    void enter(ResolvedNetns netns, WorkerSponsor sponsor);
     ~Worker();
     Worker(const Worker&) = delete;
     Worker& operator=(const Worker&) = delete;
 
     [[nodiscard]] const NetnsIdentity& identity() const { return identity_; }
+    // Whether it was never sent into a namespace.
+    [[nodiscard]] bool spare() const { return spare_; }
     [[nodiscard]] pid_t pid() const { return pid_; }
     [[nodiscard]] std::size_t in_flight() const { return pending_.size(); }
     [[nodiscard]] const std::set<std::string>& names() const { return names_; }
@@ -194,8 +207,14 @@ class Worker {
         UniqueFd fd;
     };
 
-    Worker(sd_event* loop, WorkerOwner& owner, const WorkerSettings& settings,
-           NetnsIdentity identity, pid_t pid, UniqueFd channel, WorkerSponsor sponsor);
+    Worker(sd_event* loop, WorkerOwner& owner, const WorkerSettings& settings, pid_t pid,
+           UniqueFd channel);
+    // Forks the process, with netns_fd as its namespace or -1 for a spare.
+    static std::unique_ptr<Worker> launch(sd_event* loop, WorkerOwner& owner,
+                                          const WorkerSettings& settings, const WorkerKit& kit,
+                                          int netns_fd);
+    // From now on the worker serves netns.
+    void serve(ResolvedNetns netns, WorkerSponsor sponsor);
 
     static int on_io(sd_event_source* source, int fd, uint32_t revents, void* userdata);
     static int on_exit(sd_event_source* source, const siginfo_t* si, void* userdata);
@@ -230,8 +249,9 @@ class Worker {
     EventSource child_;
     OneShotTimer idle_timer_;
     OneShotTimer job_deadline_;
-    State state_ = State::starting;
+    State state_ = State::spare;
     bool asked_to_exit_ = false; // so that its exit is expected, not a fault
+    bool spare_ = true;
     std::set<std::string> names_;
     std::optional<uid_t> sponsor_;
     std::vector<WatchedProcess> processes_;

@@ -54,22 +54,20 @@ bool place_worker_fds(int channel, int netns, int filter) noexcept {
     const int targets[] = {worker_channel_fd, worker_netns_fd, worker_filter_fd};
     const int fds[] = {channel, netns, filter};
     int high[3] = {-1, -1, -1};
-    int placed = 0;
-    for (int i = 0; i < 3 && fds[i] >= 0; ++i) {
-        high[i] = ::fcntl(fds[i], F_DUPFD, 10);
-        if (high[i] < 0) {
+    for (int i = 0; i < 3; ++i) {
+        if (fds[i] >= 0 && (high[i] = ::fcntl(fds[i], F_DUPFD, 10)) < 0) {
             return false;
         }
-        placed = i + 1;
     }
     // dup2 leaves them without close-on-exec, so that an exec'd worker image
-    // inherits exactly these.
-    for (int i = 0; i < placed; ++i) {
-        if (::dup2(high[i], targets[i]) < 0) {
+    // inherits exactly these; a slot with nothing for it is left closed.
+    for (int i = 0; i < 3; ++i) {
+        if (high[i] >= 0 ? ::dup2(high[i], targets[i]) < 0
+                         : ::close(targets[i]) < 0 && errno != EBADF) {
             return false;
         }
     }
-    return ::close_range(static_cast<unsigned>(targets[placed - 1]) + 1, ~0U, 0) == 0;
+    return ::close_range(static_cast<unsigned>(worker_filter_fd) + 1, ~0U, 0) == 0;
 }
 
 namespace {
@@ -188,6 +186,35 @@ Result<void> enter_namespace(PortFloor& floor, const WorkerFilter& filter) {
         return opened;
     }
     return confine_worker(filter);
+}
+
+// A spare worker, started before any namespace needed it: waits for the
+// daemon to name its namespace, and puts that descriptor on fd 4. An exit
+// status when it is not to enter one: 0 when the daemon closed the channel
+// (the spare is not needed), 1 when it sent something else.
+std::optional<int> await_namespace(int channel) {
+    auto received = proto::receive_message(channel);
+    if (received.status == proto::ReceiveStatus::closed) {
+        return 0;
+    }
+    std::optional<Result<proto::ToWorker>> message;
+    if (received.status == proto::ReceiveStatus::message) {
+        message = proto::decode_to_worker(received.message.data);
+    }
+    if (!message || !*message || !std::holds_alternative<proto::EnterNamespace>(**message) ||
+        received.message.fds.size() != 1) {
+        spdlog::error("worker {}: a spare expects the namespace to enter first", ::getpid());
+        return 1;
+    }
+    // Received on the lowest free descriptor, which may already be fd 4.
+    UniqueFd netns = std::move(received.message.fds.front());
+    if (netns.get() != worker_netns_fd && ::dup2(netns.get(), worker_netns_fd) < 0) {
+        return 1;
+    }
+    if (netns.get() == worker_netns_fd) {
+        (void)netns.release();
+    }
+    return std::nullopt;
 }
 
 void reset_signals() {
@@ -334,6 +361,9 @@ class WorkerServer {
                     revoke_channel(channel);
                 }
             }
+        } else {
+            spdlog::error("worker {}: told to enter a namespace a second time", ::getpid());
+            return 1;
         }
         return std::nullopt;
     }
@@ -600,6 +630,15 @@ int run_worker(const WorkerFilter* filter) {
                 return 1;
             }
             filter = &passed.emplace(std::move(*read));
+        }
+        if (auto prepared = prepare_confinement(); !prepared) {
+            send_reply(channel, proto::Reply{0, prepared.error()});
+            return 1;
+        }
+        if (::fcntl(worker_netns_fd, F_GETFD) < 0) {
+            if (auto status = await_namespace(channel)) {
+                return *status;
+            }
         }
         PortFloor floor;
         if (auto entered = enter_namespace(floor, *filter); !entered) {

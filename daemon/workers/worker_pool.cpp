@@ -49,7 +49,9 @@ WorkerKit make_kit(const WorkerSettings& settings) {
 WorkerPool::WorkerPool(sd_event* loop, WorkerPoolConfig config)
     : loop_(loop), config_(std::move(config)), kit_(make_kit(config_)),
       drain_timer_(loop, [this](std::uint64_t) { check_draining(); }),
-      kill_timer_(loop, [this](std::uint64_t) { on_stop_grace_over(); }) {}
+      kill_timer_(loop, [this](std::uint64_t) { on_stop_grace_over(); }) {
+    fill_spares();
+}
 
 WorkerPool::~WorkerPool() = default;
 
@@ -89,17 +91,57 @@ void WorkerPool::submit(ResolvedNetns netns, proto::WorkerJob job, WorkerSponsor
                  {});
             return;
         }
+        if (spares_.size() < config_.spare_workers) {
+            // The spare taken is replaced once this job is answered: forking
+            // the daemon now would hold up the answer.
+            done = [this, answer = std::move(done)](Result<proto::SocketReply> result,
+                                                    std::vector<UniqueFd> fds) {
+                answer(std::move(result), std::move(fds));
+                fill_spares();
+            };
+        }
     }
     worker->submit(std::move(job), std::move(done));
 }
 
 Worker* WorkerPool::spawn(ResolvedNetns netns, WorkerSponsor sponsor) {
     const NetnsIdentity identity = netns.identity;
-    auto worker = Worker::start(loop_, *this, config_, kit_, std::move(netns), sponsor);
+    std::unique_ptr<Worker> worker;
+    while (!worker && !spares_.empty()) {
+        Worker* spare = spares_.back().get();
+        // One found dead moves itself to exiting_ (worker_exiting).
+        const bool usable = spare->alive();
+        if (!spares_.empty() && spares_.back().get() == spare) {
+            auto taken = std::move(spares_.back());
+            spares_.pop_back();
+            if (usable) {
+                worker = std::move(taken);
+            } else {
+                taken->kill_now();
+                exiting_.push_back(std::move(taken));
+            }
+        }
+    }
+    if (worker) {
+        worker->enter(std::move(netns), sponsor);
+    } else {
+        worker = Worker::start(loop_, *this, config_, kit_, std::move(netns), sponsor);
+    }
     ++spawned_;
     Worker* raw = worker.get();
     live_.emplace(identity, std::move(worker));
     return raw;
+}
+
+void WorkerPool::fill_spares() {
+    while (!stopping_ && spares_.size() < config_.spare_workers) {
+        try {
+            spares_.push_back(Worker::start_spare(loop_, *this, config_, kit_));
+        } catch (const std::exception& e) {
+            spdlog::warn("cannot start a spare worker: {}", e.what());
+            return;
+        }
+    }
 }
 
 std::optional<std::string> WorkerPool::make_room(const WorkerSponsor& sponsor) {
@@ -162,6 +204,13 @@ void WorkerPool::worker_exiting(Worker& worker) {
     if (it != live_.end() && it->second.get() == &worker) {
         exiting_.push_back(std::move(it->second));
         live_.erase(it);
+        return;
+    }
+    auto spare = std::find_if(spares_.begin(), spares_.end(),
+                              [&worker](const auto& w) { return w.get() == &worker; });
+    if (spare != spares_.end()) {
+        exiting_.push_back(std::move(*spare));
+        spares_.erase(spare);
     }
 }
 
@@ -193,7 +242,7 @@ void WorkerPool::check_draining() {
 }
 
 void WorkerPool::worker_reaped(Worker& worker) {
-    ++exited_;
+    exited_ += worker.spare() ? 0 : 1;
     worker_exiting(worker);
     auto it = std::find_if(exiting_.begin(), exiting_.end(),
                            [&worker](const auto& w) { return w.get() == &worker; });
@@ -251,6 +300,9 @@ void WorkerPool::stop(std::function<void()> all_exited) {
     for (auto& [identity, worker] : live_) {
         all.push_back(worker.get());
     }
+    for (auto& spare : spares_) {
+        all.push_back(spare.get());
+    }
     for (Worker* w : all) {
         w->exit_when_done("daemon stopping");
     }
@@ -266,7 +318,7 @@ void WorkerPool::on_stop_grace_over() {
 }
 
 void WorkerPool::check_stopped() {
-    if (stopping_ && live_.empty() && exiting_.empty() && all_exited_) {
+    if (stopping_ && live_.empty() && spares_.empty() && exiting_.empty() && all_exited_) {
         kill_timer_.disarm();
         auto done = std::move(all_exited_);
         all_exited_ = nullptr;

@@ -34,6 +34,9 @@ namespace nsbroker::daemon {
 struct WorkerPoolConfig : WorkerSettings {
     std::size_t max_workers = 512;        // beyond it the least recently used idle one goes
     std::size_t max_workers_per_uid = 16; // of workers callers other than root start
+    // Workers forked ahead, each waiting to be sent into the next namespace
+    // that needs one; not counted among the workers above.
+    std::size_t spare_workers = 1;
     std::string netns_dir = default_netns_dir;
 };
 
@@ -90,7 +93,10 @@ class WorkerPool : private WorkerOwner {
     // were sent, and looks again later while some have not.
     void check_draining();
 
+    // A worker for netns: a spare sent into it, or one started for it.
     Worker* spawn(ResolvedNetns netns, WorkerSponsor sponsor);
+    // Forks spares until there are config_.spare_workers.
+    void fill_spares();
     // Makes room for one more worker for sponsor; the reason when it cannot.
     std::optional<std::string> make_room(const WorkerSponsor& sponsor);
     void on_stop_grace_over();
@@ -103,6 +109,7 @@ class WorkerPool : private WorkerOwner {
     std::map<NetnsIdentity, std::unique_ptr<Worker>> live_;
     // Exiting or dead workers, kept until their process is reaped.
     std::vector<std::unique_ptr<Worker>> exiting_;
+    std::vector<std::unique_ptr<Worker>> spares_;
     std::uint64_t spawned_ = 0;
     std::uint64_t exited_ = 0;
     proto::ChannelsServed served_on_channels_;

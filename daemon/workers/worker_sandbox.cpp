@@ -1,15 +1,18 @@
-// The worker's privilege drop, in the order it must happen:
+// The worker's privilege drop, in the order it must happen. Before setns
+// (prepare_confinement; a spare worker does it before it waits):
 //   1. bounding set cleared (needs CAP_SETPCAP, so before capset; skipped
 //      when the daemon runs without it);
 //   2. PR_SET_KEEPCAPS, so that taking a caller's uid never empties the
 //      permitted set (it would when the worker runs as root for a root
 //      caller and then as another uid for the next one);
-//   3. ambient set cleared, capabilities reduced to CAP_NET_RAW,
+//   3. ambient set cleared.
+// After setns and the check of where it is (confine_worker):
+//   4. capabilities reduced to CAP_NET_RAW,
 //      CAP_NET_BIND_SERVICE and CAP_NET_ADMIN (raw and packet sockets,
 //      low ports, bindtodevice/mark/transparent/net_admin) and CAP_SETUID
 //      and CAP_SETGID (each job's sockets are made as its caller);
-//   4. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
-//   5. a seccomp allowlist: anything else fails with EPERM. Identity changes
+//   5. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
+//   6. a seccomp allowlist: anything else fails with EPERM. Identity changes
 //      may touch effective ids only, never the real or saved ones. The
 //      daemon compiles it once (WorkerFilter); the worker loads the program
 //      with seccomp(2), as libseccomp's seccomp_load would.
@@ -46,38 +49,6 @@ bool has_effective(cap_value_t cap) {
     std::unique_ptr<std::remove_pointer_t<cap_t>, int (*)(void*)> caps(cap_get_proc(), cap_free);
     cap_flag_value_t value = CAP_CLEAR;
     return caps && cap_get_flag(caps.get(), cap, CAP_EFFECTIVE, &value) == 0 && value == CAP_SET;
-}
-
-Result<void> drop_capabilities() {
-    // Clearing the bounding set needs CAP_SETPCAP, which a hardened unit may
-    // not give. Without it the set stays as the unit left it; it only limits
-    // what execve(2) could grant, and the worker can no longer execve.
-    if (has_effective(CAP_SETPCAP)) {
-        for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
-            if (cap_drop_bound(cap) < 0 && errno != EINVAL) {
-                return kernel_error("PR_CAPBSET_DROP", errno);
-            }
-        }
-    }
-    if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
-        return kernel_error("PR_SET_KEEPCAPS", errno);
-    }
-    if (cap_reset_ambient() < 0 && errno != EINVAL) {
-        return kernel_error("PR_CAP_AMBIENT_CLEAR_ALL", errno);
-    }
-    std::unique_ptr<std::remove_pointer_t<cap_t>, int (*)(void*)> caps(cap_init(), cap_free);
-    if (!caps) {
-        return kernel_error("cap_init", errno);
-    }
-    const cap_value_t keep[] = {CAP_NET_RAW, CAP_NET_BIND_SERVICE, CAP_NET_ADMIN, CAP_SETUID,
-                                CAP_SETGID};
-    constexpr int kept = std::size(keep);
-    if (cap_set_flag(caps.get(), CAP_PERMITTED, kept, keep, CAP_SET) < 0 ||
-        cap_set_flag(caps.get(), CAP_EFFECTIVE, kept, keep, CAP_SET) < 0 ||
-        cap_set_proc(caps.get()) < 0) {
-        return kernel_error("capset", errno);
-    }
-    return {};
 }
 
 // The system calls a worker makes: its channels, making and configuring
@@ -238,31 +209,6 @@ Result<void> install_filter(const WorkerFilter& filter) {
     return {};
 }
 
-} // namespace
-
-// Present only in builds with LeakSanitizer.
-extern "C" __attribute__((weak)) void __lsan_do_leak_check();
-
-Result<void> confine_worker(const WorkerFilter& filter) {
-    // A leak checker's end-of-process check needs /proc and clone(2), which
-    // the filter forbids; in such a build, check now, and not again at exit.
-    if (__lsan_do_leak_check != nullptr) {
-        __lsan_do_leak_check();
-    }
-    if (auto r = drop_capabilities(); !r) {
-        return r;
-    }
-    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
-        return kernel_error("PR_SET_NO_NEW_PRIVS", errno);
-    }
-    if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
-        return kernel_error("PR_SET_DUMPABLE", errno);
-    }
-    return install_filter(filter);
-}
-
-namespace {
-
 constexpr std::uint32_t bit(int cap) {
     return 1U << cap;
 }
@@ -282,6 +228,48 @@ Result<void> capset_effective(std::uint32_t effective) {
 }
 
 } // namespace
+
+Result<void> prepare_confinement() {
+    // Clearing the bounding set needs CAP_SETPCAP, which a hardened unit may
+    // not give. Without it the set stays as the unit left it; it only limits
+    // what execve(2) could grant, and the worker can no longer execve.
+    if (has_effective(CAP_SETPCAP)) {
+        for (cap_value_t cap = 0; cap <= CAP_LAST_CAP; ++cap) {
+            if (::prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 && errno != EINVAL) {
+                return kernel_error("PR_CAPBSET_DROP", errno);
+            }
+        }
+    }
+    if (::prctl(PR_SET_KEEPCAPS, 1, 0, 0, 0) < 0) {
+        return kernel_error("PR_SET_KEEPCAPS", errno);
+    }
+    if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
+        return kernel_error("PR_CAP_AMBIENT_CLEAR_ALL", errno);
+    }
+    return {};
+}
+
+// Present only in builds with LeakSanitizer.
+extern "C" __attribute__((weak)) void __lsan_do_leak_check();
+
+Result<void> confine_worker(const WorkerFilter& filter) {
+    // A leak checker's end-of-process check needs /proc and clone(2), which
+    // the filter forbids; in such a build, check now, and not again at exit.
+    if (__lsan_do_leak_check != nullptr) {
+        __lsan_do_leak_check();
+    }
+    // The five kept, all effective until the first job sets its own.
+    if (auto r = capset_effective(permitted_set); !r) {
+        return r;
+    }
+    if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
+        return kernel_error("PR_SET_NO_NEW_PRIVS", errno);
+    }
+    if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
+        return kernel_error("PR_SET_DUMPABLE", errno);
+    }
+    return install_filter(filter);
+}
 
 Result<void> set_effective_capabilities(const WorkerCapabilities& caps) {
     return capset_effective((caps.net_raw ? bit(CAP_NET_RAW) : 0) |

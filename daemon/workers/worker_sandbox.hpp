@@ -39,9 +39,14 @@ class WorkerFilter {
     std::vector<sock_filter> program_;
 };
 
-// Confines the calling process for good with filter as its seccomp filter.
-// Call after setns and the namespace check, before serving jobs; there is no
-// way back.
+// The part of the privilege drop that takes nothing a worker needs to join
+// its namespace: the bounding set, PR_SET_KEEPCAPS, the ambient set. A spare
+// does it before it waits for its namespace.
+Result<void> prepare_confinement();
+
+// Confines the calling process for good with filter as its seccomp filter,
+// after prepare_confinement. Call after setns and the namespace check, before
+// serving jobs; there is no way back.
 Result<void> confine_worker(const WorkerFilter& filter);
 
 // The network capabilities a confined worker keeps in its permitted set,

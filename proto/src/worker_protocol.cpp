@@ -176,6 +176,10 @@ std::string encode_revoke(const RevokeChannels& revoke) {
     return json{{"revoke_channels", revoke.all ? json("all") : json(revoke.ids)}}.dump();
 }
 
+std::string encode_enter_namespace() {
+    return R"({"enter_namespace":{}})";
+}
+
 Result<ToWorker> decode_to_worker(std::string_view bytes) {
     try {
         json j = parse_object(bytes);
@@ -187,6 +191,12 @@ Result<ToWorker> decode_to_worker(std::string_view bytes) {
         if (const json* revoke = f.find("revoke_channels")) {
             f.allow_only({"revoke_channels"}, ErrorCode::invalid_request);
             return ToWorker{decode_revoke(*revoke, f.path("revoke_channels"))};
+        }
+        if (const json* enter = f.find("enter_namespace")) {
+            f.allow_only({"enter_namespace"}, ErrorCode::invalid_request);
+            const Path where = f.path("enter_namespace");
+            Fields(*enter, where).allow_only({}, ErrorCode::invalid_request);
+            return ToWorker{EnterNamespace{}};
         }
         return ToWorker{decode_job_fields(f)};
     } catch (const BadInput& e) {

@@ -12,6 +12,7 @@
 #include <atomic>
 #include <cstring>
 #include <filesystem>
+#include <fstream>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <thread>
@@ -724,10 +725,30 @@ TEST_CASE("a second daemon refuses a socket that is in use") {
     CHECK(connect(d).ping());
 }
 
+namespace {
+
+// The daemon's child processes: its workers, and its spares.
+std::vector<pid_t> children_of(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+    std::vector<pid_t> pids;
+    for (pid_t child = 0; in >> child;) {
+        pids.push_back(child);
+    }
+    return pids;
+}
+
+} // namespace
+
 TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does not need") {
-    for (const auto& mode : worker_modes) {
+    for (const auto& [mode, spares] : {std::pair{worker_modes[0], "1"},
+                                       {worker_modes[1], "1"},
+                                       {worker_modes[0], "0"},
+                                       {worker_modes[1], "0"}}) {
         CAPTURE(mode[1]);
-        DaemonAndNetns t("fds", mode);
+        CAPTURE(spares);
+        std::vector<std::string> args = mode;
+        args.insert(args.end(), {"--spare-workers", spares});
+        DaemonAndNetns t("fds", args);
         // A few clients and sockets open in the daemon when the worker starts.
         auto other = connect(t.d);
         REQUIRE(other.ping());
@@ -758,6 +779,49 @@ TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does
         // And it lives where it was sent.
         CHECK(run("test $(stat -L -c %i /proc/" + std::to_string(worker) +
                   "/ns/net) = " + std::to_string(t.ns.inode())) == 0);
+    }
+}
+
+TEST_CASE("a spare worker waits with its channel alone, and each namespace gets one of its own") {
+    for (const auto& mode : worker_modes) {
+        CAPTURE(mode[1]);
+        DaemonAndNetns t("spare", mode);
+        TestNetns other("spare-other");
+        // Forked as the daemon starts: nothing but its channel, and already
+        // without a bounding set.
+        pid_t spare = 0;
+        std::string fds;
+        CHECK(wait_for([&] {
+            auto children = children_of(t.d.pid());
+            spare = children.size() == 1 ? children[0] : 0;
+            fds = spare ? run_output("ls /proc/" + std::to_string(spare) +
+                                     "/fd | sort -n | tr '\n' ' '")
+                        : "";
+            return fds == "0 1 2 3 ";
+        }));
+        CHECK(fds == "0 1 2 3 ");
+        CHECK(run_output("grep CapBnd /proc/" + std::to_string(spare) + "/status") ==
+              "CapBnd:\t0000000000000000\n");
+        // The first namespace gets the spare, the next a new one.
+        CHECK(t.start_worker() == spare);
+        auto in_other = t.c.socket(Netns::name(other.name()), spec(AF_INET, SOCK_DGRAM));
+        REQUIRE(in_other);
+        CHECK(socket_netns_inode(in_other->fd()) == other.inode());
+        const pid_t second = worker_of(t.c, other.inode());
+        CHECK(second != spare);
+        CHECK(second > 0);
+        // A spare killed is replaced by a fork on demand; nothing fails.
+        CHECK(wait_for([&] { return children_of(t.d.pid()).size() == 3; }));
+        for (pid_t child : children_of(t.d.pid())) {
+            if (child != spare && child != second) {
+                ::kill(child, SIGKILL);
+            }
+        }
+        TestNetns third("spare-third");
+        auto in_third = t.c.socket(Netns::name(third.name()), spec(AF_INET, SOCK_DGRAM));
+        REQUIRE(in_third);
+        CHECK(socket_netns_inode(in_third->fd()) == third.inode());
+        CHECK(t.udp());
     }
 }
 

@@ -369,6 +369,7 @@ TEST_CASE("a channel passed to another process serves only its original caller's
                          ? 0
                          : 12;
           }) == 0);
+    child_end.reset(); // so that nothing handed over reads as the end, not a wait
     auto handed = proto::receive_message(test_end.get());
     REQUIRE(handed.status == proto::ReceiveStatus::message);
     REQUIRE(handed.message.fds.size() == 1);

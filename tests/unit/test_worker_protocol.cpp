@@ -178,6 +178,24 @@ TEST_CASE("revocations round-trip, and nothing but \"all\" or ids is one") {
           "revoke_channels: expected \"all\" or an array of channel ids");
 }
 
+TEST_CASE("a spare is told to enter its namespace with an empty object, and nothing more") {
+    auto message = decode_to_worker(encode_enter_namespace());
+    REQUIRE(message);
+    CHECK(std::holds_alternative<EnterNamespace>(*message));
+    const char* wrong[] = {
+        R"({"enter_namespace":true})",
+        R"({"enter_namespace":{"fd":4}})",
+        R"({"enter_namespace":{},"id":1})",
+        R"({"enter_namespace":null})",
+    };
+    for (const char* bytes : wrong) {
+        CAPTURE(bytes);
+        CHECK_FALSE(decode_to_worker(bytes));
+    }
+    CHECK(refusal(R"({"enter_namespace":{"fd":4}})") == "enter_namespace: unknown field \"fd\"");
+    CHECK(decode_job(encode_enter_namespace()).error().message == "expected a job");
+}
+
 TEST_CASE("a job is not a grant, and a grant is not a job") {
     CHECK(decode_job(encode_channel_grant(full_grant())).error().message == "expected a job");
     CHECK(decode_job(encode_revoke({true, {}})).error().message == "expected a job");

@@ -1,6 +1,7 @@
-// confine_worker: after it, a process can make sockets and nothing else of
-// what a compromised worker would want. WorkerFilter: the allowlist compiled
-// once, the same program for every worker, and no one can change it.
+// prepare_confinement and confine_worker: after them, a process can make
+// sockets and nothing else of what a compromised worker would want.
+// WorkerFilter: the allowlist compiled once, the same program for every
+// worker, and no one can change it.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <linux/sockios.h>
@@ -45,7 +46,7 @@ int in_confined_child(Probe probe, const WorkerFilter& filter = compiled()) {
         ::close(result[0]);
         int netns = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
         unsigned char answer = 100;
-        if (netns >= 0 && confine_worker(filter)) {
+        if (netns >= 0 && prepare_confinement() && confine_worker(filter)) {
             answer = static_cast<unsigned char>(probe(netns));
         }
         if (::write(result[1], &answer, 1) != 1) {

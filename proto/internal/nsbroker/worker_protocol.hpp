@@ -91,8 +91,12 @@ struct RevokeChannels {
     std::vector<std::uint64_t> ids;
 };
 
+// nsbrokerd -> a spare worker, once and first: join the namespace whose
+// descriptor comes with this message.
+struct EnterNamespace {};
+
 // Everything nsbrokerd sends a worker.
-using ToWorker = std::variant<WorkerJob, ChannelGrant, RevokeChannels>;
+using ToWorker = std::variant<WorkerJob, ChannelGrant, RevokeChannels, EnterNamespace>;
 
 // worker -> nsbrokerd, beside its replies: a channel it served is closed.
 struct ChannelClosed {
@@ -115,6 +119,7 @@ using WorkerNotice = std::variant<ChannelClosed, ChannelsServed>;
 std::string encode_job(const WorkerJob& job);
 std::string encode_channel_grant(const ChannelGrant& grant);
 std::string encode_revoke(const RevokeChannels& revoke);
+std::string encode_enter_namespace();
 Result<ToWorker> decode_to_worker(std::string_view bytes);
 // A job, and nothing else.
 Result<WorkerJob> decode_job(std::string_view bytes);
