@@ -1,6 +1,5 @@
-// nsbrokerd: the entry point of the daemon, and of exec'd workers. The
-// composition root: the service's loop, the core on it, and the front ends
-// that reach the core.
+// nsbrokerd: the entry point of the daemon. The composition root: the
+// service's loop, the core on it, and the front ends that reach the core.
 #include <spdlog/spdlog.h>
 
 #include <sys/resource.h>
@@ -13,7 +12,6 @@
 #include "options.hpp"
 #include "service.hpp"
 #include "sys/logging.hpp"
-#include "workers/worker_main.hpp"
 
 namespace {
 
@@ -40,13 +38,7 @@ int main(int argc, char** argv) {
     }
     Options& options = *parsed.options;
 
-    setup_logging(options.log_level, options.worker);
-
-    if (options.worker) {
-        // Straight out: a confined worker may not even open the files that
-        // exit handlers (a leak checker, say) would want.
-        ::_exit(run_worker(nullptr));
-    }
+    setup_logging(options.log_level, false);
     raise_descriptor_limit();
     try {
         Service service;

@@ -35,7 +35,8 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
                               {policy}; without it root may
                               do everything, others get ordinary sockets in
                               namespaces they own)
-  --worker-mode fork|exec     start workers by fork (default) or fork+exec
+  --worker-mode fork|exec     start workers by fork of the daemon (default), or
+                              by fork and exec of nsbroker-worker
   --worker-idle-timeout SEC   a worker with nothing to do exits after SEC
                               seconds; 0 keeps it (default {idle})
   --unnamed-idle-timeout SEC  the same for a namespace that has no /run/netns
@@ -107,7 +108,6 @@ enum : int {
     opt_no_dbus,
     opt_help,
     opt_version,
-    opt_worker,
 };
 
 std::string option_name(const option* options, int value) {
@@ -167,7 +167,6 @@ ParsedOptions parse_options(int argc, char** argv) {
         {"no-dbus", no_argument, nullptr, opt_no_dbus},
         {"help", no_argument, nullptr, opt_help},
         {"version", no_argument, nullptr, opt_version},
-        {"worker", no_argument, nullptr, opt_worker},
         {nullptr, 0, nullptr, 0},
     };
     Options o;
@@ -266,9 +265,6 @@ ParsedOptions parse_options(int argc, char** argv) {
         case opt_version:
             std::printf("nsbrokerd %s\n", NSBROKER_VERSION);
             return {std::nullopt, 0};
-        case opt_worker:
-            o.worker = true;
-            break;
         default:
             return {std::nullopt, 2};
         }

@@ -26,7 +26,6 @@ struct Options {
     std::chrono::seconds exit_idle_time{0};
     bool dbus = true; // serve org.nsbroker.Broker1 on the system bus
     std::string log_level = "info";
-    bool worker = false; // internal: run as an exec'd worker on fds 3 and 4
 };
 
 struct ParsedOptions {

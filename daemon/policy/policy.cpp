@@ -2,10 +2,8 @@
 #include "policy/policy.hpp"
 
 #include <fnmatch.h>
-#include <grp.h>
 #include <linux/netlink.h>
 #include <netinet/in.h>
-#include <pwd.h>
 #include <sys/socket.h>
 
 #include <algorithm>
@@ -19,6 +17,7 @@
 #include "nsbroker/bad_input.hpp"
 #include "nsbroker/codec.hpp"
 #include "nsbroker/socket_option_table.hpp"
+#include "policy/accounts.hpp"
 
 namespace nsbroker::daemon {
 
@@ -112,17 +111,11 @@ Id account_id(const json& v, const std::string& where, const std::string& kind,
 }
 
 uid_t user_id(const json& v, const std::string& where) {
-    return account_id<uid_t>(v, where, "user", "uid", [](const char* name) {
-        const passwd* pw = ::getpwnam(name);
-        return pw ? std::optional(pw->pw_uid) : std::nullopt;
-    });
+    return account_id<uid_t>(v, where, "user", "uid", uid_named);
 }
 
 gid_t group_id(const json& v, const std::string& where) {
-    return account_id<gid_t>(v, where, "group", "gid", [](const char* name) {
-        const group* gr = ::getgrnam(name);
-        return gr ? std::optional(gr->gr_gid) : std::nullopt;
-    });
+    return account_id<gid_t>(v, where, "group", "gid", gid_named);
 }
 
 template <typename Lookup>

@@ -1,4 +1,5 @@
-// spdlog sinks for the journal and for workers whose stderr is the journal.
+// The daemon's logging: the journal when stderr is its stream, with the
+// fields of the request in scope; workers log through sys/worker_log.
 #include "sys/logging.hpp"
 
 #include <sys/stat.h>
@@ -15,6 +16,8 @@
 #include <string_view>
 #include <vector>
 
+#include "sys/worker_log.hpp"
+
 namespace nsbroker::daemon {
 
 thread_local const LogFields* ScopedLogFields::current_ = nullptr;
@@ -23,21 +26,6 @@ namespace {
 
 // The journal field that holds the line itself; the others are metadata.
 constexpr std::string_view message_field = "MESSAGE=";
-
-int syslog_priority(spdlog::level::level_enum level) {
-    switch (level) {
-    case spdlog::level::critical:
-        return 2; // LOG_CRIT
-    case spdlog::level::err:
-        return 3;
-    case spdlog::level::warn:
-        return 4;
-    case spdlog::level::info:
-        return 6;
-    default:
-        return 7; // LOG_DEBUG
-    }
-}
 
 // One journal entry a line, with the fields in scope.
 class JournalSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
@@ -77,42 +65,17 @@ class JournalSink final : public spdlog::sinks::base_sink<spdlog::details::null_
     void flush_() override {}
 };
 
-// A worker's lines on a stderr that journald reads: "<N>" gives the priority.
-// (A worker closes every descriptor it did not bring, the journal's socket
-// among them, so it cannot use sd_journal.)
-class PrefixedStderrSink final : public spdlog::sinks::base_sink<spdlog::details::null_mutex> {
-  protected:
-    void sink_it_(const spdlog::details::log_msg& msg) override {
-        std::fprintf(stderr, "<%d>worker %d: %.*s\n", syslog_priority(msg.level),
-                     static_cast<int>(::getpid()), static_cast<int>(msg.payload.size()),
-                     msg.payload.data());
-    }
-    void flush_() override { std::fflush(stderr); }
-};
-
 } // namespace
 
-bool stderr_is_journal() {
-    const char* stream = std::getenv("JOURNAL_STREAM");
-    if (stream == nullptr) {
-        return false;
-    }
-    unsigned long long dev = 0;
-    unsigned long long ino = 0;
-    struct stat st {};
-    return std::sscanf(stream, "%llu:%llu", &dev, &ino) == 2 && ::fstat(STDERR_FILENO, &st) == 0 &&
-           st.st_dev == dev && st.st_ino == ino;
-}
-
 std::shared_ptr<spdlog::logger> make_logger(const std::string& level, bool worker) {
+    if (worker) {
+        return make_worker_logger(level);
+    }
     std::shared_ptr<spdlog::logger> logger;
     if (!stderr_is_journal()) {
         logger = std::make_shared<spdlog::logger>(
             "nsbrokerd", std::make_shared<spdlog::sinks::stderr_color_sink_st>());
-        logger->set_pattern(worker ? "%H:%M:%S.%e %^%l%$ [worker %P] %v" : "%H:%M:%S.%e %^%l%$ %v");
-    } else if (worker) {
-        logger =
-            std::make_shared<spdlog::logger>("nsbrokerd", std::make_shared<PrefixedStderrSink>());
+        logger->set_pattern("%H:%M:%S.%e %^%l%$ %v");
     } else {
         logger = std::make_shared<spdlog::logger>("nsbrokerd", std::make_shared<JournalSink>());
     }

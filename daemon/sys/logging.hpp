@@ -44,9 +44,6 @@ class ScopedLogFields {
     static thread_local const LogFields* current_;
 };
 
-// True when JOURNAL_STREAM names this process's stderr.
-bool stderr_is_journal();
-
 // The logger of the daemon or of a worker, at level.
 std::shared_ptr<spdlog::logger> make_logger(const std::string& level, bool worker);
 

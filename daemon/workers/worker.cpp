@@ -53,7 +53,7 @@ std::unique_ptr<Worker> Worker::launch(sd_event* loop, WorkerOwner& owner,
     // until it execs or becomes the worker (the daemon has one thread, so
     // the worker may then use the allocator).
     std::string log_level = settings.log_level;
-    const char* argv[] = {"nsbrokerd", "--worker", "--log-level", log_level.c_str(), nullptr};
+    const char* argv[] = {"nsbroker-worker", "--log-level", log_level.c_str(), nullptr};
 
     pid_t pid = ::fork();
     if (pid < 0) {
@@ -65,7 +65,7 @@ std::unique_ptr<Worker> Worker::launch(sd_event* loop, WorkerOwner& owner,
             ::_exit(127);
         }
         if (exec) {
-            ::execv("/proc/self/exe", const_cast<char* const*>(argv));
+            ::execv(kit.executable.c_str(), const_cast<char* const*>(argv));
             ::_exit(127);
         }
         spdlog::set_default_logger(kit.logger);

@@ -63,11 +63,13 @@ struct WorkerSettings {
 };
 
 // What the pool makes once for all its workers, so that no worker pays for
-// it as it starts: the seccomp filter, compiled, and the logger a forked
-// worker installs (an exec'd one builds its own).
+// it as it starts: the seccomp filter, compiled, the logger a forked worker
+// installs (an exec'd one builds its own), and in exec mode the worker
+// executable's path.
 struct WorkerKit {
     WorkerFilter filter;
     std::shared_ptr<spdlog::logger> logger;
+    std::string executable;
 };
 
 // Called exactly once per job: with the sockets and their fds (fds owned by

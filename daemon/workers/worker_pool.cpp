@@ -6,9 +6,13 @@
 #include <sys/ioctl.h>
 #include <sys/socket.h>
 
+#include <unistd.h>
+
 #include <algorithm>
+#include <filesystem>
 #include <spdlog/spdlog.h>
 
+#include "nsbroker_config.h"
 #include "sys/logging.hpp"
 
 namespace nsbroker::daemon {
@@ -35,13 +39,31 @@ std::size_t sponsored_cap(std::size_t max_workers) {
     return max_workers - max_workers / root_reserve_divisor;
 }
 
+// The worker executable: beside the daemon's own when it is there (a build
+// tree), else where it was installed.
+std::string worker_executable() {
+    std::error_code error;
+    auto self = std::filesystem::read_symlink("/proc/self/exe", error);
+    if (!error) {
+        auto beside = self.parent_path() / "nsbroker-worker";
+        if (::access(beside.c_str(), X_OK) == 0) {
+            return beside;
+        }
+    }
+    if (::access(NSBROKER_WORKER_PATH, X_OK) < 0) {
+        throw SystemError(errno, std::string("the worker executable ") + NSBROKER_WORKER_PATH);
+    }
+    return NSBROKER_WORKER_PATH;
+}
+
 WorkerKit make_kit(const WorkerSettings& settings) {
     auto filter = WorkerFilter::compile();
     if (!filter) {
         throw SystemError(filter.error().sys_errno,
                           "the workers' seccomp filter: " + filter.error().message);
     }
-    return {std::move(*filter), make_logger(settings.log_level, true)};
+    return {std::move(*filter), make_logger(settings.log_level, true),
+            settings.mode == WorkerMode::exec ? worker_executable() : std::string{}};
 }
 
 } // namespace

@@ -55,6 +55,7 @@ def main():
         expected = {
             "nsbrokerd": under_prefix("sbindir", "nsbrokerd"),
             "nsbroker": under_prefix("bindir", "nsbroker"),
+            "nsbroker-worker": under_prefix("libexecdir", "nsbroker", "nsbroker-worker"),
             "libnsbroker.so.0": under_prefix("libdir", "libnsbroker.so.0"),
             "libnsbroker.so": under_prefix("libdir", "libnsbroker.so"),
             "nsbroker.pc": under_prefix("libdir", "pkgconfig", "nsbroker.pc"),
@@ -72,6 +73,8 @@ def main():
         for what, path in expected.items():
             check(os.path.exists(tree(path)), f"{what} at {path}")
         check(os.access(tree(expected["nsbrokerd"]), os.X_OK), "nsbrokerd is executable")
+        check(os.access(tree(expected["nsbroker-worker"]), os.X_OK),
+              "nsbroker-worker is executable")
 
         # The library as a user of pkg-config finds it.
         env = dict(os.environ, PKG_CONFIG_PATH=os.path.dirname(tree(expected["nsbroker.pc"])))
