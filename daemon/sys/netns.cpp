@@ -221,11 +221,13 @@ Result<bool> netns_owned_by(int netns_fd, uid_t uid) {
 }
 
 Result<NetnsIdentity> current_netns() {
-    auto file = proto::open_netns_file("/proc/thread-self/ns/net");
-    if (!file) {
-        return std::move(file).error();
+    // The kernel's own link: a network namespace's nsfs file, so one stat
+    // says which (a new worker asks this on the way to its first socket).
+    struct stat st {};
+    if (::stat("/proc/thread-self/ns/net", &st) < 0) {
+        return kernel_error("/proc/thread-self/ns/net");
     }
-    return file->identity;
+    return NetnsIdentity{st.st_dev, st.st_ino};
 }
 
 } // namespace nsbroker::daemon
