@@ -300,7 +300,11 @@ void WorkerPool::worker_reaped(Worker& worker) {
 bool WorkerPool::grant_channel(const NetnsIdentity& identity, const proto::ChannelGrant& grant,
                                UniqueFd worker_end, std::unique_ptr<ChannelLease> lease) {
     auto it = live_.find(identity);
+    // A channel granted through a name is granted only while that name
+    // still leads to the namespace: names_changed may have revoked the
+    // worker's channels between the request's judgment and this grant.
     return !stopping_ && it != live_.end() &&
+           (!grant.name || it->second->names().contains(*grant.name)) &&
            it->second->grant_channel(grant, std::move(worker_end), std::move(lease));
 }
 

@@ -58,7 +58,8 @@ class WorkerPool : private WorkerOwner {
                            proto::WorkerJob& job, JobDone& done);
 
     // Gives the live worker of identity a direct channel (Worker::grant_channel);
-    // false when the namespace has no live worker.
+    // false when the namespace has no live worker, or when the name the
+    // channel was granted through no longer leads to it.
     bool grant_channel(const NetnsIdentity& identity, const proto::ChannelGrant& grant,
                        UniqueFd worker_end, std::unique_ptr<ChannelLease> lease);
     // Every worker's direct channels are revoked (the policy changed).

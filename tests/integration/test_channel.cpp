@@ -893,6 +893,54 @@ TEST_CASE("a channel's own end sent back on it, with sockets unread, does not ho
     CHECK(child.result() == 0);
 }
 
+TEST_CASE("no channel is granted through a name deleted while its request was at the worker") {
+    TestNetns ns("granted-late");
+    SecondName second(ns, "late");
+    const std::string name = second.name();
+    Daemon d;
+    REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
+    // Root keeps the worker by the namespace's first name.
+    auto c = connect(d, through_daemon);
+    REQUIRE(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)));
+    const pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    // Jobs the worker was given: root's first, then nobody's.
+    auto jobs = [&] {
+        auto list = c.namespaces();
+        REQUIRE(list);
+        for (const auto& n : list->namespaces) {
+            if (n.ino == ns.inode()) {
+                return n.requests;
+            }
+        }
+        return std::uint64_t{0};
+    };
+    std::optional<Stopped> stopped;
+    stopped.emplace(worker);
+    NobodyInStep child([&](NobodyInStep& step) {
+        UniqueFd raw = connect_raw(d);
+        auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+        // The socket, judged before the name went, and no channel.
+        if (granted.fds.size() != 1) {
+            std::fprintf(stderr, "%zu fds: %s\n", granted.fds.size(), granted.text.c_str());
+            return 10;
+        }
+        return step.done() ? 0 : 11;
+    });
+    // The request waits at the stopped worker; then the name goes, and
+    // nsbrokerd sees it go.
+    REQUIRE(wait_for([&] { return jobs() == 2; }));
+    const std::string path = "/run/netns/" + name;
+    REQUIRE(::umount2(path.c_str(), MNT_DETACH) == 0);
+    REQUIRE(::unlink(path.c_str()) == 0);
+    REQUIRE(wait_for([&] {
+        return d.log().find("\"" + name + "\" no longer names its namespace") != std::string::npos;
+    }));
+    stopped.reset();
+    CHECK(child.next());
+    CHECK(child.result() == 0);
+}
+
 TEST_CASE("a name unmounted without being deleted, or mounted over, revokes its channels") {
     TestNetns ns("unmounted");
     TestNetns elsewhere("elsewhere");
