@@ -53,6 +53,10 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
                               namespace that needs one, so that its first
                               request does not wait for a fork; 0 forks on
                               demand (default {spares}, at most {max_spares})
+  --stall-timeout SEC         a connection whose client leaves its replies
+                              unread, so that nsbrokerd stops reading it, is
+                              closed after SEC seconds; its replies stay
+                              readable; 0: never (default {stall})
   --max-connections N         connections of users other than root (default {connections})
   --max-connections-per-uid N connections one uid may hold (default {connections_per_uid})
   --max-requests-in-flight N  unanswered requests on one connection, or D-Bus
@@ -78,6 +82,7 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
                    fmt::arg("workers_per_uid", w.max_workers_per_uid),
                    fmt::arg("spares", w.spare_workers), fmt::arg("max_spares", max_spare_workers),
                    fmt::arg("connections", limits.connections),
+                   fmt::arg("stall", d.socket.stall_timeout.count()),
                    fmt::arg("connections_per_uid", limits.connections_per_uid),
                    fmt::arg("in_flight", limits.requests_in_flight),
                    fmt::arg("fds_per_connection", fds.per_connection),
@@ -100,6 +105,7 @@ enum : int {
     opt_unnamed_idle,
     opt_max_workers_per_uid,
     opt_spare_workers,
+    opt_stall_timeout,
     opt_max_fds_per_connection,
     opt_max_fds_per_uid,
     opt_max_fds,
@@ -159,6 +165,7 @@ ParsedOptions parse_options(int argc, char** argv) {
         {"unnamed-idle-timeout", required_argument, nullptr, opt_unnamed_idle},
         {"max-workers-per-uid", required_argument, nullptr, opt_max_workers_per_uid},
         {"spare-workers", required_argument, nullptr, opt_spare_workers},
+        {"stall-timeout", required_argument, nullptr, opt_stall_timeout},
         {"max-fds-per-connection", required_argument, nullptr, opt_max_fds_per_connection},
         {"max-fds-per-uid", required_argument, nullptr, opt_max_fds_per_uid},
         {"max-fds", required_argument, nullptr, opt_max_fds},
@@ -203,15 +210,17 @@ ParsedOptions parse_options(int argc, char** argv) {
         case opt_idle:
         case opt_unnamed_idle:
         case opt_job_timeout:
+        case opt_stall_timeout:
         case opt_exit_idle: {
             auto seconds = parse_count(arg);
             if (!seconds) {
                 return usage_error(option_name(long_options, c) + " needs a number of seconds");
             }
-            auto& target = c == opt_idle           ? o.core.workers.idle_timeout
-                           : c == opt_unnamed_idle ? o.core.workers.unnamed_idle_timeout
-                           : c == opt_job_timeout  ? o.core.workers.job_timeout
-                                                   : o.exit_idle_time;
+            auto& target = c == opt_idle            ? o.core.workers.idle_timeout
+                           : c == opt_unnamed_idle  ? o.core.workers.unnamed_idle_timeout
+                           : c == opt_job_timeout   ? o.core.workers.job_timeout
+                           : c == opt_stall_timeout ? o.socket.stall_timeout
+                                                    : o.exit_idle_time;
             target = std::chrono::seconds(*seconds);
             break;
         }

@@ -52,6 +52,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
     std::optional<Waiting> waiting;
     bool read_closed = false; // the peer sends no more, and waits for its answers
     bool closed = false;
+    std::uint64_t stalled_since = 0; // CLOCK_MONOTONIC, microseconds; 0: not stalled
 
     [[nodiscard]] bool answered_all() const {
         return channel->in_flight == 0 && outbox.empty() && !waiting;
@@ -60,23 +61,12 @@ struct Connection : std::enable_shared_from_this<Connection> {
 
 namespace {
 
-// A descriptor a peer sent may be a socket set to linger: our close(2) of
-// it would then wait, on the loop that serves everyone, for its unsent data.
-// Lingering is switched off first, so the kernel finishes in the background.
-void never_linger(const std::vector<UniqueFd>& fds) {
-    for (const auto& fd : fds) {
-        struct stat st {};
-        if (::fstat(fd.get(), &st) == 0 && S_ISSOCK(st.st_mode)) {
-            const linger off{0, 0};
-            (void)::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &off, sizeof off);
-        }
-    }
-}
-
 // Pause before accepting again after the process ran out of descriptors.
 constexpr std::uint64_t accept_pause_usec = 200'000;
 // How often connections held back by the descriptor budget are looked at.
 constexpr std::uint64_t budget_retry_usec = 50'000;
+// How often stalled connections are looked at.
+constexpr std::uint64_t stall_check_usec = 1'000'000;
 
 } // namespace
 
@@ -89,7 +79,8 @@ SocketFrontend::SocketFrontend(sd_event* loop, Core& core, SocketFrontendConfig 
                         }
                     }),
       budget_(config_.descriptors),
-      budget_timer_(loop, [this](uint64_t) { budget_timer_elapsed(); }) {
+      budget_timer_(loop, [this](uint64_t) { budget_timer_elapsed(); }),
+      stall_timer_(loop, [this](uint64_t) { stall_timer_elapsed(); }) {
     if (auto activated = activated_socket()) {
         listener_ = std::move(activated->fd);
         config_.socket_path = std::move(activated->path);
@@ -224,7 +215,7 @@ void SocketFrontend::client_event(const std::shared_ptr<Connection>& c, uint32_t
 
 void SocketFrontend::receive(const std::shared_ptr<Connection>& c) {
     auto received = proto::receive_message(c->fd.get(), proto::max_message_size, true);
-    never_linger(received.message.fds);
+    proto::never_linger(received.message.fds);
     switch (received.status) {
     case proto::ReceiveStatus::would_block:
         return;
@@ -265,6 +256,49 @@ void SocketFrontend::update_events(Connection& c) {
         events |= EPOLLOUT;
     }
     sd_event_source_set_io_events(c.source.get(), events);
+    note_stalled(c, (events & EPOLLIN) == 0 && !c.read_closed &&
+                        (!c.outbox.empty() || c.account.unread > 0));
+}
+
+void SocketFrontend::note_stalled(Connection& c, bool stalled) {
+    if (!stalled || config_.stall_timeout.count() == 0) {
+        c.stalled_since = 0;
+        stalled_.erase(&c);
+        return;
+    }
+    if (c.stalled_since == 0) {
+        sd_event_now(loop_, CLOCK_MONOTONIC, &c.stalled_since);
+        stalled_.insert(&c);
+    }
+    if (!stall_timer_.armed()) {
+        stall_timer_.arm_in(stall_check_usec);
+    }
+}
+
+void SocketFrontend::stall_timer_elapsed() {
+    budget_.refresh_all();
+    std::uint64_t now = 0;
+    sd_event_now(loop_, CLOCK_MONOTONIC, &now);
+    const auto timeout =
+        static_cast<std::uint64_t>(std::chrono::microseconds(config_.stall_timeout).count());
+    // Held here: closing one may close and free others.
+    std::vector<std::shared_ptr<Connection>> stalled;
+    for (Connection* c : stalled_) {
+        stalled.push_back(c->shared_from_this());
+    }
+    for (const auto& c : stalled) {
+        update_events(*c); // its peer may have read since
+        if (c->stalled_since != 0 && now - c->stalled_since >= timeout) {
+            // Whether it will ever read is up to the peer; one whose own end
+            // waits, unread, in this connection's queue never will.
+            spdlog::warn("client pid {} uid {}: left its replies unread for {} s; disconnected",
+                         c->pid(), c->uid(), config_.stall_timeout.count());
+            close_client(*c);
+        }
+    }
+    if (!stalled_.empty()) {
+        stall_timer_.arm_in(stall_check_usec);
+    }
 }
 
 void SocketFrontend::close_client(Connection& c) {
@@ -272,6 +306,8 @@ void SocketFrontend::close_client(Connection& c) {
         return;
     }
     c.closed = true;
+    c.stalled_since = 0;
+    stalled_.erase(&c);
     spdlog::debug("client disconnected: pid {} uid {}", c.pid(), c.uid());
     core_.note_activity();
     c.source.reset();
@@ -283,7 +319,14 @@ void SocketFrontend::close_client(Connection& c) {
     if (c.account.unread > 0) {
         // The peer may still hold replies it never read, charged to the
         // daemon's user until it reads them or closes: they stay counted,
-        // and so does the connection, until then.
+        // and so does the connection, until then. It reads EOF after them,
+        // and what it sent that was never read goes, descriptors and all.
+        ::shutdown(c.fd.get(), SHUT_RDWR);
+        try {
+            proto::discard_queued(c.fd.get());
+        } catch (const SystemError& e) {
+            spdlog::warn("client pid {} uid {}: {}", c.pid(), c.uid(), e.what());
+        }
         lingering_.insert(&c);
         arm_budget_timer();
         retry_waiting();

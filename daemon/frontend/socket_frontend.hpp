@@ -28,6 +28,10 @@ struct SocketFrontendConfig {
     // Replies queued for one connection; beyond it the daemon stops reading it.
     std::size_t unread_replies = 256;
     DescriptorLimits descriptors;
+    // A connection whose peer leaves its own replies unread, so that the
+    // daemon stops reading it, is closed after this long; 0: never. Its
+    // replies stay readable.
+    std::chrono::seconds stall_timeout{60};
 };
 
 struct Connection;
@@ -74,6 +78,10 @@ class SocketFrontend final : public Frontend {
     void refuse(Connection& c, std::optional<std::uint64_t> id, Error error);
     void flush(Connection& c);
     void update_events(Connection& c);
+    // Whether c is stalled: not read, with replies of its own its peer has
+    // not read. Stalled too long, it is closed (stall_timer_elapsed).
+    void note_stalled(Connection& c, bool stalled);
+    void stall_timer_elapsed();
     void close_client(Connection& c);
     // Frees the connection for good: its peer holds nothing of ours unread.
     void forget_client(Connection& c);
@@ -90,6 +98,8 @@ class SocketFrontend final : public Frontend {
     std::set<Connection*> waiting_;   // a request held back by the budget
     std::set<Connection*> lingering_; // closed, with descriptors unread by the peer
     OneShotTimer budget_timer_;
+    std::set<Connection*> stalled_;
+    OneShotTimer stall_timer_;
 };
 
 } // namespace nsbroker::daemon

@@ -467,6 +467,9 @@ class WorkerServer {
             return;
         }
         auto received = proto::receive_message(channel.fd.get(), proto::max_message_size, true);
+        // Refused below and closed with the message: a lingering socket
+        // among them must not hold up the worker everyone shares.
+        proto::never_linger(received.message.fds);
         switch (received.status) {
         case proto::ReceiveStatus::would_block:
             return;

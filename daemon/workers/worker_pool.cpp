@@ -251,31 +251,15 @@ void WorkerPool::channel_ended(GrantedChannel channel) {
     check_draining();
 }
 
-namespace {
-
-// What the caller sent that the worker did not read is dropped, descriptors
-// and all: a descriptor of the caller's own end, queued here, would
-// otherwise keep that end, and the sockets unread in it, for as long as this
-// copy lives.
-void discard_unread(int end) {
-    try {
-        for (;;) {
-            auto received = proto::receive_message(end, proto::max_message_size, true);
-            if (received.status == proto::ReceiveStatus::would_block ||
-                received.status == proto::ReceiveStatus::closed) {
-                return;
-            }
-        }
-    } catch (const SystemError& e) {
-        spdlog::warn("an ended direct channel: {}", e.what());
-    }
-}
-
-} // namespace
-
 void WorkerPool::check_draining() {
     std::erase_if(draining_, [](const GrantedChannel& channel) {
-        discard_unread(channel.end.get());
+        // What the caller sent that the worker did not read goes: its own
+        // end among it would keep the channel, and its place, for good.
+        try {
+            proto::discard_queued(channel.end.get());
+        } catch (const SystemError& e) {
+            spdlog::warn("an ended direct channel: {}", e.what());
+        }
         int queued = 0;
         return ::ioctl(channel.end.get(), SIOCOUTQ, &queued) != 0 || queued == 0;
     });

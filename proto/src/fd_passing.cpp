@@ -4,6 +4,7 @@
 #include "nsbroker/fd_passing.hpp"
 
 #include <sys/socket.h>
+#include <sys/stat.h>
 
 #include <cerrno>
 #include <cstring>
@@ -109,6 +110,27 @@ Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
     result.message.data.assign(buffer.get(), static_cast<std::size_t>(n));
     result.status = ReceiveStatus::message;
     return result;
+}
+
+void never_linger(const std::vector<UniqueFd>& fds) {
+    for (const auto& fd : fds) {
+        struct stat st {};
+        if (::fstat(fd.get(), &st) == 0 && S_ISSOCK(st.st_mode)) {
+            const linger off{0, 0};
+            (void)::setsockopt(fd.get(), SOL_SOCKET, SO_LINGER, &off, sizeof off);
+        }
+    }
+}
+
+void discard_queued(int fd) {
+    for (;;) {
+        auto received = receive_message(fd, max_message_size, true);
+        never_linger(received.message.fds);
+        if (received.status == ReceiveStatus::would_block ||
+            received.status == ReceiveStatus::closed) {
+            return;
+        }
+    }
 }
 
 SendStatus send_message(int fd, std::string_view data, std::span<const int> fds, bool dont_wait) {

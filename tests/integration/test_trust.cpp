@@ -9,6 +9,7 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <sched.h>
 #include <signal.h>
 #include <sys/socket.h>
@@ -615,6 +616,51 @@ TEST_CASE("a socket directory others may write to is refused") {
     CHECK(status == 1);
     CHECK(out.find("no one else may write to") != std::string::npos);
     CHECK(::access((shared + "/nsb.sock").c_str(), F_OK) != 0);
+}
+
+TEST_CASE("a connection left with its replies unread is closed in time, also with its own end "
+          "queued in it") {
+    for (RunAs how : run_modes) {
+        CAPTURE(describe(how));
+        Daemon d({"--stall-timeout", "1", "--max-connections-per-uid", "1"}, {}, how);
+        const int baseline = d.fd_count();
+        // uid 65534 asks for more than its budget, reads nothing, sends the
+        // connection's own end along behind it, and is gone: only nsbrokerd's
+        // unread queue still holds that end.
+        CHECK(as_nobody(Nobody::own_netns, [&] {
+                  auto c = Client::connect(d.socket_path());
+                  if (!c) {
+                      return 1;
+                  }
+                  UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+                  const int netns[1] = {own.get()};
+                  const std::string batch =
+                      R"({"id": 1, "op": "socket", "netns": {"fd": 0}, )"
+                      R"("sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
+                  for (int n = 0; n < 8; ++n) {
+                      proto::send_message(c->fd(), batch, netns);
+                  }
+                  pollfd p{c->fd(), POLLIN, 0};
+                  const int itself[1] = {c->fd()};
+                  return ::poll(&p, 1, 30'000) == 1 && proto::send_message(c->fd(), "{}", itself) ==
+                                                           proto::SendStatus::sent
+                             ? 0
+                             : 2;
+              }) == 0);
+        // The connection is closed after the stall timeout, and with it goes
+        // the one connection the uid may have.
+        CHECK(as_nobody(Nobody::plain, [&] {
+                  return wait_for([&] {
+                      auto c = Client::connect(d.socket_path());
+                      return c && c->ping();
+                  })
+                             ? 0
+                             : 1;
+              }) == 0);
+        CHECK(d.log().find("left its replies unread for 1 s; disconnected") != std::string::npos);
+        CHECK(wait_for([&] { return d.fd_count() <= baseline + 4; }));
+        CHECK(d.running());
+    }
 }
 
 TEST_CASE("a user who asks for more than its budget before reading is slowed, not refused") {

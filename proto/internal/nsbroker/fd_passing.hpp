@@ -34,6 +34,19 @@ struct Received {
 // is, or when dont_wait is set. Throws SystemError on any other failure.
 Received receive_message(int fd, std::size_t max_size = max_message_size, bool dont_wait = false);
 
+// A descriptor a peer sent may be a socket set to linger: closing it would
+// then wait for its unsent data, holding up whoever closes it. Switches
+// lingering off on those that are sockets, so that the kernel finishes in
+// the background. Call before closing descriptors a peer sent.
+void never_linger(const std::vector<UniqueFd>& fds);
+
+// Reads and drops every message queued on fd without waiting, closing the
+// descriptors they carry. For an end nobody will serve again: a descriptor
+// of its peer's own end, queued here, would otherwise keep that peer, and
+// whatever it holds unread, alive for as long as fd is open. Throws as
+// receive_message does.
+void discard_queued(int fd);
+
 enum class SendStatus { sent, would_block, closed };
 
 // Sends one message with the given fds, which stay owned by the caller (the
