@@ -145,10 +145,10 @@ void Report::print_tables(std::FILE* out) const {
     }
 
     if (!memory_.empty()) {
-        std::fprintf(out, "\n%-24s  %8s  %8s  %8s  %11s\n", "idle worker, worker mode", "pid",
+        std::fprintf(out, "\n%-24s  %8s  %8s  %8s  %11s\n", "idle worker, worker mode", "workers",
                      "PSS KiB", "RSS KiB", "private KiB");
         for (const auto& m : memory_) {
-            std::fprintf(out, "%-24s  %8d  %8ld  %8ld  %11ld\n", m.worker_mode.c_str(), m.pid,
+            std::fprintf(out, "%-24s  %8d  %8ld  %8ld  %11ld\n", m.worker_mode.c_str(), m.workers,
                          m.pss_kib, m.rss_kib, m.private_kib);
         }
     }
@@ -182,7 +182,7 @@ Json Report::to_json() const {
     Json memory = Json::array();
     for (const auto& m : memory_) {
         memory.push_back({{"worker_mode", m.worker_mode},
-                          {"pid", m.pid},
+                          {"workers", m.workers},
                           {"pss_kib", m.pss_kib},
                           {"rss_kib", m.rss_kib},
                           {"private_kib", m.private_kib}});

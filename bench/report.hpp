@@ -45,9 +45,11 @@ struct ThroughputRow {
 };
 
 // What an idle worker holds in memory, from /proc/PID/smaps_rollup.
+// The mean of several idle workers of one daemon: what each costs once
+// there are many, sharing the pages they do not write.
 struct MemoryRow {
     std::string worker_mode; // nsbrokerd --worker-mode
-    int pid = 0;
+    int workers = 0;
     long pss_kib = 0;
     long rss_kib = 0;
     long private_kib = 0; // Private_Clean + Private_Dirty
