@@ -82,7 +82,7 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
                    fmt::arg("workers_per_uid", w.max_workers_per_uid),
                    fmt::arg("spares", w.spare_workers), fmt::arg("max_spares", max_spare_workers),
                    fmt::arg("connections", limits.connections),
-                   fmt::arg("stall", d.socket.stall_timeout.count()),
+                   fmt::arg("stall", d.core.limits.stall_timeout.count()),
                    fmt::arg("connections_per_uid", limits.connections_per_uid),
                    fmt::arg("in_flight", limits.requests_in_flight),
                    fmt::arg("fds_per_connection", fds.per_connection),
@@ -219,7 +219,7 @@ ParsedOptions parse_options(int argc, char** argv) {
             auto& target = c == opt_idle            ? o.core.workers.idle_timeout
                            : c == opt_unnamed_idle  ? o.core.workers.unnamed_idle_timeout
                            : c == opt_job_timeout   ? o.core.workers.job_timeout
-                           : c == opt_stall_timeout ? o.socket.stall_timeout
+                           : c == opt_stall_timeout ? o.core.limits.stall_timeout
                                                     : o.exit_idle_time;
             target = std::chrono::seconds(*seconds);
             break;
@@ -282,6 +282,7 @@ ParsedOptions parse_options(int argc, char** argv) {
         return usage_error(std::string("unexpected argument \"") + argv[optind] + "\"");
     }
     o.core.workers.log_level = o.log_level;
+    o.socket.stall_timeout = o.core.limits.stall_timeout;
     return {std::move(o), 0};
 }
 

@@ -362,6 +362,7 @@ std::optional<UniqueFd> Core::open_channel(const Caller& caller,
     }
     proto::ChannelGrant grant{next_direct_channel_, job_caller(caller),    caller.pid,
                               offer.name,           offer.owned_by_caller, std::nullopt};
+    grant.stall_timeout = static_cast<std::uint32_t>(limits.stall_timeout.count());
     if (caller.uid != 0) {
         grant.policy = policy_.for_caller(caller);
         if (policy_.rules_for(caller) == 0) {

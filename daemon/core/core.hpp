@@ -42,6 +42,10 @@ struct CallerLimits {
     // 253 for each fits in this; 0: a quarter of RLIMIT_NOFILE, besides the
     // quarter the daemon's own budget takes.
     std::size_t direct_channel_fds = 0;
+    // A caller that leaves what it was sent unread, so that it is not read
+    // from, for this long is disconnected: a connection by its front end, a
+    // direct channel by its worker. 0: never.
+    std::chrono::seconds stall_timeout{60};
 };
 
 struct CoreConfig {

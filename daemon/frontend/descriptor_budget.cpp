@@ -47,11 +47,15 @@ void DescriptorBudget::forget(Account& account) {
     with_unread_.erase(&account);
 }
 
-bool DescriptorBudget::fits(const Account& account, std::size_t n) const {
+bool DescriptorBudget::fits_own(const Account& account, std::size_t n) const {
     auto it = per_uid_.find(account.uid);
     std::size_t uid_charged = it == per_uid_.end() ? 0 : it->second;
     return account.held + account.unread + n <= limits_.per_connection &&
-           uid_charged + n <= limits_.per_uid && total_ + n <= limits_.total;
+           uid_charged + n <= limits_.per_uid;
+}
+
+bool DescriptorBudget::fits(const Account& account, std::size_t n) const {
+    return fits_own(account, n) && total_ + n <= limits_.total;
 }
 
 bool DescriptorBudget::admit(Account& account, std::size_t n) {

@@ -69,6 +69,10 @@ class DescriptorBudget {
     [[nodiscard]] std::size_t charged(uid_t uid) const;
     [[nodiscard]] std::size_t total_charged() const { return total_; }
 
+    // Whether n more fit what account's connection and its uid may hold,
+    // whatever other uids hold.
+    [[nodiscard]] bool fits_own(const Account& account, std::size_t n) const;
+
   private:
     [[nodiscard]] bool fits(const Account& account, std::size_t n) const;
     void charge(Account& account, std::size_t n, bool add);

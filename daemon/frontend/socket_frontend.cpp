@@ -65,6 +65,15 @@ namespace {
 constexpr std::uint64_t accept_pause_usec = 200'000;
 // How often connections held back by the descriptor budget are looked at.
 constexpr std::uint64_t budget_retry_usec = 50'000;
+// The descriptors a request's reply may carry: its sockets, and a direct
+// channel when it asks for one.
+std::size_t descriptors_asked(const proto::Request& request) {
+    if (request.op != proto::Op::socket) {
+        return 0;
+    }
+    return proto::socket_count(request.specs) + (request.channel ? 1 : 0);
+}
+
 // How often stalled connections are looked at.
 constexpr std::uint64_t stall_check_usec = 1'000'000;
 
@@ -256,8 +265,14 @@ void SocketFrontend::update_events(Connection& c) {
         events |= EPOLLOUT;
     }
     sd_event_source_set_io_events(c.source.get(), events);
-    note_stalled(c, (events & EPOLLIN) == 0 && !c.read_closed &&
-                        (!c.outbox.empty() || c.account.unread > 0));
+    // Not read, and held back by what this connection's own peer, or its
+    // uid, has left unread: whether that ever changes is up to them. (A
+    // request that waits only because other uids hold the shared budget is
+    // no stall of its own.)
+    const bool held_back_by_own =
+        !c.outbox.empty() || c.account.unread > 0 ||
+        (c.waiting && !budget_.fits_own(c.account, descriptors_asked(c.waiting->request)));
+    note_stalled(c, (events & EPOLLIN) == 0 && !c.read_closed && held_back_by_own);
 }
 
 void SocketFrontend::note_stalled(Connection& c, bool stalled) {
@@ -344,19 +359,6 @@ void SocketFrontend::forget_client(Connection& c) {
 }
 
 // ---- requests --------------------------------------------------------------
-
-namespace {
-
-// The descriptors a request's reply may carry: its sockets, and a direct
-// channel when it asks for one.
-std::size_t descriptors_asked(const proto::Request& request) {
-    if (request.op != proto::Op::socket) {
-        return 0;
-    }
-    return proto::socket_count(request.specs) + (request.channel ? 1 : 0);
-}
-
-} // namespace
 
 void SocketFrontend::handle_message(const std::shared_ptr<Connection>& c, proto::Message message) {
     auto decoded = proto::decode_request(message.data);

@@ -251,8 +251,10 @@ struct DirectChannel {
     bool revoked = false;
     std::size_t unread_fds = 0; // sent since the caller was last seen to have read all
     // A request read whose sockets would leave more than
-    // max_unread_fds_per_channel unread: served once the caller has read.
+    // max_unread_fds_per_channel unread: served once the caller has read,
+    // or the channel closes when it has waited grant.stall_timeout.
     std::optional<proto::Request> held;
+    std::chrono::steady_clock::time_point held_since;
     // A reply the caller's queue had no room for, sent before anything else is read.
     std::optional<std::pair<std::string, std::vector<UniqueFd>>> unsent;
 };
@@ -275,6 +277,15 @@ class WorkerServer {
                     proto::Request r = std::move(*channel.held);
                     channel.held.reset();
                     serve_request(channel, r);
+                } else if (channel.held && stalled_too_long(channel)) {
+                    // Whether it will ever read is up to the caller; one
+                    // whose own end waits in this channel's queue never
+                    // will, and would keep the channel's place for good.
+                    spdlog::warn("worker {}: channel {}: its caller left its sockets unread for "
+                                 "{} s; closed",
+                                 ::getpid(), channel.grant.id, channel.grant.stall_timeout);
+                    close_channel(channel);
+                    continue;
                 }
                 short events = POLLIN;
                 if (channel.unsent) {
@@ -433,6 +444,12 @@ class WorkerServer {
         last_report_ = time;
     }
 
+    static bool stalled_too_long(const DirectChannel& channel) {
+        return channel.grant.stall_timeout != 0 &&
+               std::chrono::steady_clock::now() - channel.held_since >=
+                   std::chrono::seconds(channel.grant.stall_timeout);
+    }
+
     // Whether the sockets r asks for may be sent without leaving the caller
     // more than max_unread_fds_per_channel unread. Asked when r has come: a
     // caller that reads each reply before it sends again has read them all.
@@ -497,6 +514,7 @@ class WorkerServer {
         }
         if (!channel.revoked && !has_room(channel, r)) {
             channel.held = std::move(r);
+            channel.held_since = std::chrono::steady_clock::now();
             return;
         }
         serve_request(channel, r);

@@ -95,7 +95,7 @@ WorkerJob decode_job_fields(const Fields& f) {
 
 ChannelGrant decode_channel_grant(const json& j, const Path& where) {
     Fields f(j, where);
-    f.allow_only({"id", "caller", "pid", "name", "owned_by_caller", "policy"},
+    f.allow_only({"id", "caller", "pid", "name", "owned_by_caller", "policy", "stall_timeout"},
                  ErrorCode::invalid_request);
     ChannelGrant grant;
     grant.id = f.integer<std::uint64_t>("id", 1, UINT64_MAX);
@@ -103,6 +103,9 @@ ChannelGrant decode_channel_grant(const json& j, const Path& where) {
     grant.pid = f.integer<pid_t>("pid", 0, pid_max_limit);
     grant.name = f.opt_string("name");
     grant.owned_by_caller = f.opt_bool("owned_by_caller").value_or(false);
+    if (f.find("stall_timeout") != nullptr) {
+        grant.stall_timeout = f.integer<std::uint32_t>("stall_timeout", 0, UINT32_MAX);
+    }
     if (const json* policy = f.find("policy")) {
         if (!policy->is_object()) {
             fail(ErrorCode::invalid_request, f.path("policy"),
@@ -168,6 +171,9 @@ std::string encode_channel_grant(const ChannelGrant& grant) {
     }
     if (grant.policy) {
         g["policy"] = json::parse(*grant.policy);
+    }
+    if (grant.stall_timeout != 0) {
+        g["stall_timeout"] = grant.stall_timeout;
     }
     return json{{"grant_channel", std::move(g)}}.dump();
 }

@@ -838,59 +838,71 @@ TEST_CASE("a channel's own end sent back on it, with sockets unread, does not ho
           "for good") {
     TestNetns ns("cycle");
     const std::string name = ns.name();
-    Daemon d;
-    REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
-    NobodyInStep child([&](NobodyInStep& step) {
-        std::vector<UniqueFd> channels;
-        {
-            UniqueFd raw = connect_raw(d);
-            for (int i = 0; i < 16; ++i) {
-                auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
-                if (granted.fds.size() != 2) {
-                    return 10;
+    // Its worker killed, or left to serve on while the channel waits past
+    // --stall-timeout for a caller that will never read.
+    for (bool killed : {true, false}) {
+        CAPTURE(killed);
+        Daemon d(killed ? std::vector<std::string>{}
+                        : std::vector<std::string>{"--stall-timeout", "1"});
+        REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
+        NobodyInStep child([&](NobodyInStep& step) {
+            std::vector<UniqueFd> channels;
+            {
+                UniqueFd raw = connect_raw(d);
+                for (int i = 0; i < 16; ++i) {
+                    auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+                    if (granted.fds.size() != 2) {
+                        return 10;
+                    }
+                    channels.push_back(std::move(granted.fds.back()));
                 }
-                channels.push_back(std::move(granted.fds.back()));
             }
-        }
-        // Two batches: the worker sends the first and holds the second
-        // until the first is read, and reads nothing more meanwhile.
-        const std::string batch =
-            R"({"id": 7, "op": "socket", "sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
-        pollfd p{channels[0].get(), POLLIN, 0};
-        if (proto::send_message(p.fd, batch) != proto::SendStatus::sent ||
-            proto::send_message(p.fd, batch) != proto::SendStatus::sent ||
-            ::poll(&p, 1, 30'000) != 1) {
-            return 11;
-        }
-        // The channel's end, queued to the worker on itself: once this copy
-        // closes, only that queue holds it.
-        int own[1] = {p.fd};
-        if (proto::send_message(p.fd, "{}", own) != proto::SendStatus::sent) {
-            return 12;
-        }
-        channels.clear();
-        if (!step.done() || !step.next()) {
-            return 13;
-        }
-        // With the worker gone, all 16 places come back.
-        UniqueFd raw = connect_raw(d);
-        return wait_for([&] {
-            auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
-            if (granted.fds.size() == 2) {
-                channels.push_back(std::move(granted.fds.back()));
+            // Two batches: the worker sends the first and holds the second
+            // until the first is read, and reads nothing more meanwhile.
+            const std::string batch =
+                R"({"id": 7, "op": "socket", "sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
+            pollfd p{channels[0].get(), POLLIN, 0};
+            if (proto::send_message(p.fd, batch) != proto::SendStatus::sent ||
+                proto::send_message(p.fd, batch) != proto::SendStatus::sent ||
+                ::poll(&p, 1, 30'000) != 1) {
+                return 11;
             }
-            return channels.size() == 16;
-        })
-                   ? 0
-                   : 14;
-    });
-    REQUIRE(child.next());
-    auto c = connect(d, through_daemon);
-    const pid_t worker = worker_of(c, ns.inode());
-    REQUIRE(worker > 0);
-    REQUIRE(::kill(worker, SIGKILL) == 0);
-    CHECK(child.done());
-    CHECK(child.result() == 0);
+            // The channel's end, queued to the worker on itself: once this copy
+            // closes, only that queue holds it.
+            int own[1] = {p.fd};
+            if (proto::send_message(p.fd, "{}", own) != proto::SendStatus::sent) {
+                return 12;
+            }
+            channels.clear();
+            if (!step.done() || !step.next()) {
+                return 13;
+            }
+            // With the worker gone or the channel closed, all 16 places come back.
+            UniqueFd raw = connect_raw(d);
+            return wait_for([&] {
+                auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+                if (granted.fds.size() == 2) {
+                    channels.push_back(std::move(granted.fds.back()));
+                }
+                return channels.size() == 16;
+            })
+                       ? 0
+                       : 14;
+        });
+        REQUIRE(child.next());
+        auto c = connect(d, through_daemon);
+        const pid_t worker = worker_of(c, ns.inode());
+        REQUIRE(worker > 0);
+        if (killed) {
+            REQUIRE(::kill(worker, SIGKILL) == 0);
+        }
+        CHECK(child.done());
+        CHECK(child.result() == 0);
+        if (!killed) {
+            CHECK(worker_of(c, ns.inode()) == worker);
+            CHECK(d.log().find("left its sockets unread for 1 s; closed") != std::string::npos);
+        }
+    }
 }
 
 TEST_CASE("no channel is granted through a name deleted while its request was at the worker") {

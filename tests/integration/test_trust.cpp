@@ -663,6 +663,53 @@ TEST_CASE("a connection left with its replies unread is closed in time, also wit
     }
 }
 
+TEST_CASE("a connection held back by its own uid's budget is closed in time, with the ends "
+          "queued in it") {
+    for (RunAs how : run_modes) {
+        CAPTURE(describe(how));
+        Daemon d(
+            {"--stall-timeout", "1", "--max-connections-per-uid", "2", "--max-fds-per-uid", "600"},
+            {}, how);
+        // One connection holds most of the uid's budget, read by nsbrokerd
+        // but unread by its peer; a second one waits for that budget. Both
+        // ends go into the waiting one's unread input, and uid 65534 leaves.
+        CHECK(as_nobody(Nobody::own_netns, [&] {
+                  auto holder = Client::connect(d.socket_path());
+                  auto waiter = Client::connect(d.socket_path());
+                  if (!holder || !waiter) {
+                      return 1;
+                  }
+                  UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
+                  const int netns[1] = {own.get()};
+                  const std::string batch =
+                      R"({"id": 1, "op": "socket", "netns": {"fd": 0}, )"
+                      R"("sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
+                  for (int n = 0; n < 2; ++n) {
+                      proto::send_message(holder->fd(), batch, netns);
+                  }
+                  pollfd p{holder->fd(), POLLIN, 0};
+                  if (::poll(&p, 1, 30'000) != 1) {
+                      return 2;
+                  }
+                  proto::send_message(waiter->fd(), batch, netns);
+                  const int ends[2] = {holder->fd(), waiter->fd()};
+                  return proto::send_message(waiter->fd(), "{}", ends) == proto::SendStatus::sent
+                             ? 0
+                             : 3;
+              }) == 0);
+        CHECK(as_nobody(Nobody::plain, [&] {
+                  return wait_for([&] {
+                      auto c = Client::connect(d.socket_path());
+                      return c && c->ping();
+                  })
+                             ? 0
+                             : 1;
+              }) == 0);
+        CHECK(d.log().find("left its replies unread for 1 s; disconnected") != std::string::npos);
+        CHECK(d.running());
+    }
+}
+
 TEST_CASE("a user who asks for more than its budget before reading is slowed, not refused") {
     for (RunAs how : run_modes) {
         CAPTURE(describe(how));

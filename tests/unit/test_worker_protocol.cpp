@@ -43,6 +43,7 @@ ChannelGrant full_grant() {
     grant.pid = 4321;
     grant.name = "qrouter-1";
     grant.owned_by_caller = true;
+    grant.stall_timeout = 60;
     grant.policy =
         R"({"rules":[{"limits":{"requests_in_flight":64,"sockets_per_request":253},"name":"r","namespaces":{"any":true},"users":["*"]}]})";
     return grant;
@@ -74,6 +75,7 @@ TEST_CASE("channel grants round-trip, with and without what is optional") {
     CHECK(back.pid == grant.pid);
     CHECK(back.name == grant.name);
     CHECK(back.owned_by_caller);
+    CHECK(back.stall_timeout == 60);
     // The rules travel as the same JSON: the worker reads what the daemon wrote.
     CHECK(back.policy == grant.policy);
 
@@ -81,6 +83,7 @@ TEST_CASE("channel grants round-trip, with and without what is optional") {
     root.id = 1;
     auto bare = grant_of(encode_channel_grant(root));
     CHECK(bare.id == 1);
+    CHECK(bare.stall_timeout == 0);
     CHECK(bare.caller == JobCaller{});
     CHECK_FALSE(bare.name);
     CHECK_FALSE(bare.owned_by_caller);

@@ -81,6 +81,9 @@ struct ChannelGrant {
     // Absent for root. Otherwise the rules that apply to the caller, as a
     // policy file's JSON: the policy in force when the channel was granted.
     std::optional<std::string> policy;
+    // Seconds a request may wait for the caller to read what it was sent
+    // before the worker closes the channel; 0: for ever.
+    std::uint32_t stall_timeout = 0;
 };
 
 // nsbrokerd -> worker: stop serving these channels (every one when all is
