@@ -618,6 +618,27 @@ TEST_CASE("a socket directory others may write to is refused") {
     CHECK(::access((shared + "/nsb.sock").c_str(), F_OK) != 0);
 }
 
+namespace {
+
+// 253 UDP sockets in the namespace passed with the request.
+const std::string batch_in_passed_netns =
+    R"({"id": 1, "op": "socket", "netns": {"fd": 0}, )"
+    R"("sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
+
+// Whether uid 65534 gets a connection that answers, within the deadline.
+bool nobody_connects(const Daemon& d) {
+    return as_nobody(Nobody::plain, [&] {
+               return wait_for([&] {
+                   auto c = Client::connect(d.socket_path());
+                   return c && c->ping();
+               })
+                          ? 0
+                          : 1;
+           }) == 0;
+}
+
+} // namespace
+
 TEST_CASE("a connection left with its replies unread is closed in time, also with its own end "
           "queued in it") {
     for (RunAs how : run_modes) {
@@ -634,11 +655,8 @@ TEST_CASE("a connection left with its replies unread is closed in time, also wit
                   }
                   UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
                   const int netns[1] = {own.get()};
-                  const std::string batch =
-                      R"({"id": 1, "op": "socket", "netns": {"fd": 0}, )"
-                      R"("sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
                   for (int n = 0; n < 8; ++n) {
-                      proto::send_message(c->fd(), batch, netns);
+                      proto::send_message(c->fd(), batch_in_passed_netns, netns);
                   }
                   pollfd p{c->fd(), POLLIN, 0};
                   const int itself[1] = {c->fd()};
@@ -649,14 +667,7 @@ TEST_CASE("a connection left with its replies unread is closed in time, also wit
               }) == 0);
         // The connection is closed after the stall timeout, and with it goes
         // the one connection the uid may have.
-        CHECK(as_nobody(Nobody::plain, [&] {
-                  return wait_for([&] {
-                      auto c = Client::connect(d.socket_path());
-                      return c && c->ping();
-                  })
-                             ? 0
-                             : 1;
-              }) == 0);
+        CHECK(nobody_connects(d));
         CHECK(d.log().find("left its replies unread for 1 s; disconnected") != std::string::npos);
         CHECK(wait_for([&] { return d.fd_count() <= baseline + 4; }));
         CHECK(d.running());
@@ -681,30 +692,20 @@ TEST_CASE("a connection held back by its own uid's budget is closed in time, wit
                   }
                   UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
                   const int netns[1] = {own.get()};
-                  const std::string batch =
-                      R"({"id": 1, "op": "socket", "netns": {"fd": 0}, )"
-                      R"("sockets": [{"family": "inet", "type": "dgram", "count": 253}]})";
                   for (int n = 0; n < 2; ++n) {
-                      proto::send_message(holder->fd(), batch, netns);
+                      proto::send_message(holder->fd(), batch_in_passed_netns, netns);
                   }
                   pollfd p{holder->fd(), POLLIN, 0};
                   if (::poll(&p, 1, 30'000) != 1) {
                       return 2;
                   }
-                  proto::send_message(waiter->fd(), batch, netns);
+                  proto::send_message(waiter->fd(), batch_in_passed_netns, netns);
                   const int ends[2] = {holder->fd(), waiter->fd()};
                   return proto::send_message(waiter->fd(), "{}", ends) == proto::SendStatus::sent
                              ? 0
                              : 3;
               }) == 0);
-        CHECK(as_nobody(Nobody::plain, [&] {
-                  return wait_for([&] {
-                      auto c = Client::connect(d.socket_path());
-                      return c && c->ping();
-                  })
-                             ? 0
-                             : 1;
-              }) == 0);
+        CHECK(nobody_connects(d));
         CHECK(d.log().find("left its replies unread for 1 s; disconnected") != std::string::npos);
         CHECK(d.running());
     }
