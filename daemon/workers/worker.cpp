@@ -103,8 +103,9 @@ std::unique_ptr<Worker> Worker::start_spare(sd_event* loop, WorkerOwner& owner,
 
 void Worker::enter(ResolvedNetns netns, WorkerSponsor sponsor) {
     state_ = State::starting;
+    // Sent with the first job (submit), once the owner holds the worker as
+    // live: a spare found dead then fails that job as any worker would.
     outbox_.push_back({proto::encode_enter_namespace(), std::move(netns.fd)});
-    flush();
     serve(std::move(netns), sponsor);
 }
 

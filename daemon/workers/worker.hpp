@@ -139,7 +139,8 @@ class Worker {
     static std::unique_ptr<Worker> start_spare(sd_event* loop, WorkerOwner& owner,
                                                const WorkerSettings& settings,
                                                const WorkerKit& kit);
-    // Sends a spare into netns, as start() would have started it there.
+    // Sends a spare into netns, as start() would have started it there; the
+    // message goes with the first job submitted.
     void enter(ResolvedNetns netns, WorkerSponsor sponsor);
     ~Worker();
     Worker(const Worker&) = delete;
