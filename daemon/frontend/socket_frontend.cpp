@@ -277,8 +277,10 @@ void SocketFrontend::update_events(Connection& c) {
 
 void SocketFrontend::note_stalled(Connection& c, bool stalled) {
     if (!stalled || config_.stall_timeout.count() == 0) {
-        c.stalled_since = 0;
-        stalled_.erase(&c);
+        if (c.stalled_since != 0) { // the usual case, on every event, costs nothing
+            c.stalled_since = 0;
+            stalled_.erase(&c);
+        }
         return;
     }
     if (c.stalled_since == 0) {

@@ -679,10 +679,11 @@ TEST_CASE("a connection held back by its own uid's budget is closed in time, wit
     for (RunAs how : run_modes) {
         CAPTURE(describe(how));
         Daemon d(
-            {"--stall-timeout", "1", "--max-connections-per-uid", "2", "--max-fds-per-uid", "600"},
+            {"--stall-timeout", "1", "--max-connections-per-uid", "2", "--max-fds-per-uid", "400"},
             {}, how);
         // One connection holds most of the uid's budget, read by nsbrokerd
-        // but unread by its peer; a second one waits for that budget. Both
+        // but unread by its peer; once its 253 have come, a second one's 253
+        // more are past the uid's 400 and wait. Both
         // ends go into the waiting one's unread input, and uid 65534 leaves.
         CHECK(as_nobody(Nobody::own_netns, [&] {
                   auto holder = Client::connect(d.socket_path());
@@ -692,9 +693,7 @@ TEST_CASE("a connection held back by its own uid's budget is closed in time, wit
                   }
                   UniqueFd own{::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC)};
                   const int netns[1] = {own.get()};
-                  for (int n = 0; n < 2; ++n) {
-                      proto::send_message(holder->fd(), batch_in_passed_netns, netns);
-                  }
+                  proto::send_message(holder->fd(), batch_in_passed_netns, netns);
                   pollfd p{holder->fd(), POLLIN, 0};
                   if (::poll(&p, 1, 30'000) != 1) {
                       return 2;
