@@ -12,7 +12,6 @@
 #include <filesystem>
 #include <spdlog/spdlog.h>
 
-#include "nsbroker/codec.hpp"
 #include "nsbroker_config.h"
 #include "sys/logging.hpp"
 
@@ -245,49 +244,9 @@ void WorkerPool::channels_served(const proto::ChannelsServed& served) {
     }
 }
 
-namespace {
-
-// The requests queued on an ended channel that its worker never read get
-// the answer a revoked channel gives them, `unavailable`: unserved, so the
-// caller's library asks nsbrokerd instead. A worker that died leaves them
-// there, and the caller may have sent them after it died. What is not a
-// request, and anything sent with it, is dropped.
-void answer_unread(int end) {
-    for (;;) {
-        auto received = proto::receive_message(end, proto::max_message_size, true);
-        proto::never_linger(received.message.fds);
-        if (received.status == proto::ReceiveStatus::would_block ||
-            received.status == proto::ReceiveStatus::closed) {
-            return;
-        }
-        if (received.status != proto::ReceiveStatus::message) {
-            continue;
-        }
-        auto request = proto::decode_channel_request(received.message.data);
-        const auto* r = std::get_if<proto::Request>(&request);
-        if (r == nullptr) {
-            continue;
-        }
-        const proto::Reply reply{
-            r->id, make_error(ErrorCode::unavailable,
-                              "the direct channel's worker is gone: nsbrokerd serves the request "
-                              "instead")};
-        (void)proto::send_message(end, proto::encode_reply(reply), {}, true);
-    }
-}
-
-} // namespace
-
 void WorkerPool::channel_ended(GrantedChannel channel) {
-    // The caller's sends fail from now on; what it sent before is answered,
-    // and then it reads EOF after its last reply.
-    ::shutdown(channel.end.get(), SHUT_RD);
-    try {
-        answer_unread(channel.end.get());
-    } catch (const SystemError& e) {
-        spdlog::warn("an ended direct channel: {}", e.what());
-    }
-    ::shutdown(channel.end.get(), SHUT_WR);
+    // The caller reads what is queued, then EOF, and its sends fail.
+    ::shutdown(channel.end.get(), SHUT_RDWR);
     draining_.push_back(std::move(channel));
     check_draining();
 }

@@ -256,27 +256,26 @@ TEST_CASE("kill -9 of a worker: the library goes back to nsbrokerd, and the next
     CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_STREAM)), ns.inode()));
 }
 
-TEST_CASE("a request its worker never read when it died is served through nsbrokerd; the next "
-          "is served") {
+TEST_CASE("a request in flight when its worker dies gets a clear error; the next is served") {
     TestNetns ns("in-flight");
     Daemon d;
     auto c = connect(d);
     REQUIRE(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
     pid_t worker = worker_of(c, ns.inode());
     REQUIRE(worker > 0);
-    Result<Socket> queued = make_error(ErrorCode::internal, "not run");
+    Result<Socket> lost = make_error(ErrorCode::internal, "not run");
     {
         Stopped held(worker);
         std::thread caller(
-            [&] { queued = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)); });
-        // The request waits in the stopped worker's channel, unread.
+            [&] { lost = c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)); });
+        // The request waits in the stopped worker's channel.
         CHECK(wait_for([&] { return queued_to(worker) > 0; }));
         ::kill(worker, SIGKILL);
         caller.join();
     }
-    // nsbrokerd answers it `unavailable`, unserved, as a revoked channel
-    // would, and the library asks nsbrokerd: no socket lost, none twice.
-    CHECK(in_netns(queued, ns.inode()));
+    REQUIRE_FALSE(lost);
+    CHECK(lost.error().code == ErrorCode::worker_failed);
+    CHECK(lost.error().message.find("may be sent again") != std::string::npos);
     CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
 }
 
