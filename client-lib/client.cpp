@@ -307,6 +307,10 @@ class Link {
 
     [[nodiscard]] int fd() const noexcept { return fd_.get(); }
 
+    // How many blocking calls use this link now: a Client with several
+    // channels to one namespace gives each call the least used.
+    std::atomic<std::size_t> callers{0};
+
   private:
     struct Slot {
         bool done = false;
@@ -506,10 +510,26 @@ struct Reservoir {
     std::set<Kind> refused;   // the channel would not make them: not asked again
 };
 
+// The direct channels held to one namespace (ClientOptions says how many),
+// all granted by the same rules: a closed one means all are done for.
 struct HeldChannel {
-    std::shared_ptr<Link> link;
+    std::vector<std::shared_ptr<Link>> lanes;
     std::uint64_t uses = 0;
+    bool full = false; // nsbrokerd granted no further one: none is asked again
     std::shared_ptr<Reservoir> reservoir; // when ClientOptions::reservoir asks for one
+};
+
+// A blocking call's use of a link, counted while it lasts.
+class LinkUse {
+  public:
+    explicit LinkUse(std::shared_ptr<Link> link) : link_(std::move(link)) {}
+    LinkUse(const LinkUse&) = delete;
+    LinkUse& operator=(const LinkUse&) = delete;
+    ~LinkUse() { link_->callers.fetch_sub(1, std::memory_order_relaxed); }
+    Link* operator->() const { return link_.get(); }
+
+  private:
+    std::shared_ptr<Link> link_;
 };
 
 std::optional<ChannelKey> key_of_file(int fd, std::string name = {}) {
@@ -582,22 +602,54 @@ struct Client::Impl {
                            const std::shared_ptr<Link>& link);
     void submit_to_daemon(std::shared_ptr<Submission> s);
     void adopt_channel(const std::optional<ChannelKey>& key, bool asked, Result<Answer>& answer);
-    [[nodiscard]] bool asks_channel(const Target& target, const std::vector<SocketSpec>& specs);
+    [[nodiscard]] bool asks_channel(const Target& target, const std::vector<SocketSpec>& specs,
+                                    bool blocking);
 
-    // A channel leaves the map: it goes at once unless submitted requests
-    // still wait on it. Called with channels_mutex held.
-    void let_go(const std::shared_ptr<Link>& link) {
-        if (link->busy()) {
-            retired.push_back(link);
-        } else {
-            unwatch(link->fd());
+    // A namespace's channels leave the map: each goes at once unless
+    // submitted requests still wait on it. Called with channels_mutex held.
+    void let_go(const HeldChannel& held) {
+        for (const auto& link : held.lanes) {
+            if (link->busy()) {
+                retired.push_back(link);
+            } else {
+                unwatch(link->fd());
+            }
         }
+    }
+
+    // How many channels are held, to every namespace. With channels_mutex held.
+    [[nodiscard]] std::size_t held_channels() const {
+        std::size_t n = 0;
+        for (const auto& [key, held] : channels) {
+            n += held.lanes.size();
+        }
+        return n;
+    }
+
+    // Whether a blocking call that finds every channel to its namespace busy
+    // should ask nsbrokerd for one more. With channels_mutex held.
+    [[nodiscard]] bool may_add_channel(const ChannelKey& key, const HeldChannel& held) const {
+        return !held.full && held.lanes.size() < options.channels_per_namespace &&
+               held_channels() < options.max_direct_channels && !asking.contains(key) &&
+               std::all_of(held.lanes.begin(), held.lanes.end(), [](const auto& link) {
+                   return link->callers.load(std::memory_order_relaxed) > 0;
+               });
+    }
+
+    // The least used of the channels held for key. With channels_mutex held.
+    static const std::shared_ptr<Link>& least_used(const HeldChannel& held) {
+        return *std::min_element(held.lanes.begin(), held.lanes.end(),
+                                 [](const auto& a, const auto& b) {
+                                     return a->callers.load(std::memory_order_relaxed) <
+                                            b->callers.load(std::memory_order_relaxed);
+                                 });
     }
 
     Result<Answer> call(proto::Request request, int fd_to_send = -1) {
         return std::move(daemon.call(std::move(request), fd_to_send).answer);
     }
 
+    // The least used channel held for key, for a submitted request.
     std::shared_ptr<Link> channel_for(const ChannelKey& key) {
         std::lock_guard lock(channels_mutex);
         auto it = channels.find(key);
@@ -605,27 +657,47 @@ struct Client::Impl {
             return nullptr;
         }
         ++it->second.uses;
-        return it->second.link;
+        return least_used(it->second);
     }
 
+    // The channel a blocking call for key uses, counted as used: an idle
+    // one if there is one. None when no channel serves key, or when every
+    // one is busy and nsbrokerd may grant one more: the call then goes to
+    // nsbrokerd and asks for it.
+    std::optional<LinkUse> channel_to_call(const ChannelKey& key) {
+        std::lock_guard lock(channels_mutex);
+        auto it = channels.find(key);
+        if (it == channels.end() || may_add_channel(key, it->second)) {
+            return std::nullopt;
+        }
+        ++it->second.uses;
+        const auto& link = least_used(it->second);
+        link->callers.fetch_add(1, std::memory_order_relaxed);
+        return std::optional<LinkUse>(std::in_place, link);
+    }
+
+    // A channel found closed: every channel to key goes with it.
     void forget(const ChannelKey& key, const Link* link) {
         std::lock_guard lock(channels_mutex);
-        if (auto it = channels.find(key); it != channels.end() && it->second.link.get() == link) {
-            let_go(it->second.link);
+        auto it = channels.find(key);
+        if (it != channels.end() &&
+            std::any_of(it->second.lanes.begin(), it->second.lanes.end(),
+                        [link](const auto& lane) { return lane.get() == link; })) {
+            let_go(it->second);
             channels.erase(it);
         }
     }
 
-    // The answer on the direct channel held for key, or nothing when none
+    // The answer on a direct channel held for key, or nothing when none
     // serves it (any more): the request then goes to nsbrokerd.
     std::optional<Result<Answer>> on_channel(const ChannelKey& key, const proto::Request& r) {
-        auto link = channel_for(key);
+        auto link = channel_to_call(key);
         if (!link) {
             return std::nullopt;
         }
-        auto outcome = link->call(r);
+        auto outcome = (*link)->call(r);
         if (!outcome.sent) {
-            forget(key, link.get());
+            forget(key, link->operator->());
             return std::nullopt;
         }
         return std::move(outcome.answer);
@@ -641,21 +713,31 @@ struct Client::Impl {
                                      "channel; the request may be sent again",
                                      ECONNRESET));
         std::lock_guard lock(channels_mutex);
-        if (channels.contains(key)) {
-            return; // another thread's grant came first; this one closes
+        if (auto it = channels.find(key); it != channels.end()) {
+            // One more channel to a busy namespace, within the bounds; past
+            // them it closes.
+            auto& held = it->second;
+            if (held.lanes.size() < options.channels_per_namespace &&
+                held_channels() < options.max_direct_channels) {
+                watch(link->fd(), false, EPOLL_CTL_ADD);
+                held.lanes.push_back(std::move(link));
+            }
+            return;
         }
-        while (!channels.empty() && channels.size() >= options.max_direct_channels) {
+        if (options.max_direct_channels == 0 || options.channels_per_namespace == 0) {
+            return;
+        }
+        // Past the bound, the namespaces used least lose their channels.
+        while (!channels.empty() && held_channels() >= options.max_direct_channels) {
             auto least = std::min_element(
                 channels.begin(), channels.end(),
                 [](const auto& a, const auto& b) { return a.second.uses < b.second.uses; });
-            let_go(least->second.link);
+            let_go(least->second);
             channels.erase(least);
         }
-        if (options.max_direct_channels > 0) {
-            watch(link->fd(), false, EPOLL_CTL_ADD);
-            auto reservoir = options.reservoir > 0 ? std::make_shared<Reservoir>() : nullptr;
-            channels.emplace(key, HeldChannel{std::move(link), 1, std::move(reservoir)});
-        }
+        watch(link->fd(), false, EPOLL_CTL_ADD);
+        auto reservoir = options.reservoir > 0 ? std::make_shared<Reservoir>() : nullptr;
+        channels.emplace(key, HeldChannel{{std::move(link)}, 1, false, std::move(reservoir)});
     }
 };
 
@@ -700,7 +782,7 @@ int Client::fd() const noexcept {
 
 std::size_t Client::direct_channels() const {
     std::lock_guard lock(impl_->channels_mutex);
-    return impl_->channels.size();
+    return impl_->held_channels();
 }
 
 namespace {
@@ -1021,15 +1103,16 @@ UniqueFd descriptor_to_send(Target& target) {
 // of the answer's descriptors.
 void Client::Impl::adopt_channel(const std::optional<ChannelKey>& key, bool asked,
                                  Result<Answer>& answer) {
+    auto* sockets = answer ? std::get_if<proto::SocketReply>(&answer->body) : nullptr;
+    const bool granted = sockets && sockets->channel && !answer->fds.empty();
     if (asked) {
         std::lock_guard lock(channels_mutex);
         asking.erase(*key);
+        if (auto it = channels.find(*key); it != channels.end() && sockets && !granted) {
+            it->second.full = true;
+        }
     }
-    if (!answer) {
-        return;
-    }
-    auto* sockets = std::get_if<proto::SocketReply>(&answer->body);
-    if (!sockets || !sockets->channel || answer->fds.empty()) {
+    if (!granted) {
         return;
     }
     UniqueFd channel = std::move(answer->fds.back());
@@ -1042,13 +1125,21 @@ void Client::Impl::adopt_channel(const std::optional<ChannelKey>& key, bool aske
     sockets->channel.reset();
 }
 
-bool Client::Impl::asks_channel(const Target& target, const std::vector<SocketSpec>& specs) {
+// Whether a request to nsbrokerd for target asks for a channel: the first
+// to its namespace, or, for a blocking call, one more when every channel
+// held to it is busy.
+bool Client::Impl::asks_channel(const Target& target, const std::vector<SocketSpec>& specs,
+                                bool blocking) {
     if (!options.direct_channels || !target.key ||
         proto::socket_count(specs) >= proto::max_fds_per_message) {
         return false;
     }
     std::lock_guard lock(channels_mutex);
-    return !channels.contains(*target.key) && asking.insert(*target.key).second;
+    auto it = channels.find(*target.key);
+    if (it != channels.end() && !(blocking && may_add_channel(*target.key, it->second))) {
+        return false;
+    }
+    return asking.insert(*target.key).second;
 }
 
 Result<std::vector<Socket>> Client::sockets(const Netns& netns,
@@ -1082,7 +1173,7 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         }
     }
     r->netns = target->netns.ref();
-    r->channel = im.asks_channel(*target, specs);
+    r->channel = im.asks_channel(*target, specs, true);
     const bool asked = r->channel;
     auto answer = im.call(std::move(*r), target->netns.borrowed_fd());
     im.adopt_channel(target->key, asked, answer);
@@ -1122,7 +1213,7 @@ void Client::Impl::submit_to_daemon(std::shared_ptr<Submission> s) {
     }
     proto::Request r = s->request;
     r.netns = target->netns.ref();
-    r.channel = asks_channel(*target, s->specs);
+    r.channel = asks_channel(*target, s->specs, false);
     const bool asked = r.channel;
     daemon.submit(std::move(r), descriptor_to_send(*target),
                   [this, s, key = target->key, asked](Link::Outcome outcome) {
@@ -1174,7 +1265,7 @@ std::vector<Completion> Client::completions() {
     {
         std::lock_guard lock(im.channels_mutex);
         for (const auto& [key, held] : im.channels) {
-            links.push_back(held.link);
+            links.insert(links.end(), held.lanes.begin(), held.lanes.end());
         }
         links.insert(links.end(), im.retired.begin(), im.retired.end());
     }
@@ -1220,7 +1311,7 @@ std::optional<Result<std::vector<Socket>>> Client::Impl::from_reservoir(const Ne
         auto it = channels.find(*target->key);
         if (it != channels.end()) {
             ++it->second.uses;
-            link = it->second.link;
+            link = it->second.lanes.front();
             reservoir = it->second.reservoir;
         }
     }
@@ -1308,23 +1399,27 @@ void Client::Impl::refill(const std::shared_ptr<Link>& link,
 // Channels found closed are let go, with their reservoirs and what replies
 // they still hold: sockets nobody asked for yet keep no namespace alive.
 void Client::Impl::let_go_closed_channels() {
-    std::vector<std::shared_ptr<Link>> closed;
+    std::vector<HeldChannel> closed;
     {
         std::lock_guard lock(channels_mutex);
-        std::erase_if(channels, [&closed](const auto& entry) {
-            if (entry.second.link->open()) {
+        std::erase_if(channels, [&closed](auto& entry) {
+            const auto& lanes = entry.second.lanes;
+            if (std::all_of(lanes.begin(), lanes.end(),
+                            [](const auto& link) { return link->open(); })) {
                 return false;
             }
-            closed.push_back(entry.second.link);
+            closed.push_back(std::move(entry.second));
             return true;
         });
     }
-    for (const auto& link : closed) {
-        link->read_arrived();
+    for (const auto& held : closed) {
+        for (const auto& link : held.lanes) {
+            link->read_arrived();
+        }
     }
     std::lock_guard lock(channels_mutex);
-    for (const auto& link : closed) {
-        let_go(link);
+    for (const auto& held : closed) {
+        let_go(held);
     }
 }
 

@@ -281,6 +281,60 @@ TEST_CASE("a request in flight when its worker dies gets a clear error; the next
     CHECK(in_netns(c.socket(Netns::name(ns.name()), spec(AF_INET, SOCK_DGRAM)), ns.inode()));
 }
 
+TEST_CASE("threads sharing a Client: one that finds the channel busy gets a channel of its own") {
+    TestNetns ns("lanes");
+    Daemon d;
+    std::size_t per_namespace = 4;
+    SUBCASE("a second channel to the namespace") {}
+    SUBCASE("channels_per_namespace = 1: the threads share the one channel") {
+        per_namespace = 1;
+    }
+    auto c = connect(d, ClientOptions{.channels_per_namespace = per_namespace});
+    auto udp = spec(AF_INET, SOCK_DGRAM);
+    REQUIRE(in_netns(c.socket(Netns::name(ns.name()), udp), ns.inode()));
+    REQUIRE(c.direct_channels() == 1);
+    pid_t worker = worker_of(c, ns.inode());
+    REQUIRE(worker > 0);
+    Result<Socket> first = make_error(ErrorCode::internal, "not run");
+    Result<Socket> second = make_error(ErrorCode::internal, "not run");
+    std::thread a;
+    std::thread b;
+    {
+        // With the worker stopped, the first call holds the channel until
+        // the second is on its way too.
+        Stopped held(worker);
+        a = std::thread([&] { first = c.socket(Netns::name(ns.name()), udp); });
+        CHECK(wait_for([&] { return queued_to(worker) > 0; }));
+        long queued = queued_to(worker);
+        b = std::thread([&] { second = c.socket(Netns::name(ns.name()), udp); });
+        CHECK(wait_for([&] { return queued_to(worker) > queued; }));
+    }
+    a.join();
+    b.join();
+    CHECK(in_netns(first, ns.inode()));
+    CHECK(in_netns(second, ns.inode()));
+    CHECK(c.direct_channels() == std::min<std::size_t>(2, per_namespace));
+    // Every channel serves, alone or together.
+    std::vector<std::thread> threads;
+    std::atomic<int> right{0};
+    for (int t = 0; t < 8; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < 50; ++i) {
+                auto s = c.socket(Netns::name(ns.name()), udp);
+                if (s && socket_netns_inode(s->fd()) == ns.inode()) {
+                    ++right;
+                }
+            }
+        });
+    }
+    for (auto& t : threads) {
+        t.join();
+    }
+    CHECK(right == 8 * 50);
+    CHECK(c.direct_channels() <= per_namespace);
+    CHECK(c.direct_channels() >= 1);
+}
+
 TEST_CASE("SIGHUP revokes direct channels: the next request is judged by the new policy") {
     TestNetns ns("reload");
     Daemon d;

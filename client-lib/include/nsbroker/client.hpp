@@ -93,8 +93,15 @@ struct Completion {
 struct ClientOptions {
     // Ask nsbrokerd for direct channels to workers and use them.
     bool direct_channels = true;
-    // The most channels held at once; past it, the least used one closes.
+    // The most channels held at once; past it, the namespace used least
+    // loses its channels.
     std::size_t max_direct_channels = 16;
+    // The most channels held to one namespace. A blocking call that finds
+    // every one busy with another thread's call asks nsbrokerd for one more
+    // (counted in both bounds, and in nsbrokerd's per-uid bound), so that
+    // threads sharing the Client do not wait on each other's replies; 1
+    // shares one channel among all threads.
+    std::size_t channels_per_namespace = 4;
     // Sockets made ahead of time, per kind (family, type, protocol) and
     // direct channel, refilled in batches on the channel; 0 keeps none. A
     // socket() or sockets() call for one kind of socket (not submit_sockets)
