@@ -515,7 +515,7 @@ struct Reservoir {
 struct HeldChannel {
     std::vector<std::shared_ptr<Link>> lanes;
     std::uint64_t uses = 0;
-    bool full = false; // nsbrokerd granted no further one: none is asked again
+    bool full = false;                    // nsbrokerd granted no further one: none is asked again
     std::shared_ptr<Reservoir> reservoir; // when ClientOptions::reservoir asks for one
 };
 

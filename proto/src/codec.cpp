@@ -1133,6 +1133,209 @@ std::optional<std::string> encode_socket_request(const Request& r) {
     return out;
 }
 
+// A socket request on a worker channel, of the shape the library sends
+// (encode_socket_request), read in one pass without building a tree: the
+// request a channel serves most, read at the cost of its bytes. The reader
+// takes only what the full decoder would take to the same request, and
+// leaves everything else to it (another shape or field, a number where it
+// expects a name, a value out of range, a repeated key), which refuses or
+// reads it with its precise errors. fuzz_decoder holds the two to the same
+// result.
+class ChannelRequestSax {
+  public:
+    using number_integer_t = json::number_integer_t;
+    using number_unsigned_t = json::number_unsigned_t;
+    using number_float_t = json::number_float_t;
+    using string_t = json::string_t;
+    using binary_t = json::binary_t;
+
+    // The request, when the message had exactly that shape and is whole.
+    std::optional<Request> result() {
+        const unsigned required = bit(Field::id) | bit(Field::op) | bit(Field::sockets);
+        if (!done_ || (top_keys_ & required) != required || request_.specs.empty() ||
+            socket_count(request_.specs) > max_fds_per_message) {
+            return std::nullopt;
+        }
+        for (const auto& spec : request_.specs) {
+            if (check_socket_spec(spec)) {
+                return std::nullopt;
+            }
+        }
+        return std::move(request_);
+    }
+
+    bool null() { return false; }
+    bool boolean(bool) { return false; }
+    bool number_integer(number_integer_t) { return false; } // negative
+    bool number_unsigned(number_unsigned_t value) {
+        if (level_ == Level::top && field_ == Field::id) {
+            request_.id = value;
+            return true;
+        }
+        if (level_ != Level::entry) {
+            return false;
+        }
+        switch (field_) {
+        case Field::protocol:
+            return in_range(spec_.protocol, value, 0, max_protocol);
+        case Field::listen:
+            spec_.listen.emplace();
+            return in_range(*spec_.listen, value, 0, max_listen_backlog);
+        case Field::count:
+            return in_range(spec_.count, value, 1U, static_cast<unsigned>(max_fds_per_message));
+        default:
+            return false;
+        }
+    }
+    bool number_float(number_float_t, const string_t&) { return false; }
+    bool string(string_t& value) {
+        if (level_ == Level::top) {
+            return field_ == Field::op && value == "socket";
+        }
+        if (level_ == Level::flags) {
+            spec_.nonblock = spec_.nonblock || value == "nonblock";
+            return value == "nonblock" || value == "cloexec";
+        }
+        if (level_ != Level::entry) {
+            return false;
+        }
+        auto set_named = [](int& target, std::optional<int> v) {
+            target = v.value_or(0);
+            return v.has_value();
+        };
+        switch (field_) {
+        case Field::family:
+            return set_named(spec_.family, family_from_name(value));
+        case Field::type:
+            return set_named(spec_.type, type_from_name(value));
+        case Field::bind:
+            spec_.bind = std::move(value);
+            return true;
+        case Field::connect:
+            spec_.connect = std::move(value);
+            return true;
+        default:
+            return false;
+        }
+    }
+    bool binary(binary_t&) { return false; }
+    bool start_object(std::size_t) {
+        if (level_ == Level::outside) {
+            level_ = Level::top;
+            return true;
+        }
+        if (level_ == Level::list && request_.specs.size() < max_fds_per_message) {
+            level_ = Level::entry;
+            spec_ = SocketSpec{};
+            entry_keys_ = 0;
+            return true;
+        }
+        return false;
+    }
+    bool key(string_t& name) {
+        if (level_ == Level::top) {
+            field_ = name == "id"        ? Field::id
+                     : name == "op"      ? Field::op
+                     : name == "sockets" ? Field::sockets
+                                         : Field::other;
+        } else {
+            field_ = name == "family"     ? Field::family
+                     : name == "type"     ? Field::type
+                     : name == "protocol" ? Field::protocol
+                     : name == "flags"    ? Field::flags
+                     : name == "bind"     ? Field::bind
+                     : name == "listen"   ? Field::listen
+                     : name == "connect"  ? Field::connect
+                     : name == "count"    ? Field::count
+                                          : Field::other;
+        }
+        unsigned& seen = level_ == Level::top ? top_keys_ : entry_keys_;
+        if (field_ == Field::other || (seen & bit(field_)) != 0) {
+            return false;
+        }
+        seen |= bit(field_);
+        return true;
+    }
+    bool end_object() {
+        if (level_ == Level::entry) {
+            const unsigned required = bit(Field::family) | bit(Field::type);
+            if ((entry_keys_ & required) != required) {
+                return false;
+            }
+            request_.specs.push_back(std::move(spec_));
+            level_ = Level::list;
+            return true;
+        }
+        level_ = Level::outside;
+        done_ = true;
+        return true;
+    }
+    bool start_array(std::size_t) {
+        if (level_ == Level::top && field_ == Field::sockets) {
+            level_ = Level::list;
+            return true;
+        }
+        if (level_ == Level::entry && field_ == Field::flags) {
+            level_ = Level::flags;
+            return true;
+        }
+        return false;
+    }
+    bool end_array() {
+        level_ = level_ == Level::list ? Level::top : Level::entry;
+        return true;
+    }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
+        return false;
+    }
+
+  private:
+    enum class Level { outside, top, list, entry, flags };
+    enum class Field {
+        id,
+        op,
+        sockets,
+        family,
+        type,
+        protocol,
+        flags,
+        bind,
+        listen,
+        connect,
+        count,
+        other
+    };
+
+    static constexpr unsigned bit(Field field) { return 1U << static_cast<unsigned>(field); }
+
+    template <typename T>
+    static bool in_range(T& target, number_unsigned_t value, T min, T max) {
+        target = static_cast<T>(value);
+        return value >= static_cast<number_unsigned_t>(min) &&
+               value <= static_cast<number_unsigned_t>(max);
+    }
+
+    Level level_ = Level::outside;
+    Field field_ = Field::other;
+    bool done_ = false;
+    Request request_{0, Op::socket, std::nullopt, {}, false};
+    SocketSpec spec_;
+    // The keys read so far in the message's object and in the current entry.
+    unsigned top_keys_ = 0;
+    unsigned entry_keys_ = 0;
+};
+
+std::optional<Request> decode_channel_request_fast(std::string_view bytes) {
+    if (bytes.size() > max_message_size) {
+        return std::nullopt;
+    }
+    ChannelRequestSax sax;
+    if (!json::sax_parse(bytes.begin(), bytes.end(), &sax)) {
+        return std::nullopt;
+    }
+    return sax.result();
+}
+
 } // namespace
 
 std::string encode_request(const Request& r) {
@@ -1208,6 +1411,13 @@ std::variant<Request, RequestError> decode_request(std::string_view bytes) {
 }
 
 std::variant<Request, RequestError> decode_channel_request(std::string_view bytes) {
+    if (auto fast = decode_channel_request_fast(bytes)) {
+        return std::move(*fast);
+    }
+    return decode_request_for(bytes, Recipient::worker_channel);
+}
+
+std::variant<Request, RequestError> decode_channel_request_in_full(std::string_view bytes) {
     return decode_request_for(bytes, Recipient::worker_channel);
 }
 

@@ -463,3 +463,93 @@ TEST_CASE("a key repeated in a reply is refused") {
     }
     CHECK_FALSE(reply_id(R"({"id":1,"ok":true,"id":2,"sockets":[]})").has_value());
 }
+
+TEST_CASE("a channel request reads the same by the quick reader as by the full decoder") {
+    // The library's own encodings, which the quick reader takes.
+    std::vector<std::string> inputs;
+    auto add = [&](const std::vector<SocketSpec>& specs) {
+        Request r{11, Op::socket, std::nullopt, specs, false};
+        inputs.push_back(encode_request(r));
+    };
+    SocketSpec udp;
+    udp.family = AF_INET;
+    udp.type = SOCK_DGRAM;
+    SocketSpec listener;
+    listener.family = AF_INET6;
+    listener.type = SOCK_STREAM;
+    listener.protocol = IPPROTO_TCP;
+    listener.nonblock = true;
+    listener.bind = "[::1]:0";
+    listener.listen = 16;
+    SocketSpec connecting;
+    connecting.family = AF_INET;
+    connecting.type = SOCK_STREAM;
+    connecting.connect = "127.0.0.1:80";
+    SocketSpec route;
+    route.family = AF_NETLINK;
+    route.type = SOCK_RAW;
+    route.protocol = NETLINK_ROUTE;
+    route.count = 253;
+    add({udp});
+    add({listener, connecting});
+    add({route});
+    add({udp, udp, listener});
+    // Everything else goes to the full decoder, and reads or fails as it says.
+    for (
+        const char* text : {
+            R"({"id":1,"op":"socket","sockets":[{"type":"dgram","family":"inet"}],"netns":{"name":"a"}})",
+            R"({"id":1,"op":"socket","sockets":[{"family":2,"type":"dgram"}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","protocol":"udp"}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","count":0}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","count":254}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","count":200},
+                 {"family":"inet","type":"dgram","count":54}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","listen":65536}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","protocol":70000}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","type":"stream"}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram"}],"id":2})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"stream","listen":1,
+                 "connect":"127.0.0.1:1"}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","bind":"nowhere"}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","flags":["x"]}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","flags":[1]}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","options":{}}]})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet"}]})",
+            R"({"id":1,"op":"socket","sockets":[]})",
+            R"({"id":1,"op":"ping","sockets":[{"family":"inet","type":"dgram"}]})",
+            R"({"id":-1,"op":"socket","sockets":[{"family":"inet","type":"dgram"}]})",
+            R"({"op":"socket","sockets":[{"family":"inet","type":"dgram"}]})",
+            R"({"id":1,"op":"socket","socket":{"family":"inet","type":"dgram"}})",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram"}]} x)",
+            R"({"id":1,"op":"socket","sockets":[{"family":"inet","type":"dgram","bind":"\u00e9"}]})",
+        }) {
+        inputs.emplace_back(text);
+    }
+    for (const auto& input : inputs) {
+        CAPTURE(input);
+        auto quick = decode_channel_request(input);
+        auto full = decode_channel_request_in_full(input);
+        REQUIRE(quick.index() == full.index());
+        if (const auto* r = std::get_if<Request>(&quick)) {
+            const auto& f = std::get<Request>(full);
+            CHECK(r->id == f.id);
+            CHECK(r->op == f.op);
+            CHECK(r->specs == f.specs);
+            CHECK_FALSE(r->netns.has_value());
+            CHECK_FALSE(r->channel);
+        } else {
+            const auto& q = std::get<RequestError>(quick);
+            const auto& f = std::get<RequestError>(full);
+            CHECK(q.id == f.id);
+            CHECK(q.error.code == f.error.code);
+            CHECK(q.error.message == f.error.message);
+        }
+    }
+    // The library's own requests are read, whole.
+    auto first = decode_channel_request(inputs[1]);
+    REQUIRE(std::holds_alternative<Request>(first));
+    const auto& specs = std::get<Request>(first).specs;
+    REQUIRE(specs.size() == 2);
+    CHECK(specs[0] == listener);
+    CHECK(specs[1] == connecting);
+}
