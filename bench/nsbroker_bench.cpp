@@ -165,7 +165,7 @@ class Forked {
 };
 
 // A worker without nsbroker: joins the namespace, then answers every
-// message on fd with one socket, until fd closes.
+// message on fd with as many sockets as its length, until fd closes.
 void serve_sockets(int namespace_fd, int fd) {
     if (::setns(namespace_fd, CLONE_NEWNET) < 0) {
         return;
@@ -175,18 +175,21 @@ void serve_sockets(int namespace_fd, int fd) {
         if (job.status != proto::ReceiveStatus::message) {
             return;
         }
-        UniqueFd s{::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)};
-        int fds[1] = {s.get()};
-        proto::send_message(fd, "s", fds);
+        std::vector<UniqueFd> made;
+        for (std::size_t i = 0; i < job.message.data.size(); ++i) {
+            made.emplace_back(::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0));
+        }
+        proto::send_message(fd, "s", proto::raw_fds(made));
     }
 }
 
-// Sends one byte on fd and expects a socket back.
-void ask_for_socket(int fd) {
-    proto::send_message(fd, "socket");
+// Asks the relay on fd for count sockets (one byte each) and expects them.
+void ask_for_sockets(int fd, std::size_t count = 1) {
+    proto::send_message(fd, std::string(count, 's'));
     auto r = proto::receive_message(fd);
-    if (r.message.fds.size() != 1) {
-        die("the relay sent no socket");
+    if (r.message.fds.size() != count) {
+        die("the relay sent " + std::to_string(r.message.fds.size()) + " sockets, not " +
+            std::to_string(count));
     }
 }
 
@@ -212,7 +215,14 @@ Row fork_per_socket(int iterations, int namespace_fd) {
 Row one_hop_relay(int iterations, int namespace_fd) {
     Forked worker([&](int fd) { serve_sockets(namespace_fd, fd); });
     return measure("relay-1hop", "bare relay: 1 process, no JSON", iterations, 1,
-                   [&] { ask_for_socket(worker.fd()); });
+                   [&] { ask_for_sockets(worker.fd()); });
+}
+
+// The floor of a batch on a direct channel: the same relay, 253 sockets a message.
+Row one_hop_relay_batch(int iterations, int namespace_fd) {
+    Forked worker([&](int fd) { serve_sockets(namespace_fd, fd); });
+    return measure("relay-1hop-253", "bare relay: 1 process, no JSON, 253 sockets a message",
+                   iterations, 253, [&] { ask_for_sockets(worker.fd(), 253); });
 }
 
 // The floor of any design through a daemon: client -> relay process ->
@@ -231,7 +241,7 @@ Row two_hop_relay(int iterations, int namespace_fd) {
         }
     });
     return measure("relay-2hop", "bare relay: 2 processes, no JSON", iterations, 1,
-                   [&] { ask_for_socket(relay.fd()); });
+                   [&] { ask_for_sockets(relay.fd()); });
 }
 
 // ---- nsbroker ---------------------------------------------------------------
@@ -464,7 +474,7 @@ MemoryRow idle_worker_memory(Client& client, std::string mode, int workers) {
         spaces.push_back(std::make_unique<test::TestNetns>("idle"));
         one_socket(client, Netns::name(spaces.back()->name()));
     }
-    MemoryRow row{std::move(mode), workers, 0, 0, 0};
+    MemoryRow row{std::move(mode), workers, 0, 0, 0, 0};
     for (const auto& ns : spaces) {
         const pid_t pid = worker_of(client, ns->name());
         std::ifstream file("/proc/" + std::to_string(pid) + "/smaps_rollup");
@@ -475,12 +485,14 @@ MemoryRow idle_worker_memory(Client& client, std::string mode, int workers) {
         }
         const std::string text = rollup.str();
         row.pss_kib += smaps_field(text, "Pss");
+        row.pss_file_kib += smaps_field(text, "Pss_File");
         row.rss_kib += smaps_field(text, "Rss");
         row.private_kib += smaps_field(text, "Private_Clean") + smaps_field(text, "Private_Dirty");
     }
     row.pss_kib /= workers;
     row.rss_kib /= workers;
     row.private_kib /= workers;
+    row.pss_file_kib /= workers;
     return row;
 }
 
@@ -629,6 +641,7 @@ int run(int argc, char** argv) {
     report.add(fork_per_socket(n / 4, target.get()));
     report.add(one_hop_relay(n, target.get()));
     report.add(two_hop_relay(n, target.get()));
+    report.add(one_hop_relay_batch(std::max(n / 20, 10), target.get()));
 
     // nsbroker, in its default worker mode (fork).
     const auto netns = Netns::name(ns.name());
@@ -722,6 +735,7 @@ int run(int argc, char** argv) {
     report.compare("channel", "daemon");
     report.compare("reservoir", "channel");
     report.compare("channel-253", "daemon-253");
+    report.compare("channel-253", "relay-1hop-253");
     report.compare("cold-fork", "fork");
     report.compare("cold-exec", "fork");
     report.compare("cold-fork-nospare", "fork");

@@ -145,11 +145,11 @@ void Report::print_tables(std::FILE* out) const {
     }
 
     if (!memory_.empty()) {
-        std::fprintf(out, "\n%-24s  %8s  %8s  %8s  %11s\n", "idle worker, worker mode", "workers",
-                     "PSS KiB", "RSS KiB", "private KiB");
+        std::fprintf(out, "\n%-24s  %8s  %8s  %14s  %8s  %11s\n", "idle worker, worker mode",
+                     "workers", "PSS KiB", "of files KiB", "RSS KiB", "private KiB");
         for (const auto& m : memory_) {
-            std::fprintf(out, "%-24s  %8d  %8ld  %8ld  %11ld\n", m.worker_mode.c_str(), m.workers,
-                         m.pss_kib, m.rss_kib, m.private_kib);
+            std::fprintf(out, "%-24s  %8d  %8ld  %14ld  %8ld  %11ld\n", m.worker_mode.c_str(),
+                         m.workers, m.pss_kib, m.pss_file_kib, m.rss_kib, m.private_kib);
         }
     }
 }
@@ -184,6 +184,7 @@ Json Report::to_json() const {
         memory.push_back({{"worker_mode", m.worker_mode},
                           {"workers", m.workers},
                           {"pss_kib", m.pss_kib},
+                          {"pss_file_kib", m.pss_file_kib},
                           {"rss_kib", m.rss_kib},
                           {"private_kib", m.private_kib}});
     }

@@ -53,6 +53,10 @@ struct MemoryRow {
     long pss_kib = 0;
     long rss_kib = 0;
     long private_kib = 0; // Private_Clean + Private_Dirty
+    // The part of the PSS that is a share of pages mapped from files (the
+    // program's and its libraries' code and data), which every process
+    // running that code shares.
+    long pss_file_kib = 0;
 };
 
 class Report {
