@@ -527,7 +527,7 @@ TEST_CASE("a worker killed mid-request fails that request; the next one gets a n
             pending = t.udp();
             done = true;
         });
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        CHECK(wait_for([&] { return queued_to(worker) > 0; }));
         CHECK_FALSE(done.load());
         ::kill(worker, SIGKILL);
         caller.join();
@@ -832,7 +832,7 @@ TEST_CASE("SIGTERM with a request stuck at a worker answers it, then exits 0") {
     ::kill(worker, SIGSTOP);
     Result<Socket> pending = make_error(ErrorCode::internal, "not run");
     std::thread caller([&] { pending = t.udp(); });
-    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    CHECK(wait_for([&] { return queued_to(worker) > 0; }));
     // The daemon waits for the worker, then kills it; the request fails cleanly.
     CHECK(t.d.stop(SIGTERM, std::chrono::seconds(20)) == 0);
     caller.join();
@@ -865,7 +865,7 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         Result<Socket> first = make_error(ErrorCode::internal, "not run");
         std::thread holder([&] { first = t.udp(); });
         // The stopped worker holds the first request.
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        CHECK(wait_for([&] { return queued_to(worker) > 0; }));
         auto second = t.udp();
         REQUIRE_FALSE(second);
         CHECK(second.error().code == ErrorCode::limit);
@@ -886,7 +886,7 @@ TEST_CASE("limits: connections per uid, requests in flight, workers, and slow wo
         ::kill(busy, SIGSTOP);
         std::thread holder(
             [&] { (void)c.socket(Netns::name(b.name()), spec(AF_INET, SOCK_DGRAM)); });
-        std::this_thread::sleep_for(std::chrono::milliseconds(200));
+        CHECK(wait_for([&] { return queued_to(busy) > 0; }));
         auto refused = c.socket(Netns::name(a.name()), spec(AF_INET, SOCK_DGRAM));
         REQUIRE_FALSE(refused);
         CHECK(refused.error().code == ErrorCode::limit);

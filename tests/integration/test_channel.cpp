@@ -183,29 +183,6 @@ std::string nobody_policy(const std::string& netns_name, const std::string& type
            netns_name + R"("]}, "types": [)" + types + "]}]}";
 }
 
-// Unread bytes queued to the unix sockets of process pid, as ss(8) sees them.
-long queued_to(pid_t pid) {
-    std::string table = run_output("ss -x -a -p -H 2>/dev/null");
-    long total = 0;
-    std::size_t start = 0;
-    const std::string mark = "pid=" + std::to_string(pid) + ",";
-    while (start < table.size()) {
-        std::size_t end = table.find('\n', start);
-        std::string line = table.substr(start, end - start);
-        start = end == std::string::npos ? table.size() : end + 1;
-        if (line.find(mark) == std::string::npos) {
-            continue;
-        }
-        char netid[16] = {};
-        char state[16] = {};
-        long recv_q = 0;
-        if (std::sscanf(line.c_str(), "%15s %15s %ld", netid, state, &recv_q) == 3) {
-            total += recv_q;
-        }
-    }
-    return total;
-}
-
 } // namespace
 
 TEST_CASE("a direct channel serves requests while nsbrokerd itself is stopped") {

@@ -428,6 +428,28 @@ bool process_alive(pid_t pid) {
     return close != std::string::npos && close + 2 < line.size() && line[close + 2] != 'Z';
 }
 
+long queued_to(pid_t pid) {
+    std::string table = run_output("ss -x -a -p -H 2>/dev/null");
+    long total = 0;
+    std::size_t start = 0;
+    const std::string mark = "pid=" + std::to_string(pid) + ",";
+    while (start < table.size()) {
+        std::size_t end = table.find('\n', start);
+        std::string line = table.substr(start, end - start);
+        start = end == std::string::npos ? table.size() : end + 1;
+        if (line.find(mark) == std::string::npos) {
+            continue;
+        }
+        char netid[16] = {};
+        char state[16] = {};
+        long recv_q = 0;
+        if (std::sscanf(line.c_str(), "%15s %15s %ld", netid, state, &recv_q) == 3) {
+            total += recv_q;
+        }
+    }
+    return total;
+}
+
 bool wait_for(const std::function<bool()>& pred, std::chrono::milliseconds timeout) {
     auto deadline = std::chrono::steady_clock::now() + timeout;
     while (!pred()) {

@@ -144,6 +144,9 @@ ino_t socket_netns_inode(int fd);
 int socket_option(int fd, int option);
 // Whether a process exists (and is not a zombie).
 bool process_alive(pid_t pid);
+// Unread bytes queued to the unix sockets of process pid, as ss(8) sees
+// them: a request waits there for a stopped worker.
+long queued_to(pid_t pid);
 // Waits until pred() holds, polling; false on timeout.
 bool wait_for(const std::function<bool()>& pred,
               std::chrono::milliseconds timeout = std::chrono::seconds(10));
