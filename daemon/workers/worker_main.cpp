@@ -652,7 +652,7 @@ int run_worker(const WorkerFilter* filter) {
             }
             filter = &passed.emplace(std::move(*read));
         }
-        if (auto prepared = prepare_confinement(); !prepared) {
+        if (auto prepared = prepare_confinement(*filter); !prepared) {
             send_reply(channel, proto::Reply{0, prepared.error()});
             return 1;
         }

@@ -5,17 +5,25 @@
 //   2. PR_SET_KEEPCAPS, so that taking a caller's uid never empties the
 //      permitted set (it would when the worker runs as root for a root
 //      caller and then as another uid for the next one);
-//   3. ambient set cleared.
+//   3. ambient set cleared;
+//   4. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
+//   5. the entry filter: the worker's seccomp allowlist, and what joining
+//      the namespace takes besides (dup2, fstatfs, the NS_GET_NSTYPE ioctl,
+//      setns, openat for the namespace's sysctl, and seccomp for step 7).
 // After setns and the check of where it is (confine_worker):
-//   4. capabilities reduced to CAP_NET_RAW,
+//   6. capabilities reduced to CAP_NET_RAW,
 //      CAP_NET_BIND_SERVICE and CAP_NET_ADMIN (raw and packet sockets,
 //      low ports, bindtodevice/mark/transparent/net_admin) and CAP_SETUID
 //      and CAP_SETGID (each job's sockets are made as its caller);
-//   5. PR_SET_NO_NEW_PRIVS and PR_SET_DUMPABLE 0;
-//   6. a seccomp allowlist: anything else fails with EPERM. Identity changes
-//      may touch effective ids only, never the real or saved ones. The
-//      daemon compiles it once (WorkerFilter); the worker loads the program
-//      with seccomp(2), as libseccomp's seccomp_load would.
+//   7. the settle filter, which refuses those extras: the two together
+//      allow exactly the allowlist, and anything else fails with EPERM.
+//      Identity changes may touch effective ids only, never the real or
+//      saved ones.
+// The kernel takes about as long to check and compile the allowlist as a
+// fork per socket takes; loading it before the namespace is known keeps
+// that off a first request, and the settle filter is a few instructions.
+// The daemon compiles both once (WorkerFilter); the worker loads them with
+// seccomp(2), as libseccomp's seccomp_load would.
 // The worker keeps the daemon's real uid; without the allowlist, that uid
 // could still open the daemon's files, so the filter is what closes files,
 // exec, setns and namespace creation.
@@ -23,6 +31,7 @@
 
 #include <fcntl.h>
 #include <linux/capability.h>
+#include <linux/nsfs.h>
 #include <linux/seccomp.h>
 #include <linux/sockios.h>
 #include <seccomp.h>
@@ -51,11 +60,43 @@ bool has_effective(cap_value_t cap) {
     return caps && cap_get_flag(caps.get(), cap, CAP_EFFECTIVE, &value) == 0 && value == CAP_SET;
 }
 
-// The system calls a worker makes: its channels, making and configuring
-// sockets, naming interfaces, reading the sysctl it opened before, lowering
-// and raising its effective capabilities (never beyond the permitted five),
-// taking a caller's effective ids, memory, logging, and exit.
-Result<void> write_filter(int fd) {
+// What joining a namespace takes beyond the allowlist: the entry filter
+// allows these, and the settle filter refuses them again. The ioctl is the
+// one request the allowlist's other ioctls do not cover.
+constexpr int entry_calls[] = {SCMP_SYS(dup2), SCMP_SYS(fstatfs), SCMP_SYS(setns), SCMP_SYS(openat),
+                               SCMP_SYS(seccomp)};
+constexpr scmp_datum_t entry_ioctl = NS_GET_NSTYPE;
+
+// The settle filter: everything but the entry filter's extras.
+Result<void> write_settle_filter(int fd) {
+    std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ALLOW),
+                                                            seccomp_release);
+    if (!filter) {
+        return kernel_error("seccomp_init", ENOMEM);
+    }
+    for (int call : entry_calls) {
+        if (int r = seccomp_rule_add(filter.get(), SCMP_ACT_ERRNO(EPERM), call, 0); r < 0) {
+            return kernel_error("seccomp_rule_add", -r);
+        }
+    }
+    const scmp_arg_cmp second_argument{1, SCMP_CMP_EQ, entry_ioctl, 0};
+    if (int r = seccomp_rule_add_array(filter.get(), SCMP_ACT_ERRNO(EPERM), SCMP_SYS(ioctl), 1,
+                                       &second_argument);
+        r < 0) {
+        return kernel_error("seccomp_rule_add(ioctl)", -r);
+    }
+    if (int r = seccomp_export_bpf(filter.get(), fd); r < 0) {
+        return kernel_error("seccomp_export_bpf", -r);
+    }
+    return {};
+}
+
+// The entry filter: the system calls a worker makes (its channels, making
+// and configuring sockets, naming interfaces, reading the sysctl it opened
+// before, lowering and raising its effective capabilities, never beyond the
+// permitted five, taking a caller's effective ids, memory, logging, and
+// exit), and those of joining its namespace.
+Result<void> write_entry_filter(int fd) {
     std::unique_ptr<void, void (*)(scmp_filter_ctx)> filter(seccomp_init(SCMP_ACT_ERRNO(EPERM)),
                                                             seccomp_release);
     if (!filter) {
@@ -84,6 +125,7 @@ Result<void> write_filter(int fd) {
         SCMP_SYS(ppoll),
     };
     std::vector<int> calls(std::begin(allowed), std::end(allowed));
+    calls.insert(calls.end(), std::begin(entry_calls), std::end(entry_calls));
 #if defined(__SANITIZE_ADDRESS__)
     // AddressSanitizer asks for the signal stack whenever an exception is
     // thrown (a worker throws on a malformed request from a direct channel).
@@ -96,7 +138,8 @@ Result<void> write_filter(int fd) {
     }
     // ioctl only to turn interface names into indexes and back, and to see
     // whether a direct channel's caller has read its replies.
-    for (scmp_datum_t request : {SIOCGIFINDEX, SIOCGIFNAME, SIOCOUTQ}) {
+    for (scmp_datum_t request : {scmp_datum_t{SIOCGIFINDEX}, scmp_datum_t{SIOCGIFNAME},
+                                 scmp_datum_t{SIOCOUTQ}, entry_ioctl}) {
         const scmp_arg_cmp second_argument{1, SCMP_CMP_EQ, request, 0};
         if (int r = seccomp_rule_add_array(filter.get(), SCMP_ACT_ALLOW, SCMP_SYS(ioctl), 1,
                                            &second_argument);
@@ -126,12 +169,36 @@ Result<void> write_filter(int fd) {
     return {};
 }
 
-// A program longer than this is not one write_filter made (the kernel's own
-// limit is BPF_MAXINSNS, 4096 instructions).
-constexpr std::size_t max_filter_bytes = 4096 * sizeof(sock_filter);
+// The memfd WorkerFilter::compile writes: a first record whose k is the
+// length of the entry program, then the entry program, then the settle
+// program. Longer than this it is not one compile() made (the kernel's own
+// limit is BPF_MAXINSNS, 4096 instructions a program).
+constexpr std::size_t max_filter_bytes = (1 + 2 * 4096) * sizeof(sock_filter);
 
-// The program in a memfd that compile() made, checked to be sealed.
-Result<std::vector<sock_filter>> read_program(BorrowedFd sealed) {
+Result<void> write_programs(int fd) {
+    const sock_filter placeholder{};
+    if (::write(fd, &placeholder, sizeof(placeholder)) != sizeof(placeholder)) {
+        return kernel_error("write(filter)");
+    }
+    if (auto written = write_entry_filter(fd); !written) {
+        return written;
+    }
+    off_t end = ::lseek(fd, 0, SEEK_END);
+    if (end < 0) {
+        return kernel_error("lseek(filter)");
+    }
+    const sock_filter header{
+        0, 0, 0,
+        static_cast<std::uint32_t>(static_cast<std::size_t>(end) / sizeof(sock_filter) - 1)};
+    if (::pwrite(fd, &header, sizeof(header), 0) != sizeof(header)) {
+        return kernel_error("pwrite(filter)");
+    }
+    return write_settle_filter(fd);
+}
+
+// The two programs in a memfd that compile() made, checked to be sealed.
+Result<std::pair<std::vector<sock_filter>, std::vector<sock_filter>>>
+read_programs(BorrowedFd sealed) {
     // Only a program no one can change is worth loading in every worker.
     constexpr int all_seals = F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL;
     int seals = ::fcntl(sealed.get(), F_GET_SEALS);
@@ -149,15 +216,21 @@ Result<std::vector<sock_filter>> read_program(BorrowedFd sealed) {
     if (size == 0 || size > max_filter_bytes || size % sizeof(sock_filter) != 0) {
         return make_error(ErrorCode::internal, "the worker's filter has a bad size");
     }
-    std::vector<sock_filter> program(size / sizeof(sock_filter));
-    ssize_t n = ::pread(sealed.get(), program.data(), size, 0);
+    std::vector<sock_filter> records(size / sizeof(sock_filter));
+    ssize_t n = ::pread(sealed.get(), records.data(), size, 0);
     if (n < 0) {
         return kernel_error("pread(filter)");
     }
     if (static_cast<std::size_t>(n) != size) {
         return make_error(ErrorCode::internal, "the worker's filter was cut short");
     }
-    return program;
+    const std::size_t entry = records.front().k;
+    if (entry == 0 || 1 + entry >= records.size()) {
+        return make_error(ErrorCode::internal, "the worker's filter has a bad layout");
+    }
+    const auto settle_begin = records.begin() + static_cast<std::ptrdiff_t>(1 + entry);
+    return std::pair{std::vector<sock_filter>(records.begin() + 1, settle_begin),
+                     std::vector<sock_filter>(settle_begin, records.end())};
 }
 
 } // namespace
@@ -167,30 +240,32 @@ Result<WorkerFilter> WorkerFilter::compile() {
     if (!memfd) {
         return kernel_error("memfd_create");
     }
-    if (auto written = write_filter(memfd.get()); !written) {
+    if (auto written = write_programs(memfd.get()); !written) {
         return std::move(written).error();
     }
     if (::fcntl(memfd.get(), F_ADD_SEALS,
                 F_SEAL_WRITE | F_SEAL_GROW | F_SEAL_SHRINK | F_SEAL_SEAL) < 0) {
         return kernel_error("F_ADD_SEALS");
     }
-    auto program = read_program(memfd.borrow());
-    if (!program) {
-        return std::move(program).error();
+    auto programs = read_programs(memfd.borrow());
+    if (!programs) {
+        return std::move(programs).error();
     }
     WorkerFilter filter;
     filter.sealed_ = std::move(memfd);
-    filter.program_ = std::move(*program);
+    filter.entry_ = std::move(programs->first);
+    filter.settle_ = std::move(programs->second);
     return filter;
 }
 
 Result<WorkerFilter> WorkerFilter::read(UniqueFd sealed) {
-    auto program = read_program(sealed.borrow());
-    if (!program) {
-        return std::move(program).error();
+    auto programs = read_programs(sealed.borrow());
+    if (!programs) {
+        return std::move(programs).error();
     }
     WorkerFilter filter;
-    filter.program_ = std::move(*program);
+    filter.entry_ = std::move(programs->first);
+    filter.settle_ = std::move(programs->second);
     return filter;
 }
 
@@ -199,8 +274,7 @@ namespace {
 // What seccomp_load does with the program, without compiling it again: no
 // flags, so no thread sync (a worker has one thread), no logging, no
 // speculation exceptions.
-Result<void> install_filter(const WorkerFilter& filter) {
-    const auto& program = filter.program();
+Result<void> install_filter(const std::vector<sock_filter>& program) {
     sock_fprog prog{static_cast<unsigned short>(program.size()),
                     const_cast<sock_filter*>(program.data())};
     if (::syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) < 0) {
@@ -229,7 +303,10 @@ Result<void> capset_effective(std::uint32_t effective) {
 
 } // namespace
 
-Result<void> prepare_confinement() {
+// Present only in builds with LeakSanitizer.
+extern "C" __attribute__((weak)) void __lsan_do_leak_check();
+
+Result<void> prepare_confinement(const WorkerFilter& filter) {
     // Clearing the bounding set needs CAP_SETPCAP, which a hardened unit may
     // not give. Without it the set stays as the unit left it; it only limits
     // what execve(2) could grant, and the worker can no longer execve.
@@ -246,21 +323,10 @@ Result<void> prepare_confinement() {
     if (::prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0) < 0 && errno != EINVAL) {
         return kernel_error("PR_CAP_AMBIENT_CLEAR_ALL", errno);
     }
-    return {};
-}
-
-// Present only in builds with LeakSanitizer.
-extern "C" __attribute__((weak)) void __lsan_do_leak_check();
-
-Result<void> confine_worker(const WorkerFilter& filter) {
     // A leak checker's end-of-process check needs /proc and clone(2), which
     // the filter forbids; in such a build, check now, and not again at exit.
     if (__lsan_do_leak_check != nullptr) {
         __lsan_do_leak_check();
-    }
-    // The five kept, all effective until the first job sets its own.
-    if (auto r = capset_effective(permitted_set); !r) {
-        return r;
     }
     if (::prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) {
         return kernel_error("PR_SET_NO_NEW_PRIVS", errno);
@@ -268,7 +334,15 @@ Result<void> confine_worker(const WorkerFilter& filter) {
     if (::prctl(PR_SET_DUMPABLE, 0, 0, 0, 0) < 0) {
         return kernel_error("PR_SET_DUMPABLE", errno);
     }
-    return install_filter(filter);
+    return install_filter(filter.entry());
+}
+
+Result<void> confine_worker(const WorkerFilter& filter) {
+    // The five kept, all effective until the first job sets its own.
+    if (auto r = capset_effective(permitted_set); !r) {
+        return r;
+    }
+    return install_filter(filter.settle());
 }
 
 Result<void> set_effective_capabilities(const WorkerCapabilities& caps) {

@@ -16,37 +16,44 @@
 
 namespace nsbroker::daemon {
 
-// The worker's seccomp allowlist as the BPF program the kernel runs.
-// Compiling it with libseccomp costs a worker more than everything else it
-// does before its first socket, so the daemon compiles it once and every
-// worker only loads it: a forked worker from the daemon's memory, an exec'd
-// one from a sealed memfd the daemon passes it.
+// The worker's seccomp allowlist as the BPF programs the kernel runs, in two
+// stages: the entry program allows the allowlist and what joining a
+// namespace takes besides, and the settle program, loaded over it once the
+// worker is in its namespace, refuses those extras again. Compiling them
+// with libseccomp costs a worker more than everything else it does before
+// its first socket, so the daemon compiles them once and every worker only
+// loads them: a forked worker from the daemon's memory, an exec'd one from a
+// sealed memfd the daemon passes it.
 class WorkerFilter {
   public:
-    // Compiles the allowlist into a sealed memfd, and reads it back.
+    // Compiles both programs into a sealed memfd, and reads them back.
     static Result<WorkerFilter> compile();
-    // The program in a sealed memfd made by compile(). Takes the memfd and
+    // The programs in a sealed memfd made by compile(). Takes the memfd and
     // closes it: the filter read holds none.
     static Result<WorkerFilter> read(UniqueFd sealed);
 
     // A compiled filter's memfd, for an exec'd worker. Its seals forbid any
-    // change, so the daemon and every worker load the same program.
+    // change, so the daemon and every worker load the same programs.
     [[nodiscard]] BorrowedFd sealed() const { return sealed_.borrow(); }
-    [[nodiscard]] const std::vector<sock_filter>& program() const { return program_; }
+    [[nodiscard]] const std::vector<sock_filter>& entry() const { return entry_; }
+    [[nodiscard]] const std::vector<sock_filter>& settle() const { return settle_; }
 
   private:
     UniqueFd sealed_;
-    std::vector<sock_filter> program_;
+    std::vector<sock_filter> entry_;
+    std::vector<sock_filter> settle_;
 };
 
 // The part of the privilege drop that takes nothing a worker needs to join
-// its namespace: the bounding set, PR_SET_KEEPCAPS, the ambient set. A spare
+// its namespace: the bounding set, PR_SET_KEEPCAPS, the ambient set,
+// PR_SET_NO_NEW_PRIVS, PR_SET_DUMPABLE, and filter's entry program. A spare
 // does it before it waits for its namespace.
-Result<void> prepare_confinement();
+Result<void> prepare_confinement(const WorkerFilter& filter);
 
-// Confines the calling process for good with filter as its seccomp filter,
-// after prepare_confinement. Call after setns and the namespace check, before
-// serving jobs; there is no way back.
+// Confines the calling process for good, after prepare_confinement with the
+// same filter: the five capabilities, and filter's settle program. Call
+// after setns and the namespace check, before serving jobs; there is no way
+// back.
 Result<void> confine_worker(const WorkerFilter& filter);
 
 // The network capabilities a confined worker keeps in its permitted set,

@@ -4,6 +4,8 @@
 // worker, and no one can change it.
 #include <doctest/doctest.h>
 #include <fcntl.h>
+#include <linux/nsfs.h>
+#include <linux/seccomp.h>
 #include <linux/sockios.h>
 #include <netinet/in.h>
 #include <poll.h>
@@ -12,12 +14,14 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
 #include <cerrno>
 #include <cstring>
+#include <vector>
 
 #include "workers/worker_sandbox.hpp"
 
@@ -46,7 +50,7 @@ int in_confined_child(Probe probe, const WorkerFilter& filter = compiled()) {
         ::close(result[0]);
         int netns = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
         unsigned char answer = 100;
-        if (netns >= 0 && prepare_confinement() && confine_worker(filter)) {
+        if (netns >= 0 && prepare_confinement(filter) && confine_worker(filter)) {
             answer = static_cast<unsigned char>(probe(netns));
         }
         if (::write(result[1], &answer, 1) != 1) {
@@ -84,6 +88,50 @@ TEST_CASE("a confined worker can no longer open files, exec, setns or unshare") 
               [](int netns) { return refused(::setns(netns, CLONE_NEWNET)) ? 0 : 1; }) == 0);
     CHECK(in_confined_child([](int) { return refused(::unshare(CLONE_NEWNET)) ? 0 : 1; }) == 0);
     CHECK(in_confined_child([](int) { return refused(static_cast<int>(::fork())) ? 0 : 1; }) == 0);
+}
+
+TEST_CASE("a worker joins its namespace between the two stages of its filter, and no more after") {
+    int result[2];
+    REQUIRE(::pipe2(result, O_CLOEXEC) == 0);
+    pid_t child = ::fork();
+    if (child == 0) {
+        ::close(result[0]);
+        unsigned char failed = 0;
+        auto step = [&](unsigned char bit, bool ok) {
+            failed |= ok ? 0 : bit;
+        };
+        int netns = ::open("/proc/self/ns/net", O_RDONLY | O_CLOEXEC);
+        step(1, netns >= 0 && prepare_confinement(compiled()));
+        // The entry stage: what joining takes, and still not the rest.
+        struct statfs fs {};
+        step(2, ::fstatfs(netns, &fs) == 0 && ::ioctl(netns, NS_GET_NSTYPE) == CLONE_NEWNET &&
+                    ::setns(netns, CLONE_NEWNET) == 0 && ::dup2(netns, 100) == 100);
+        int sysctl = ::openat(AT_FDCWD, "/proc/sys/net/ipv4/ip_unprivileged_port_start",
+                              O_RDONLY | O_CLOEXEC);
+        step(4, sysctl >= 0);
+        step(8, refused(::unshare(CLONE_NEWNET)) && refused(static_cast<int>(::fork())));
+        step(16, static_cast<bool>(confine_worker(compiled())));
+        // Settled: none of the extras is left.
+        step(32, refused(::fstatfs(netns, &fs)) && refused(::ioctl(netns, NS_GET_NSTYPE)) &&
+                     refused(::setns(netns, CLONE_NEWNET)) && refused(::dup2(netns, 101)) &&
+                     refused(::openat(AT_FDCWD, "/proc/self/status", O_RDONLY)) &&
+                     refused(static_cast<int>(
+                         ::syscall(SYS_seccomp, SECCOMP_SET_MODE_STRICT, 0, nullptr))));
+        // And the allowlist's own ioctls still work.
+        int queued = -1;
+        int udp = ::socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+        step(64, udp >= 0 && ::ioctl(udp, SIOCOUTQ, &queued) == 0);
+        if (::write(result[1], &failed, 1) != 1) {
+            ::_exit(1);
+        }
+        ::_exit(0);
+    }
+    ::close(result[1]);
+    unsigned char failed = 255;
+    CHECK(::read(result[0], &failed, 1) == 1);
+    ::close(result[0]);
+    ::waitpid(child, nullptr, 0);
+    CHECK(failed == 0);
 }
 
 TEST_CASE("a confined worker still makes every kind of socket it serves") {
@@ -150,9 +198,10 @@ TEST_CASE("a confined worker still waits on its channels and sees what a caller 
           }) == 0);
 }
 
-TEST_CASE("the compiled filter is sealed, and a worker reads back the same program") {
+TEST_CASE("the compiled filter is sealed, and a worker reads back the same programs") {
     const auto& filter = compiled();
-    REQUIRE(!filter.program().empty());
+    REQUIRE(!filter.entry().empty());
+    REQUIRE(!filter.settle().empty());
     auto copy = filter.sealed().duplicate();
     REQUIRE(copy);
     CHECK(::pwrite(copy.get(), "x", 1, 0) < 0);
@@ -160,9 +209,12 @@ TEST_CASE("the compiled filter is sealed, and a worker reads back the same progr
     CHECK(::ftruncate(copy.get(), 0) < 0);
     auto read = WorkerFilter::read(std::move(copy));
     REQUIRE(read);
-    REQUIRE(read->program().size() == filter.program().size());
-    CHECK(std::memcmp(read->program().data(), filter.program().data(),
-                      filter.program().size() * sizeof(sock_filter)) == 0);
+    REQUIRE(read->entry().size() == filter.entry().size());
+    CHECK(std::memcmp(read->entry().data(), filter.entry().data(),
+                      filter.entry().size() * sizeof(sock_filter)) == 0);
+    REQUIRE(read->settle().size() == filter.settle().size());
+    CHECK(std::memcmp(read->settle().data(), filter.settle().data(),
+                      filter.settle().size() * sizeof(sock_filter)) == 0);
     // An exec'd worker confines itself with the copy it read.
     CHECK(in_confined_child([](int) { return refused(::open("/etc/hostname", O_RDONLY)) ? 0 : 1; },
                             *read) == 0);
@@ -171,8 +223,12 @@ TEST_CASE("the compiled filter is sealed, and a worker reads back the same progr
 TEST_CASE("a filter that is not sealed is not loaded") {
     nsbroker::UniqueFd memfd{::memfd_create("unsealed", MFD_CLOEXEC | MFD_ALLOW_SEALING)};
     REQUIRE(memfd);
-    const auto& program = compiled().program();
-    const auto bytes = program.size() * sizeof(sock_filter);
-    REQUIRE(::write(memfd.get(), program.data(), bytes) == static_cast<ssize_t>(bytes));
+    auto sealed = compiled().sealed().duplicate();
+    REQUIRE(sealed);
+    struct stat st {};
+    REQUIRE(::fstat(sealed.get(), &st) == 0);
+    std::vector<char> bytes(static_cast<std::size_t>(st.st_size));
+    REQUIRE(::pread(sealed.get(), bytes.data(), bytes.size(), 0) == st.st_size);
+    REQUIRE(::write(memfd.get(), bytes.data(), bytes.size()) == st.st_size);
     CHECK(!WorkerFilter::read(std::move(memfd)));
 }
