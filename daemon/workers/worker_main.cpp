@@ -251,12 +251,14 @@ struct DirectChannel {
     bool revoked = false;
     std::size_t unread_fds = 0; // sent since the caller was last seen to have read all
     // A request read whose sockets would leave more than
-    // max_unread_fds_per_channel unread: served once the caller has read,
-    // or the channel closes when it has waited grant.stall_timeout.
+    // max_unread_fds_per_channel unread: served once the caller has read.
     std::optional<proto::Request> held;
-    std::chrono::steady_clock::time_point held_since;
-    // A reply the caller's queue had no room for, sent before anything else is read.
+    // A reply the caller's queue had no room for, sent before anything else
+    // is read.
     std::optional<std::pair<std::string, std::vector<UniqueFd>>> unsent;
+    // Since when the channel has waited for its caller to read, with a
+    // request held or a reply unsent: past grant.stall_timeout it closes.
+    std::chrono::steady_clock::time_point waiting_since;
 };
 
 class WorkerServer {
@@ -271,17 +273,18 @@ class WorkerServer {
             fds.assign(1, pollfd{control_, POLLIN, 0});
             polled.clear();
             bool throttled = false;
+            int stall_check = -1; // ms until an unsent reply has waited too long
             for (auto& channel : channels_) {
                 if (channel.held && !channel.unsent &&
                     (channel.revoked || has_room(channel, *channel.held))) {
                     proto::Request r = std::move(*channel.held);
                     channel.held.reset();
                     serve_request(channel, r);
-                } else if (channel.held && stalled_too_long(channel)) {
+                } else if ((channel.held || channel.unsent) && stalled_too_long(channel)) {
                     // Whether it will ever read is up to the caller; one
                     // whose own end waits in this channel's queue never
                     // will, and would keep the channel's place for good.
-                    spdlog::warn("worker {}: channel {}: its caller left its sockets unread for "
+                    spdlog::warn("worker {}: channel {}: its caller left its replies unread for "
                                  "{} s; closed",
                                  ::getpid(), channel.grant.id, channel.grant.stall_timeout);
                     close_channel(channel);
@@ -290,6 +293,7 @@ class WorkerServer {
                 short events = POLLIN;
                 if (channel.unsent) {
                     events = POLLOUT;
+                    stall_check = sooner(stall_check, ms_until_stalled(channel));
                 } else if (channel.held) {
                     throttled = true;
                     events = 0;
@@ -297,7 +301,7 @@ class WorkerServer {
                 fds.push_back(pollfd{channel.fd.get(), events, 0});
                 polled.push_back(&channel);
             }
-            int timeout = throttled ? unread_recheck_ms : -1;
+            int timeout = throttled ? unread_recheck_ms : stall_check;
             if (served_.requests != 0) {
                 timeout = timeout < 0 ? report_interval_ms : std::min(timeout, report_interval_ms);
             }
@@ -446,8 +450,23 @@ class WorkerServer {
 
     static bool stalled_too_long(const DirectChannel& channel) {
         return channel.grant.stall_timeout != 0 &&
-               std::chrono::steady_clock::now() - channel.held_since >=
+               std::chrono::steady_clock::now() - channel.waiting_since >=
                    std::chrono::seconds(channel.grant.stall_timeout);
+    }
+
+    // The sooner of two poll timeouts, where -1 is never.
+    static int sooner(int a, int b) { return a < 0 ? b : b < 0 ? a : std::min(a, b); }
+
+    // How long poll may wait before channel has waited too long for its
+    // caller, rounded up; -1 for never.
+    static int ms_until_stalled(const DirectChannel& channel) {
+        if (channel.grant.stall_timeout == 0) {
+            return -1;
+        }
+        auto left = channel.waiting_since + std::chrono::seconds(channel.grant.stall_timeout) -
+                    std::chrono::steady_clock::now();
+        return static_cast<int>(std::max<std::chrono::milliseconds::rep>(
+            1, std::chrono::ceil<std::chrono::milliseconds>(left).count()));
     }
 
     // Whether the sockets r asks for may be sent without leaving the caller
@@ -514,7 +533,7 @@ class WorkerServer {
         }
         if (!channel.revoked && !has_room(channel, r)) {
             channel.held = std::move(r);
-            channel.held_since = std::chrono::steady_clock::now();
+            channel.waiting_since = std::chrono::steady_clock::now();
             return;
         }
         serve_request(channel, r);
@@ -558,6 +577,7 @@ class WorkerServer {
             return;
         case proto::SendStatus::would_block:
             channel.unsent.emplace(std::move(bytes), std::move(fds));
+            channel.waiting_since = std::chrono::steady_clock::now();
             return;
         case proto::SendStatus::closed:
             close_channel(channel);

@@ -933,9 +933,71 @@ TEST_CASE("a channel's own end sent back on it, with sockets unread, does not ho
         CHECK(child.result() == 0);
         if (!killed) {
             CHECK(worker_of(c, ns.inode()) == worker);
-            CHECK(d.log().find("left its sockets unread for 1 s; closed") != std::string::npos);
+            CHECK(d.log().find("left its replies unread for 1 s; closed") != std::string::npos);
         }
     }
+}
+
+TEST_CASE("a channel's own end queued behind a reply its worker could not send does not hold its "
+          "place for good") {
+    TestNetns ns("unsent");
+    const std::string name = ns.name();
+    Daemon d({"--stall-timeout", "1"});
+    REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
+    NobodyInStep child([&](NobodyInStep&) {
+        std::vector<UniqueFd> channels;
+        {
+            UniqueFd raw = connect_raw(d);
+            for (int i = 0; i < 16; ++i) {
+                auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+                if (granted.fds.size() != 2) {
+                    return 10;
+                }
+                channels.push_back(std::move(granted.fds.back()));
+            }
+        }
+        // Requests of an unknown operation of 60000 bytes, refused with
+        // replies that name it, never read: the worker's send buffer takes
+        // at most buffer / 60000 + 1 of them, and it keeps the next unsent
+        // and reads nothing more. Two requests after it, and the channel's
+        // own end, stay in its queue.
+        int buffer = 0;
+        socklen_t length = sizeof(buffer);
+        if (::getsockopt(channels[0].get(), SOL_SOCKET, SO_SNDBUF, &buffer, &length) < 0) {
+            return 11;
+        }
+        const std::string big = R"({"id": 7, "op": ")" + std::string(60'000, 'x') + "\"}";
+        // Sent without waiting for POLLOUT, which a unix socket signals only
+        // while a quarter of its buffer is in use, as the worker reads them.
+        const int fd = channels[0].get();
+        auto sent = [fd](const std::string& bytes, std::span<const int> fds = {}) {
+            return wait_for([&] {
+                return proto::send_message(fd, bytes, fds, true) == proto::SendStatus::sent;
+            });
+        };
+        for (int i = 0; i < buffer / 60'000 + 4; ++i) {
+            if (!sent(big)) {
+                return 11;
+            }
+        }
+        int own[1] = {fd};
+        if (!sent("{}", own)) {
+            return 12;
+        }
+        channels.clear();
+        // Once the worker closes the channel, all 16 places come back.
+        UniqueFd raw = connect_raw(d);
+        const bool back = wait_for([&] {
+            auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+            if (granted.fds.size() == 2) {
+                channels.push_back(std::move(granted.fds.back()));
+            }
+            return channels.size() == 16;
+        });
+        return back ? 0 : 13;
+    });
+    CHECK(child.result() == 0);
+    CHECK(d.log().find("left its replies unread for 1 s; closed") != std::string::npos);
 }
 
 TEST_CASE("no channel is granted through a name deleted while its request was at the worker") {
