@@ -809,7 +809,10 @@ std::string encode_socket_reply(std::uint64_t id, const SocketReply& r) {
     return out;
 }
 
-class SocketReplySax {
+// What the quick readers of socket replies and channel requests share: the
+// SAX interface's types, and the values neither message has, each of which
+// sends the message to the full decoder.
+class QuickReader {
   public:
     using number_integer_t = json::number_integer_t;
     using number_unsigned_t = json::number_unsigned_t;
@@ -817,6 +820,24 @@ class SocketReplySax {
     using string_t = json::string_t;
     using binary_t = json::binary_t;
 
+    bool null() { return false; }
+    bool number_float(number_float_t, const string_t&) { return false; }
+    bool binary(binary_t&) { return false; }
+    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
+        return false;
+    }
+
+  protected:
+    // A family or type by its protocol name; false for a name this reader
+    // does not know.
+    static bool set_named(int& target, std::optional<int> value) {
+        target = value.value_or(0);
+        return value.has_value();
+    }
+};
+
+class SocketReplySax : public QuickReader {
+  public:
     // The reply, when the message had exactly the success shape.
     std::optional<Reply> result() {
         if (!done_ || !id_ || !ok_ || !have_sockets_) {
@@ -825,7 +846,6 @@ class SocketReplySax {
         return Reply{id_, std::move(reply_)};
     }
 
-    bool null() { return false; }
     bool boolean(bool value) {
         if (level_ != Level::top || field_ != Field::ok || !value) {
             return false;
@@ -859,18 +879,10 @@ class SocketReplySax {
             return false;
         }
     }
-    bool number_float(number_float_t, const string_t&) { return false; }
     bool string(string_t& value) {
         if (level_ != Level::entry) {
             return false;
         }
-        // A name this reader does not know sends the reply to the full decoder.
-        auto set_named = [](int& target, std::optional<int> v) {
-            if (v) {
-                target = *v;
-            }
-            return v.has_value();
-        };
         switch (field_) {
         case Field::family:
             return set_named(current_.family, family_from_name(value));
@@ -883,7 +895,6 @@ class SocketReplySax {
             return false;
         }
     }
-    bool binary(binary_t&) { return false; }
     bool start_object(std::size_t) {
         if (level_ == Level::outside) {
             level_ = Level::top;
@@ -949,9 +960,6 @@ class SocketReplySax {
         }
         level_ = Level::top;
         return true;
-    }
-    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
-        return false;
     }
 
   private:
@@ -1143,14 +1151,8 @@ std::optional<std::string> encode_socket_request(const Request& r) {
 // expects a name, a value out of range, a repeated key), which refuses or
 // reads it with its precise errors. fuzz_decoder holds the two to the same
 // result.
-class ChannelRequestSax {
+class ChannelRequestSax : public QuickReader {
   public:
-    using number_integer_t = json::number_integer_t;
-    using number_unsigned_t = json::number_unsigned_t;
-    using number_float_t = json::number_float_t;
-    using string_t = json::string_t;
-    using binary_t = json::binary_t;
-
     // The request, when the message had exactly that shape and is whole.
     std::optional<Request> result() {
         const unsigned required = bit(Field::id) | bit(Field::op) | bit(Field::sockets);
@@ -1166,7 +1168,6 @@ class ChannelRequestSax {
         return std::move(request_);
     }
 
-    bool null() { return false; }
     bool boolean(bool) { return false; }
     bool number_integer(number_integer_t) { return false; } // negative
     bool number_unsigned(number_unsigned_t value) {
@@ -1189,7 +1190,6 @@ class ChannelRequestSax {
             return false;
         }
     }
-    bool number_float(number_float_t, const string_t&) { return false; }
     bool string(string_t& value) {
         if (level_ == Level::top) {
             return field_ == Field::op && value == "socket";
@@ -1201,10 +1201,6 @@ class ChannelRequestSax {
         if (level_ != Level::entry) {
             return false;
         }
-        auto set_named = [](int& target, std::optional<int> v) {
-            target = v.value_or(0);
-            return v.has_value();
-        };
         switch (field_) {
         case Field::family:
             return set_named(spec_.family, family_from_name(value));
@@ -1220,7 +1216,6 @@ class ChannelRequestSax {
             return false;
         }
     }
-    bool binary(binary_t&) { return false; }
     bool start_object(std::size_t) {
         if (level_ == Level::outside) {
             level_ = Level::top;
@@ -1286,9 +1281,6 @@ class ChannelRequestSax {
     bool end_array() {
         level_ = level_ == Level::list ? Level::top : Level::entry;
         return true;
-    }
-    bool parse_error(std::size_t, const std::string&, const nlohmann::detail::exception&) {
-        return false;
     }
 
   private:

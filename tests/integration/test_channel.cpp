@@ -183,6 +183,35 @@ std::string nobody_policy(const std::string& netns_name, const std::string& type
            netns_name + R"("]}, "types": [)" + types + "]}]}";
 }
 
+// The 16 channels a uid may hold, asked for on one connection to the
+// namespace called name; fewer when nsbrokerd grants fewer.
+std::vector<UniqueFd> take_every_channel(const Daemon& d, const std::string& name) {
+    UniqueFd raw = connect_raw(d);
+    std::vector<UniqueFd> channels;
+    for (int i = 0; i < 16; ++i) {
+        auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+        if (granted.fds.size() != 2) {
+            break;
+        }
+        channels.push_back(std::move(granted.fds.back()));
+    }
+    return channels;
+}
+
+// Whether all 16 of a uid's channel places come back, asking on one new
+// connection until they do.
+bool every_place_back(const Daemon& d, const std::string& name) {
+    UniqueFd raw = connect_raw(d);
+    std::vector<UniqueFd> channels;
+    return wait_for([&] {
+        auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
+        if (granted.fds.size() == 2) {
+            channels.push_back(std::move(granted.fds.back()));
+        }
+        return channels.size() == 16;
+    });
+}
+
 } // namespace
 
 TEST_CASE("a direct channel serves requests while nsbrokerd itself is stopped") {
@@ -879,16 +908,9 @@ TEST_CASE("a channel's own end sent back on it, with sockets unread, does not ho
                         : std::vector<std::string>{"--stall-timeout", "1"});
         REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
         NobodyInStep child([&](NobodyInStep& step) {
-            std::vector<UniqueFd> channels;
-            {
-                UniqueFd raw = connect_raw(d);
-                for (int i = 0; i < 16; ++i) {
-                    auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
-                    if (granted.fds.size() != 2) {
-                        return 10;
-                    }
-                    channels.push_back(std::move(granted.fds.back()));
-                }
+            std::vector<UniqueFd> channels = take_every_channel(d, name);
+            if (channels.size() != 16) {
+                return 10;
             }
             // Two batches: the worker sends the first and holds the second
             // until the first is read, and reads nothing more meanwhile.
@@ -911,16 +933,7 @@ TEST_CASE("a channel's own end sent back on it, with sockets unread, does not ho
                 return 13;
             }
             // With the worker gone or the channel closed, all 16 places come back.
-            UniqueFd raw = connect_raw(d);
-            return wait_for([&] {
-                auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
-                if (granted.fds.size() == 2) {
-                    channels.push_back(std::move(granted.fds.back()));
-                }
-                return channels.size() == 16;
-            })
-                       ? 0
-                       : 14;
+            return every_place_back(d, name) ? 0 : 14;
         });
         REQUIRE(child.next());
         auto c = connect(d, through_daemon);
@@ -945,16 +958,9 @@ TEST_CASE("a channel's own end queued behind a reply its worker could not send d
     Daemon d({"--stall-timeout", "1"});
     REQUIRE(d.write_policy(nobody_policy(name, R"("dgram")")));
     NobodyInStep child([&](NobodyInStep&) {
-        std::vector<UniqueFd> channels;
-        {
-            UniqueFd raw = connect_raw(d);
-            for (int i = 0; i < 16; ++i) {
-                auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
-                if (granted.fds.size() != 2) {
-                    return 10;
-                }
-                channels.push_back(std::move(granted.fds.back()));
-            }
+        std::vector<UniqueFd> channels = take_every_channel(d, name);
+        if (channels.size() != 16) {
+            return 10;
         }
         // Requests of an unknown operation of 60000 bytes, refused with
         // replies that name it, never read: the worker's send buffer takes
@@ -986,15 +992,7 @@ TEST_CASE("a channel's own end queued behind a reply its worker could not send d
         }
         channels.clear();
         // Once the worker closes the channel, all 16 places come back.
-        UniqueFd raw = connect_raw(d);
-        const bool back = wait_for([&] {
-            auto granted = raw_call(raw.get(), socket_request(name, "dgram", true));
-            if (granted.fds.size() == 2) {
-                channels.push_back(std::move(granted.fds.back()));
-            }
-            return channels.size() == 16;
-        });
-        return back ? 0 : 13;
+        return every_place_back(d, name) ? 0 : 13;
     });
     CHECK(child.result() == 0);
     CHECK(d.log().find("left its replies unread for 1 s; closed") != std::string::npos);
