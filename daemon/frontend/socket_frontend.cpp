@@ -2,6 +2,8 @@
 // the descriptors that go with them.
 #include "frontend/socket_frontend.hpp"
 
+#include <linux/sockios.h>
+#include <sys/ioctl.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -53,6 +55,7 @@ struct Connection : std::enable_shared_from_this<Connection> {
     bool read_closed = false; // the peer sends no more, and waits for its answers
     bool closed = false;
     std::uint64_t stalled_since = 0; // CLOCK_MONOTONIC, microseconds; 0: not stalled
+    int unread_when_stalled = 0;     // what the peer had not read then (SIOCOUTQ)
 
     [[nodiscard]] bool answered_all() const {
         return channel->in_flight == 0 && outbox.empty() && !waiting;
@@ -285,11 +288,22 @@ void SocketFrontend::note_stalled(Connection& c, bool stalled) {
     }
     if (c.stalled_since == 0) {
         sd_event_now(loop_, CLOCK_MONOTONIC, &c.stalled_since);
+        (void)peer_read_since_stalled(c);
         stalled_.insert(&c);
     }
     if (!stall_timer_.armed()) {
         stall_timer_.arm_in(stall_check_usec);
     }
+}
+
+bool SocketFrontend::peer_read_since_stalled(Connection& c) {
+    int unread = 0;
+    if (::ioctl(c.fd.get(), SIOCOUTQ, &unread) < 0) {
+        return false;
+    }
+    const bool read = unread < c.unread_when_stalled;
+    c.unread_when_stalled = unread;
+    return read;
 }
 
 void SocketFrontend::stall_timer_elapsed() {
@@ -304,7 +318,19 @@ void SocketFrontend::stall_timer_elapsed() {
         stalled.push_back(c->shared_from_this());
     }
     for (const auto& c : stalled) {
-        update_events(*c); // its peer may have read since
+        // A peer that has read anything since is not stalled: the kernel
+        // reports room (EPOLLOUT) only once three quarters of what was sent
+        // is read, so one that reads slowly but steadily would look it.
+        const std::size_t unsent = c->outbox.size();
+        const bool read = peer_read_since_stalled(*c);
+        flush(*c); // what fits now is sent
+        if (c->closed) {
+            continue;
+        }
+        if (c->stalled_since != 0 && (read || c->outbox.size() < unsent)) {
+            c->stalled_since = now;
+            (void)peer_read_since_stalled(*c);
+        }
         if (c->stalled_since != 0 && now - c->stalled_since >= timeout) {
             // Whether it will ever read is up to the peer; one whose own end
             // waits, unread, in this connection's queue never will.

@@ -82,6 +82,9 @@ class SocketFrontend final : public Frontend {
     // not read. Stalled too long, it is closed (stall_timer_elapsed).
     void note_stalled(Connection& c, bool stalled);
     void stall_timer_elapsed();
+    // Whether c's peer has read anything since c stalled, or since this was
+    // last asked.
+    static bool peer_read_since_stalled(Connection& c);
     void close_client(Connection& c);
     // Frees the connection for good: its peer holds nothing of ours unread.
     void forget_client(Connection& c);

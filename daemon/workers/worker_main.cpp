@@ -33,6 +33,7 @@
 #include <cerrno>
 #include <charconv>
 #include <chrono>
+#include <climits>
 #include <cstring>
 #include <list>
 #include <spdlog/spdlog.h>
@@ -257,8 +258,11 @@ struct DirectChannel {
     // is read.
     std::optional<std::pair<std::string, std::vector<UniqueFd>>> unsent;
     // Since when the channel has waited for its caller to read, with a
-    // request held or a reply unsent: past grant.stall_timeout it closes.
+    // request held or a reply unsent, and what the caller had left unread
+    // then (SIOCOUTQ): past grant.stall_timeout with nothing read since, it
+    // closes.
     std::chrono::steady_clock::time_point waiting_since;
+    int unread_when_waiting = 0;
 };
 
 class WorkerServer {
@@ -280,7 +284,8 @@ class WorkerServer {
                     proto::Request r = std::move(*channel.held);
                     channel.held.reset();
                     serve_request(channel, r);
-                } else if ((channel.held || channel.unsent) && stalled_too_long(channel)) {
+                } else if ((channel.held || channel.unsent) && stalled_too_long(channel) &&
+                           !read_since_waiting(channel)) {
                     // Whether it will ever read is up to the caller; one
                     // whose own end waits in this channel's queue never
                     // will, and would keep the channel's place for good.
@@ -448,6 +453,33 @@ class WorkerServer {
         last_report_ = time;
     }
 
+    // Starts a wait for channel's caller to read.
+    static void start_waiting(DirectChannel& channel) {
+        channel.waiting_since = std::chrono::steady_clock::now();
+        channel.unread_when_waiting = unread_by_caller(channel);
+    }
+
+    // What the caller has left unread of what the worker sent it, in the
+    // kernel's accounting (SIOCOUTQ), or INT_MAX when unknown.
+    static int unread_by_caller(const DirectChannel& channel) {
+        int queued = 0;
+        return ::ioctl(channel.fd.get(), SIOCOUTQ, &queued) == 0 ? queued : INT_MAX;
+    }
+
+    // Whether the caller has read anything since the channel began to wait:
+    // then it waits afresh. The kernel reports room to send (POLLOUT) only
+    // once three quarters of what was sent is read, so a caller that reads
+    // slowly but steadily would otherwise look stalled.
+    static bool read_since_waiting(DirectChannel& channel) {
+        const int unread = unread_by_caller(channel);
+        if (unread >= channel.unread_when_waiting) {
+            return false;
+        }
+        channel.waiting_since = std::chrono::steady_clock::now();
+        channel.unread_when_waiting = unread;
+        return true;
+    }
+
     static bool stalled_too_long(const DirectChannel& channel) {
         return channel.grant.stall_timeout != 0 &&
                std::chrono::steady_clock::now() - channel.waiting_since >=
@@ -533,7 +565,7 @@ class WorkerServer {
         }
         if (!channel.revoked && !has_room(channel, r)) {
             channel.held = std::move(r);
-            channel.waiting_since = std::chrono::steady_clock::now();
+            start_waiting(channel);
             return;
         }
         serve_request(channel, r);
@@ -577,7 +609,7 @@ class WorkerServer {
             return;
         case proto::SendStatus::would_block:
             channel.unsent.emplace(std::move(bytes), std::move(fds));
-            channel.waiting_since = std::chrono::steady_clock::now();
+            start_waiting(channel);
             return;
         case proto::SendStatus::closed:
             close_channel(channel);

@@ -998,6 +998,38 @@ TEST_CASE("a channel's own end queued behind a reply its worker could not send d
     CHECK(d.log().find("left its replies unread for 1 s; closed") != std::string::npos);
 }
 
+TEST_CASE("a caller that reads its replies slowly but steadily keeps its channel past "
+          "--stall-timeout, and loses it once it stops") {
+    TestNetns ns("steady");
+    Daemon d({"--stall-timeout", "1"});
+    UniqueFd raw = connect_raw(d);
+    auto granted = raw_call(raw.get(), socket_request(ns.name(), "dgram", true));
+    REQUIRE(granted.fds.size() == 2);
+    const int channel = granted.fds.back().get();
+    // Refused requests, sent without reading: the worker answers until its
+    // send buffer is full (278 small replies here), keeps the next reply
+    // unsent, and reads nothing more; what is sent after waits in its queue.
+    const std::string refused = R"({"id": 9, "op": "ping"})";
+    for (int i = 0; i < 400; ++i) {
+        REQUIRE(wait_for([&] {
+            return proto::send_message(channel, refused, {}, true) == proto::SendStatus::sent;
+        }));
+    }
+    // One reply read every 100 ms, for three times --stall-timeout: the
+    // kernel reports room for the unsent reply only once three quarters of
+    // the queue is read, and the channel must not close meanwhile.
+    int read = 0;
+    for (; read < 30; ++read) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        auto reply = proto::receive_message(channel, proto::max_message_size, true);
+        REQUIRE(reply.status == proto::ReceiveStatus::message);
+        CHECK(reply.message.data.find("unsupported") != std::string::npos);
+    }
+    CHECK(d.log().find("unread for 1 s; closed") == std::string::npos);
+    // Once it stops reading, the channel closes after --stall-timeout.
+    CHECK(wait_for([&] { return d.log().find("unread for 1 s; closed") != std::string::npos; }));
+}
+
 TEST_CASE("no channel is granted through a name deleted while its request was at the worker") {
     TestNetns ns("granted-late");
     SecondName second(ns, "late");

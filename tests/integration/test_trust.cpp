@@ -21,6 +21,7 @@
 #include <cstring>
 #include <fstream>
 #include <functional>
+#include <thread>
 
 #include "nsbroker/client.hpp"
 #include "nsbroker/codec.hpp"
@@ -672,6 +673,36 @@ TEST_CASE("a connection left with its replies unread is closed in time, also wit
         CHECK(wait_for([&] { return d.fd_count() <= baseline + 4; }));
         CHECK(d.running());
     }
+}
+
+TEST_CASE("a connection whose peer reads its replies slowly but steadily is not closed as "
+          "stalled") {
+    Daemon d({"--stall-timeout", "1"});
+    auto c = Client::connect(d.socket_path());
+    REQUIRE(c);
+    // Refused requests, sent without reading: nsbrokerd answers until the
+    // connection's buffer is full (278 small replies here), keeps 256
+    // replies more, and then reads no more; what is sent after waits in its
+    // queue.
+    const std::string refused = R"({"id": 9, "op": "nope"})";
+    for (int i = 0; i < 700; ++i) {
+        REQUIRE(wait_for([&] {
+            return proto::send_message(c->fd(), refused, {}, true) == proto::SendStatus::sent;
+        }));
+    }
+    // One reply read every 100 ms, for three times --stall-timeout: the
+    // kernel reports room for the kept reply only once three quarters of
+    // the queue is read, and the connection must not close meanwhile.
+    for (int read = 0; read < 30; ++read) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        auto reply = proto::receive_message(c->fd(), proto::max_message_size, true);
+        REQUIRE(reply.status == proto::ReceiveStatus::message);
+        CHECK(reply.message.data.find("unsupported") != std::string::npos);
+    }
+    CHECK(d.log().find("unread for 1 s; disconnected") == std::string::npos);
+    // Once it stops reading, it is closed after --stall-timeout.
+    CHECK(wait_for(
+        [&] { return d.log().find("unread for 1 s; disconnected") != std::string::npos; }));
 }
 
 TEST_CASE("a connection held back by its own uid's budget is closed in time, with the ends "
