@@ -526,7 +526,7 @@ class LinkUse {
     LinkUse(const LinkUse&) = delete;
     LinkUse& operator=(const LinkUse&) = delete;
     ~LinkUse() { link_->callers.fetch_sub(1, std::memory_order_relaxed); }
-    Link* operator->() const { return link_.get(); }
+    [[nodiscard]] Link& link() const { return *link_; }
 
   private:
     std::shared_ptr<Link> link_;
@@ -695,9 +695,9 @@ struct Client::Impl {
         if (!link) {
             return std::nullopt;
         }
-        auto outcome = (*link)->call(r);
+        auto outcome = link->link().call(r);
         if (!outcome.sent) {
-            forget(key, link->operator->());
+            forget(key, &link->link());
             return std::nullopt;
         }
         return std::move(outcome.answer);
