@@ -627,13 +627,15 @@ struct Client::Impl {
     }
 
     // Whether a blocking call that finds every channel to its namespace busy
-    // should ask nsbrokerd for one more. With channels_mutex held.
+    // should ask nsbrokerd for one more. With channels_mutex held. An idle
+    // channel, the usual case on every call, answers first.
     [[nodiscard]] bool may_add_channel(const ChannelKey& key, const HeldChannel& held) const {
-        return !held.full && held.lanes.size() < options.channels_per_namespace &&
-               held_channels() < options.max_direct_channels && !asking.contains(key) &&
-               std::all_of(held.lanes.begin(), held.lanes.end(), [](const auto& link) {
-                   return link->callers.load(std::memory_order_relaxed) > 0;
-               });
+        const bool all_busy =
+            std::all_of(held.lanes.begin(), held.lanes.end(), [](const auto& link) {
+                return link->callers.load(std::memory_order_relaxed) > 0;
+            });
+        return all_busy && !held.full && held.lanes.size() < options.channels_per_namespace &&
+               held_channels() < options.max_direct_channels && !asking.contains(key);
     }
 
     // The least used of the channels held for key. With channels_mutex held.
