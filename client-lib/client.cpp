@@ -14,15 +14,18 @@
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/timerfd.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <condition_variable>
 #include <cstdlib>
 #include <cstring>
@@ -107,6 +110,63 @@ struct Answer {
     std::vector<UniqueFd> fds;
 };
 
+using Clock = std::chrono::steady_clock;
+
+// When a call must have its answer (ClientOptions::timeout from its start),
+// or never.
+class Deadline {
+  public:
+    explicit Deadline(std::chrono::milliseconds timeout) : timeout_(timeout) {
+        if (timeout.count() > 0) {
+            at_ = Clock::now() + timeout;
+        }
+    }
+
+    [[nodiscard]] bool passed() const { return at_ && Clock::now() >= *at_; }
+    [[nodiscard]] std::optional<Clock::time_point> at() const { return at_; }
+
+    // Waits on woken until notified or the deadline passes.
+    void wait(std::condition_variable& woken, std::unique_lock<std::mutex>& lock) const {
+        if (at_) {
+            woken.wait_until(lock, *at_);
+        } else {
+            woken.wait(lock);
+        }
+    }
+
+    // The error of a call that passed it, waiting for who.
+    [[nodiscard]] Error missed(const std::string& who) const {
+        return make_error(
+            ErrorCode::timeout,
+            who + " did not answer within " + std::to_string(timeout_.count()) + " ms", ETIMEDOUT);
+    }
+
+  private:
+    std::chrono::milliseconds timeout_;
+    std::optional<Clock::time_point> at_;
+};
+
+// A blocking read or send on a link returns at least this often while a
+// call waits, to look at its deadline: an eighth of the timeout, from 5 ms
+// to 1 s. Waiting threads that do not read wake at their deadline itself.
+timeval wait_slice(std::chrono::milliseconds timeout) {
+    auto slice = std::clamp<std::chrono::milliseconds>(timeout / 8, std::chrono::milliseconds(5),
+                                                       std::chrono::seconds(1));
+    auto us = std::chrono::duration_cast<std::chrono::microseconds>(slice).count();
+    return timeval{static_cast<time_t>(us / 1000000), static_cast<suseconds_t>(us % 1000000)};
+}
+
+// What a reply that came without its descriptors tells its caller.
+Error descriptors_lost() {
+    rlimit limit{};
+    ::getrlimit(RLIMIT_NOFILE, &limit);
+    return make_error(ErrorCode::limit,
+                      "the reply's descriptors were lost: this process is at its descriptor "
+                      "limit (RLIMIT_NOFILE " +
+                          std::to_string(limit.rlim_cur) + ")",
+                      EMFILE);
+}
+
 // One SOCK_SEQPACKET connection shared by every calling thread: to nsbrokerd,
 // or a direct channel to a worker. A blocking caller sends its request, then
 // waits for its reply; one waiting thread at a time reads and hands each reply
@@ -115,7 +175,15 @@ struct Answer {
 // goes to a callback, from whichever thread reads it.
 class Link {
   public:
-    explicit Link(UniqueFd fd) : fd_(std::move(fd)) {}
+    // timeout: ClientOptions::timeout; zero leaves the socket's reads and
+    // sends blocking for ever.
+    Link(UniqueFd fd, std::chrono::milliseconds timeout) : fd_(std::move(fd)) {
+        if (timeout.count() > 0) {
+            const timeval slice = wait_slice(timeout);
+            ::setsockopt(fd_.get(), SOL_SOCKET, SO_RCVTIMEO, &slice, sizeof slice);
+            ::setsockopt(fd_.get(), SOL_SOCKET, SO_SNDTIMEO, &slice, sizeof slice);
+        }
+    }
 
     // How a call went: its answer or error, and whether the request left at
     // all (a link closed before the send can be retried elsewhere).
@@ -126,8 +194,12 @@ class Link {
     using Done = std::function<void(Outcome)>;
 
     // Sends request (numbered here, with at most one borrowed fd) and waits
-    // for its reply.
-    Outcome call(proto::Request request, int fd_to_send = -1) {
+    // for its reply until deadline. A reply that comes after is dropped,
+    // with its descriptors.
+    Outcome call(proto::Request request, int fd_to_send, const Deadline& deadline) {
+        if (deadline.passed()) {
+            return {deadline.missed(what_), false};
+        }
         request.id = next_id_.fetch_add(1, std::memory_order_relaxed);
         std::string bytes = proto::encode_request(request);
         if (bytes.size() > proto::max_message_size) {
@@ -141,14 +213,26 @@ class Link {
             }
             waiting_.emplace(request.id, &slot);
         }
+        bool left = false;
         try {
             int fds[1] = {fd_to_send};
-            auto status = proto::send_message(fd_.get(), bytes,
-                                              std::span<const int>(fds, fd_to_send >= 0 ? 1 : 0));
+            auto status = proto::SendStatus::would_block;
+            // A full socket makes the send return every wait_slice.
+            while ((status = proto::send_message(
+                        fd_.get(), bytes, std::span<const int>(fds, fd_to_send >= 0 ? 1 : 0))) ==
+                       proto::SendStatus::would_block &&
+                   !deadline.passed()) {
+            }
+            left = status == proto::SendStatus::sent;
+            if (status == proto::SendStatus::would_block) {
+                std::lock_guard lock(mutex_);
+                waiting_.erase(request.id);
+                return {deadline.missed(what_), false};
+            }
             // A peer that closed may have said why first (a limit, say): the
-            // reads below find that, then the end. Only a direct channel,
-            // which the caller leaves for nsbrokerd, tells the caller its
-            // request did not leave; what it sent before is still answered.
+            // reads below find that, then the end. A direct channel, which
+            // the caller leaves for nsbrokerd, is not read: what it sent
+            // before is still answered.
             if (status == proto::SendStatus::closed && direct_channel_) {
                 Error closed = refuse_unsent();
                 std::lock_guard lock(mutex_);
@@ -162,15 +246,21 @@ class Link {
         while (!slot.done) {
             if (broken_) {
                 waiting_.erase(request.id);
-                return {*broken_, true};
+                return {*broken_, left};
+            }
+            if (deadline.passed()) {
+                waiting_.erase(request.id);
+                hand_on_reading();
+                return {deadline.missed(what_), true};
             }
             if (reading_) {
                 // Woken when its reply is there, or to read in turn.
-                slot.woken.wait(lock);
+                deadline.wait(slot.woken, lock);
                 continue;
             }
-            // This thread reads until its own reply comes, handing each
-            // other reply to its waiting thread, then hands reading on.
+            // This thread reads until its own reply comes (or a wait_slice
+            // passes), handing each other reply to its waiting thread, then
+            // hands reading on.
             reading_ = true;
             lock.unlock();
             read_one(false);
@@ -180,13 +270,16 @@ class Link {
         waiting_.erase(request.id);
         hand_on_reading();
         lock.unlock();
+        if (slot.error) {
+            return {std::move(*slot.error), true};
+        }
         return outcome_of(std::move(slot.message), request.op);
     }
 
     // Sends request without waiting for its reply, or holds it until the
     // socket has room (flush); done gets the outcome once. fd_to_send goes
     // with the request.
-    void submit(proto::Request request, UniqueFd fd_to_send, Done done) {
+    void submit(proto::Request request, UniqueFd fd_to_send, const Deadline& deadline, Done done) {
         request.id = next_id_.fetch_add(1, std::memory_order_relaxed);
         std::string bytes = proto::encode_request(request);
         if (bytes.size() > proto::max_message_size) {
@@ -200,7 +293,8 @@ class Link {
                 refused = broken_ ? broken_ : unsendable_;
             } else {
                 outbox_.push_back({request.id, std::move(bytes), std::move(fd_to_send)});
-                submitted_.emplace(request.id, Submitted{std::move(done), false});
+                submitted_.emplace(request.id,
+                                   Submitted{std::move(done), false, deadline, deadline.at()});
             }
         }
         if (refused) {
@@ -272,6 +366,13 @@ class Link {
         return broken_.has_value();
     }
 
+    // Whether requests may still be sent: the link has not failed, nor
+    // found its peer gone.
+    [[nodiscard]] bool sendable() const {
+        std::lock_guard lock(mutex_);
+        return !broken_ && !unsendable_;
+    }
+
     // Whether the peer may still answer: it has not closed, nor been found
     // to read no more.
     [[nodiscard]] bool open() const {
@@ -289,6 +390,39 @@ class Link {
     [[nodiscard]] bool holding() const {
         std::lock_guard lock(mutex_);
         return !outbox_.empty();
+    }
+
+    // Submitted requests whose deadline passed fail with timeout (as
+    // final: they are not sent anywhere else), whether sent or still held;
+    // a reply that comes later is dropped. When the next deadline is.
+    std::optional<Clock::time_point> expire() {
+        const auto now = Clock::now();
+        std::vector<std::pair<Done, Error>> expired;
+        std::optional<Clock::time_point> next;
+        {
+            std::lock_guard lock(mutex_);
+            for (auto it = submitted_.begin(); it != submitted_.end();) {
+                auto& [id, submitted] = *it;
+                if (!submitted.due || *submitted.due > now) {
+                    if (submitted.due && (!next || *submitted.due < *next)) {
+                        next = submitted.due;
+                    }
+                    ++it;
+                    continue;
+                }
+                if (submitted.sent) {
+                    --in_flight_;
+                } else {
+                    std::erase_if(outbox_, [id = id](const Held& held) { return held.id == id; });
+                }
+                expired.emplace_back(std::move(submitted.done), submitted.deadline.missed(what_));
+                it = submitted_.erase(it);
+            }
+        }
+        for (auto& [done, error] : expired) {
+            done({std::move(error), true});
+        }
+        return next;
     }
 
     // Whether requests submitted here still wait for their replies.
@@ -315,6 +449,7 @@ class Link {
     struct Slot {
         bool done = false;
         proto::Message message;
+        std::optional<Error> error; // the reply could not be taken whole
         std::condition_variable woken;
     };
 
@@ -339,6 +474,8 @@ class Link {
     struct Submitted {
         Done done;
         bool sent;
+        Deadline deadline;
+        std::optional<Clock::time_point> due;
     };
     // Past this many submitted requests awaiting replies, the rest wait here:
     // nsbrokerd refuses a connection more than --max-requests-in-flight.
@@ -372,12 +509,24 @@ class Link {
             fail_all(make_error(ErrorCode::io, e.what(), e.sys_errno()));
             return false;
         }
-        if (received.status == proto::ReceiveStatus::would_block) {
+        std::optional<Error> failed;
+        switch (received.status) {
+        case proto::ReceiveStatus::would_block:
             return false;
-        }
-        if (received.status != proto::ReceiveStatus::message) {
+        case proto::ReceiveStatus::closed:
             fail_all(closed_error_);
             return false;
+        case proto::ReceiveStatus::too_large:
+            fail_all(make_error(ErrorCode::io, what_ + " sent a message larger than " +
+                                                   std::to_string(proto::max_message_size) +
+                                                   " bytes"));
+            return false;
+        case proto::ReceiveStatus::fds_truncated:
+            // Its caller learns why; the link goes on.
+            failed = descriptors_lost();
+            break;
+        case proto::ReceiveStatus::message:
+            break;
         }
         auto id = proto::reply_id(received.message.data);
         if (!id) {
@@ -397,6 +546,7 @@ class Link {
             std::lock_guard lock(mutex_);
             if (auto it = waiting_.find(*id); it != waiting_.end()) {
                 it->second->message = std::move(received.message);
+                it->second->error = std::move(failed);
                 it->second->done = true;
                 it->second->woken.notify_one();
                 return true;
@@ -407,9 +557,10 @@ class Link {
                 --in_flight_;
             }
         }
-        // A reply nobody waits for is dropped, and its fds are closed.
+        // A reply nobody waits for (any more) is dropped, and its fds are closed.
         if (done) {
-            done(outcome_of(std::move(received.message), proto::Op::socket));
+            done(failed ? Outcome{std::move(*failed)}
+                        : outcome_of(std::move(received.message), proto::Op::socket));
             flush();
         }
         return true;
@@ -550,9 +701,43 @@ std::optional<ChannelKey> key_of_path(const std::string& path, std::string name 
 
 } // namespace
 
+// How long a Client waits before it tries to connect again, once an attempt
+// failed: the first retry is at once, then the pause doubles up to a second.
+constexpr std::chrono::milliseconds first_reconnect_pause{10};
+constexpr std::chrono::milliseconds longest_reconnect_pause{1000};
+
+// A new connection to nsbrokerd at path. Never waits: a daemon whose listen
+// queue is full (stopped, say) is an error like one that is not there.
+Result<UniqueFd> open_connection(const std::string& path) {
+    auto address = proto::parse_address(AF_UNIX, path);
+    if (!address) {
+        return make_error(ErrorCode::invalid_request, "bad socket path \"" + path + "\"");
+    }
+    UniqueFd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC | SOCK_NONBLOCK, 0)};
+    if (!fd) {
+        return make_error(ErrorCode::io,
+                          std::string("cannot open a socket: ") + std::strerror(errno), errno);
+    }
+    if (::connect(fd.get(), address->get(), address->length) < 0) {
+        int err = errno;
+        std::string why = err == EAGAIN ? "its listen queue is full" : std::strerror(err);
+        return make_error(ErrorCode::io, "cannot connect to nsbrokerd at " + path + ": " + why,
+                          err);
+    }
+    ::fcntl(fd.get(), F_SETFL, ::fcntl(fd.get(), F_GETFL) & ~O_NONBLOCK);
+    return fd;
+}
+
 struct Client::Impl {
-    Link daemon;
+    const std::string path;
     ClientOptions options;
+
+    // The connection to nsbrokerd, replaced by a new one once it failed.
+    mutable std::mutex daemon_mutex; // guards everything down to connect_error
+    std::shared_ptr<Link> daemon_link;
+    Clock::time_point next_connect{};
+    std::chrono::milliseconds reconnect_pause{0};
+    std::optional<Error> connect_error; // why the last attempt failed
 
     mutable std::mutex channels_mutex; // guards channels, asking and retired
     std::map<ChannelKey, HeldChannel> channels;
@@ -563,17 +748,87 @@ struct Client::Impl {
     // by completions() until they are answered.
     std::vector<std::shared_ptr<Link>> retired;
 
-    // Event-loop use: an epoll set of every link and of `wake`, an eventfd
-    // written when a submitted request completes.
+    // Event-loop use: an epoll set of every link, of `wake`, an eventfd
+    // written when a submitted request completes, and of `timer`, armed at
+    // the next deadline of a submitted request.
     UniqueFd epoll;
     UniqueFd wake;
-    std::mutex completed_mutex; // guards completed
+    UniqueFd timer;
+    std::mutex timer_mutex;                    // guards timer_at
+    std::optional<Clock::time_point> timer_at; // when timer is armed for
+    std::mutex completed_mutex;                // guards completed
     std::vector<Completion> completed;
     std::atomic<std::uint64_t> next_submission{1};
 
-    Impl(UniqueFd fd, ClientOptions opts, UniqueFd epoll_fd, UniqueFd wake_fd)
-        : daemon(std::move(fd)), options(opts), epoll(std::move(epoll_fd)),
-          wake(std::move(wake_fd)) {}
+    Impl(std::string socket_path, UniqueFd fd, ClientOptions opts, UniqueFd epoll_fd,
+         UniqueFd wake_fd, UniqueFd timer_fd)
+        : path(std::move(socket_path)), options(opts),
+          daemon_link(std::make_shared<Link>(std::move(fd), opts.timeout)),
+          epoll(std::move(epoll_fd)), wake(std::move(wake_fd)), timer(std::move(timer_fd)) {}
+
+    // Arms timer for a submitted request due at `at`, unless it is armed sooner.
+    void arm_timer(std::optional<Clock::time_point> at) {
+        std::lock_guard lock(timer_mutex);
+        if (!at || (timer_at && *timer_at <= *at)) {
+            return;
+        }
+        timer_at = at;
+        const auto ns =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(at->time_since_epoch()).count();
+        itimerspec when{};
+        when.it_value.tv_sec = static_cast<time_t>(ns / 1000000000);
+        when.it_value.tv_nsec = static_cast<long>(ns % 1000000000);
+        // steady_clock is CLOCK_MONOTONIC; a time of zero would disarm it.
+        if (when.it_value.tv_sec == 0 && when.it_value.tv_nsec == 0) {
+            when.it_value.tv_nsec = 1;
+        }
+        ::timerfd_settime(timer.get(), TFD_TIMER_ABSTIME, &when, nullptr);
+    }
+
+    [[nodiscard]] Deadline deadline() const { return Deadline(options.timeout); }
+
+    // The connection to nsbrokerd as it is.
+    [[nodiscard]] std::shared_ptr<Link> current_daemon() const {
+        std::lock_guard lock(daemon_mutex);
+        return daemon_link;
+    }
+
+    // The connection to nsbrokerd for the next request: the one held, or
+    // a new one once that one failed. Threads that find it failed at once
+    // make one new connection between them; past a failed attempt, the
+    // next waits for its pause, and calls before it fail as that one did.
+    Result<std::shared_ptr<Link>> daemon() {
+        std::lock_guard lock(daemon_mutex);
+        if (daemon_link->sendable()) {
+            return daemon_link;
+        }
+        const auto now = Clock::now();
+        if (connect_error && now < next_connect) {
+            return *connect_error;
+        }
+        auto fd = open_connection(path);
+        if (!fd) {
+            reconnect_pause =
+                std::clamp(reconnect_pause * 2, first_reconnect_pause, longest_reconnect_pause);
+            next_connect = now + reconnect_pause;
+            connect_error = std::move(fd).error();
+            return *connect_error;
+        }
+        reconnect_pause = std::chrono::milliseconds(0);
+        connect_error.reset();
+        {
+            // What was submitted on the old one is still read, and failed, by completions().
+            std::lock_guard channels_lock(channels_mutex);
+            if (daemon_link->busy()) {
+                retired.push_back(daemon_link);
+            } else {
+                unwatch(daemon_link->fd());
+            }
+        }
+        daemon_link = std::make_shared<Link>(std::move(*fd), options.timeout);
+        watch(daemon_link->fd(), false, EPOLL_CTL_ADD);
+        return daemon_link;
+    }
 
     // Puts fd in the epoll set, or changes what it is watched for.
     void watch(int fd, bool holding, int op = EPOLL_CTL_MOD) const {
@@ -647,8 +902,21 @@ struct Client::Impl {
                                  });
     }
 
-    Result<Answer> call(proto::Request request, int fd_to_send = -1) {
-        return std::move(daemon.call(std::move(request), fd_to_send).answer);
+    // Asks nsbrokerd. A request that did not leave because the connection
+    // had failed goes once more, on a new connection; one in flight when
+    // it failed gets its error.
+    Result<Answer> call(const proto::Request& request, const Deadline& deadline,
+                        int fd_to_send = -1) {
+        for (int attempt = 0;; ++attempt) {
+            auto link = daemon();
+            if (!link) {
+                return std::move(link).error();
+            }
+            auto outcome = (*link)->call(request, fd_to_send, deadline);
+            if (outcome.sent || attempt > 0) {
+                return std::move(outcome.answer);
+            }
+        }
     }
 
     // The least used channel held for key, for a submitted request.
@@ -691,15 +959,21 @@ struct Client::Impl {
     }
 
     // The answer on a direct channel held for key, or nothing when none
-    // serves it (any more): the request then goes to nsbrokerd.
-    std::optional<Result<Answer>> on_channel(const ChannelKey& key, const proto::Request& r) {
+    // serves it (any more): the request then goes to nsbrokerd. A channel
+    // whose worker let a call pass its deadline is let go too: the next
+    // request goes to nsbrokerd, which replaces a worker that hangs.
+    std::optional<Result<Answer>> on_channel(const ChannelKey& key, const proto::Request& r,
+                                             const Deadline& deadline) {
         auto link = channel_to_call(key);
         if (!link) {
             return std::nullopt;
         }
-        auto outcome = link->link().call(r);
-        if (!outcome.sent) {
+        auto outcome = link->link().call(r, -1, deadline);
+        const bool timed_out = !outcome.answer && outcome.answer.error().code == ErrorCode::timeout;
+        if (!outcome.sent || timed_out) {
             forget(key, &link->link());
+        }
+        if (!outcome.sent && !timed_out) {
             return std::nullopt;
         }
         return std::move(outcome.answer);
@@ -707,7 +981,7 @@ struct Client::Impl {
 
     // Keeps a channel nsbrokerd granted; past the bound the least used goes.
     void keep(const ChannelKey& key, UniqueFd fd) {
-        auto link = std::make_shared<Link>(std::move(fd));
+        auto link = std::make_shared<Link>(std::move(fd), options.timeout);
         link->describe_as("the namespace's worker",
                           make_error(ErrorCode::worker_failed,
                                      "the direct channel to the namespace's worker closed before "
@@ -749,27 +1023,23 @@ Result<Client> Client::connect(std::string_view path) {
 
 Result<Client> Client::connect(std::string_view path, const ClientOptions& options) {
     std::string target = path.empty() ? default_socket_path() : std::string(path);
-    auto address = proto::parse_address(AF_UNIX, target);
-    if (!address) {
-        return make_error(ErrorCode::invalid_request, "bad socket path \"" + target + "\"");
-    }
-    UniqueFd fd{::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0)};
     UniqueFd epoll{::epoll_create1(EPOLL_CLOEXEC)};
     UniqueFd wake{::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)};
-    if (!fd || !epoll || !wake) {
+    UniqueFd timer{::timerfd_create(CLOCK_MONOTONIC, TFD_CLOEXEC | TFD_NONBLOCK)};
+    if (!epoll || !wake || !timer) {
         return make_error(
             ErrorCode::io,
             std::string("cannot open the client's descriptors: ") + std::strerror(errno), errno);
     }
-    if (::connect(fd.get(), address->get(), address->length) < 0) {
-        int err = errno;
-        return make_error(ErrorCode::io,
-                          "cannot connect to nsbrokerd at " + target + ": " + std::strerror(err),
-                          err);
+    auto fd = open_connection(target);
+    if (!fd) {
+        return std::move(fd).error();
     }
-    auto impl = std::make_unique<Impl>(std::move(fd), options, std::move(epoll), std::move(wake));
-    impl->watch(impl->daemon.fd(), false, EPOLL_CTL_ADD);
+    auto impl = std::make_unique<Impl>(std::move(target), std::move(*fd), options, std::move(epoll),
+                                       std::move(wake), std::move(timer));
+    impl->watch(impl->daemon_link->fd(), false, EPOLL_CTL_ADD);
     impl->watch(impl->wake.get(), false, EPOLL_CTL_ADD);
+    impl->watch(impl->timer.get(), false, EPOLL_CTL_ADD);
     return Client(std::move(impl));
 }
 
@@ -779,7 +1049,7 @@ Client& Client::operator=(Client&&) noexcept = default;
 Client::~Client() = default;
 
 int Client::fd() const noexcept {
-    return impl_->daemon.fd();
+    return impl_->current_daemon()->fd();
 }
 
 std::size_t Client::direct_channels() const {
@@ -895,11 +1165,12 @@ Result<void> do_steps_here(std::size_t index, const SocketSpec& s, int fd, Socke
 } // namespace
 
 Result<HelloReply> Client::hello() {
-    return expect<HelloReply>(impl_->call(request_for(proto::Op::hello)));
+    return expect<HelloReply>(impl_->call(request_for(proto::Op::hello), impl_->deadline()));
 }
 
 Result<void> Client::ping() {
-    auto pong = expect<proto::PongReply>(impl_->call(request_for(proto::Op::ping)));
+    auto pong =
+        expect<proto::PongReply>(impl_->call(request_for(proto::Op::ping), impl_->deadline()));
     if (!pong) {
         return std::move(pong).error();
     }
@@ -907,11 +1178,12 @@ Result<void> Client::ping() {
 }
 
 Result<NamespacesReply> Client::namespaces() {
-    return expect<NamespacesReply>(impl_->call(request_for(proto::Op::namespaces)));
+    return expect<NamespacesReply>(
+        impl_->call(request_for(proto::Op::namespaces), impl_->deadline()));
 }
 
 Result<StatsReply> Client::stats() {
-    return expect<StatsReply>(impl_->call(request_for(proto::Op::stats)));
+    return expect<StatsReply>(impl_->call(request_for(proto::Op::stats), impl_->deadline()));
 }
 
 namespace {
@@ -1151,6 +1423,7 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         return std::move(r).error();
     }
     Impl& im = *impl_;
+    const Deadline deadline = im.deadline();
     if (im.options.reservoir > 0 && specs.size() == 1 && reservoir_serves(specs[0])) {
         if (auto served = im.from_reservoir(netns, specs[0])) {
             return std::move(*served);
@@ -1160,7 +1433,7 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
     // A path is opened only when no channel serves it: stat(2) tells first.
     if (channels && netns.borrowed_fd() < 0 && netns.ref().kind == proto::NetnsRef::Kind::path) {
         if (auto t = find_target(netns, true); t && t->key) {
-            if (auto answer = im.on_channel(*t->key, *r)) {
+            if (auto answer = im.on_channel(*t->key, *r, deadline)) {
                 return sockets_of(specs, std::move(*answer));
             }
         }
@@ -1170,14 +1443,14 @@ Result<std::vector<Socket>> Client::sockets(const Netns& netns,
         return std::move(target).error();
     }
     if (channels && target->key) {
-        if (auto answer = im.on_channel(*target->key, *r)) {
+        if (auto answer = im.on_channel(*target->key, *r, deadline)) {
             return sockets_of(specs, std::move(*answer));
         }
     }
     r->netns = target->netns.ref();
     r->channel = im.asks_channel(*target, specs, true);
     const bool asked = r->channel;
-    auto answer = im.call(std::move(*r), target->netns.borrowed_fd());
+    auto answer = im.call(*r, deadline, target->netns.borrowed_fd());
     im.adopt_channel(target->key, asked, answer);
     return sockets_of(specs, std::move(answer));
 }
@@ -1190,13 +1463,17 @@ struct Client::Impl::Submission {
     std::vector<SocketSpec> specs;
     proto::Request request;
     Netns netns;
-    UniqueFd netns_fd; // a duplicate of a Netns::fd, which netns then borrows
+    UniqueFd netns_fd;   // a duplicate of a Netns::fd, which netns then borrows
+    Deadline deadline;   // from submit_sockets, wherever it goes
+    bool resent = false; // sent again on a new connection to nsbrokerd
 };
 
 void Client::Impl::submit_on_channel(std::shared_ptr<Submission> s, const ChannelKey& key,
                                      const std::shared_ptr<Link>& link) {
     const Link* used = link.get();
-    link->submit(s->request, {}, [this, s, key, used](Link::Outcome outcome) mutable {
+    const Deadline deadline = s->deadline;
+    arm_timer(deadline.at());
+    link->submit(s->request, {}, deadline, [this, s, key, used](Link::Outcome outcome) mutable {
         if (!outcome.sent) {
             forget(key, used);
             submit_to_daemon(std::move(s));
@@ -1213,16 +1490,28 @@ void Client::Impl::submit_to_daemon(std::shared_ptr<Submission> s) {
         complete(s->id, std::move(target).error());
         return;
     }
+    auto link = daemon();
+    if (!link) {
+        complete(s->id, std::move(link).error());
+        return;
+    }
     proto::Request r = s->request;
     r.netns = target->netns.ref();
     r.channel = asks_channel(*target, s->specs, false);
     const bool asked = r.channel;
-    daemon.submit(std::move(r), descriptor_to_send(*target),
-                  [this, s, key = target->key, asked](Link::Outcome outcome) {
-                      adopt_channel(key, asked, outcome.answer);
-                      complete(s->id, sockets_of(s->specs, std::move(outcome.answer)));
-                  });
-    watch(daemon.fd(), daemon.holding());
+    arm_timer(s->deadline.at());
+    (*link)->submit(std::move(r), descriptor_to_send(*target), s->deadline,
+                    [this, s, key = target->key, asked](Link::Outcome outcome) mutable {
+                        adopt_channel(key, asked, outcome.answer);
+                        // Held when the connection failed: once more, on a new one.
+                        if (!outcome.sent && !s->resent) {
+                            s->resent = true;
+                            submit_to_daemon(std::move(s));
+                            return;
+                        }
+                        complete(s->id, sockets_of(s->specs, std::move(outcome.answer)));
+                    });
+    watch((*link)->fd(), (*link)->holding());
 }
 
 Result<std::uint64_t> Client::submit_sockets(const Netns& netns,
@@ -1232,8 +1521,8 @@ Result<std::uint64_t> Client::submit_sockets(const Netns& netns,
         return std::move(r).error();
     }
     Impl& im = *impl_;
-    auto s = std::make_shared<Impl::Submission>(
-        Impl::Submission{im.next_submission.fetch_add(1), specs, std::move(*r), netns, {}});
+    auto s = std::make_shared<Impl::Submission>(Impl::Submission{
+        im.next_submission.fetch_add(1), specs, std::move(*r), netns, {}, im.deadline()});
     if (netns.borrowed_fd() >= 0) {
         s->netns_fd = UniqueFd{::fcntl(netns.borrowed_fd(), F_DUPFD_CLOEXEC, 3)};
         if (!s->netns_fd) {
@@ -1263,6 +1552,13 @@ std::vector<Completion> Client::completions() {
     Impl& im = *impl_;
     std::uint64_t woken = 0;
     (void)!::read(im.wake.get(), &woken, sizeof(woken));
+    (void)!::read(im.timer.get(), &woken, sizeof(woken));
+    {
+        // Armed again below for the next deadline, unless a submit arms it sooner.
+        std::lock_guard lock(im.timer_mutex);
+        im.timer_at.reset();
+    }
+    std::optional<Clock::time_point> next_deadline;
     std::vector<std::shared_ptr<Link>> links;
     {
         std::lock_guard lock(im.channels_mutex);
@@ -1271,15 +1567,18 @@ std::vector<Completion> Client::completions() {
         }
         links.insert(links.end(), im.retired.begin(), im.retired.end());
     }
-    auto serve = [&im](Link& link) {
+    auto serve = [&im, &next_deadline](Link& link) {
         link.read_arrived();
         if (link.broken()) {
             im.unwatch(link.fd()); // a hung-up link would wake the loop for ever
         } else {
             im.watch(link.fd(), link.flush());
         }
+        if (auto due = link.expire(); due && (!next_deadline || *due < *next_deadline)) {
+            next_deadline = due;
+        }
     };
-    serve(im.daemon);
+    serve(*im.current_daemon());
     for (const auto& link : links) {
         serve(*link);
     }
@@ -1294,6 +1593,7 @@ std::vector<Completion> Client::completions() {
             return true;
         });
     }
+    im.arm_timer(next_deadline);
     std::lock_guard lock(im.completed_mutex);
     return std::exchange(im.completed, {});
 }
@@ -1380,21 +1680,24 @@ void Client::Impl::refill(const std::shared_ptr<Link>& link,
     plain.count = static_cast<unsigned>(std::min(options.reservoir, proto::max_fds_per_message));
     proto::Request r = request_for(proto::Op::socket);
     r.specs = {plain};
-    link->submit(std::move(r), {}, [reservoir, plain, kind = kind_of(spec)](Link::Outcome outcome) {
-        auto made = sockets_of({plain}, std::move(outcome.answer));
-        std::lock_guard lock(reservoir->mutex);
-        reservoir->refilling.erase(kind);
-        if (!made) {
-            if (made.error().code == ErrorCode::permission_denied) {
-                reservoir->refused.insert(kind);
-            }
-            return;
-        }
-        auto& ready = reservoir->ready[kind];
-        for (auto& socket : *made) {
-            ready.push_back(std::move(socket));
-        }
-    });
+    const Deadline due = deadline();
+    arm_timer(due.at());
+    link->submit(std::move(r), {}, due,
+                 [reservoir, plain, kind = kind_of(spec)](Link::Outcome outcome) {
+                     auto made = sockets_of({plain}, std::move(outcome.answer));
+                     std::lock_guard lock(reservoir->mutex);
+                     reservoir->refilling.erase(kind);
+                     if (!made) {
+                         if (made.error().code == ErrorCode::permission_denied) {
+                             reservoir->refused.insert(kind);
+                         }
+                         return;
+                     }
+                     auto& ready = reservoir->ready[kind];
+                     for (auto& socket : *made) {
+                         ready.push_back(std::move(socket));
+                     }
+                 });
     watch(link->fd(), link->holding());
 }
 

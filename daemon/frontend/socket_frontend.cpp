@@ -239,11 +239,22 @@ void SocketFrontend::receive(const std::shared_ptr<Connection>& c) {
         }
         close_client(*c);
         return;
-    case proto::ReceiveStatus::fds_truncated:
-        spdlog::warn("client pid {} uid {}: message with too many descriptors; disconnected",
+    case proto::ReceiveStatus::fds_truncated: {
+        // The kernel refuses a sender more than 253 descriptors: only
+        // nsbrokerd's own descriptor limit cuts a request's short. The
+        // request is refused and the connection kept.
+        auto request = proto::decode_request(received.message.data);
+        auto* decoded = std::get_if<proto::Request>(&request);
+        spdlog::warn("client pid {} uid {}: a request's descriptor was lost: nsbrokerd is at its "
+                     "descriptor limit",
                      c->pid(), c->uid());
-        close_client(*c);
+        refuse(*c, decoded ? decoded->id : std::get<proto::RequestError>(request).id,
+               make_error(ErrorCode::limit,
+                          "nsbrokerd is at its descriptor limit and lost the request's "
+                          "descriptor; it may be sent again",
+                          EMFILE));
         return;
+    }
     case proto::ReceiveStatus::too_large:
         refuse(*c, std::nullopt,
                make_error(ErrorCode::limit, "message larger than " +

@@ -413,12 +413,15 @@ bool Worker::read_reply() {
         fail(startup_error_.empty() ? "worker closed its channel" : startup_error_);
         return false;
     case proto::ReceiveStatus::too_large:
-    case proto::ReceiveStatus::fds_truncated:
         kill_now();
         fail("worker sent an unreadable message");
         return false;
+    case proto::ReceiveStatus::fds_truncated:
+        // nsbrokerd is at its own descriptor limit: the worker did its job.
+        handle_reply(std::move(received.message), true);
+        return true;
     case proto::ReceiveStatus::message:
-        handle_reply(std::move(received.message));
+        handle_reply(std::move(received.message), false);
         return true;
     }
     return false;
@@ -429,7 +432,7 @@ void Worker::read_replies() {
     }
 }
 
-void Worker::handle_reply(proto::Message message) {
+void Worker::handle_reply(proto::Message message, bool fds_lost) {
     if (auto notice = proto::decode_notice(message.data)) {
         if (auto* closed = std::get_if<proto::ChannelClosed>(&*notice)) {
             end_channel(closed->id);
@@ -466,7 +469,16 @@ void Worker::handle_reply(proto::Message message) {
     }
     Pending job = std::move(it->second);
     pending_.erase(it);
-    if (auto* error = std::get_if<Error>(&reply->body)) {
+    if (fds_lost) {
+        spdlog::warn("worker {}: its sockets for a job were lost: nsbrokerd is at its descriptor "
+                     "limit",
+                     pid_);
+        job.done(make_error(ErrorCode::limit,
+                            "nsbrokerd is at its descriptor limit: the sockets made for this "
+                            "request were lost; it may be sent again",
+                            EMFILE),
+                 {});
+    } else if (auto* error = std::get_if<Error>(&reply->body)) {
         job.done(*error, {});
     } else if (auto* sockets = std::get_if<proto::SocketReply>(&reply->body);
                sockets && sockets->sockets.size() == job.expected_fds &&

@@ -238,7 +238,8 @@ class Worker {
     void flush();
     bool read_reply();
     void read_replies();
-    void handle_reply(proto::Message message);
+    // fds_lost: the reply came without its descriptors (MSG_CTRUNC).
+    void handle_reply(proto::Message message, bool fds_lost);
     void fail(const std::string& why);
     void end_channel(std::uint64_t id);
 

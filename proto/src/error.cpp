@@ -22,6 +22,7 @@ constexpr auto code_names = proto::name_table<ErrorCode>({
     {"unavailable", ErrorCode::unavailable},
     {"internal", ErrorCode::internal},
     {"io", ErrorCode::io},
+    {"timeout", ErrorCode::timeout},
 });
 
 } // namespace

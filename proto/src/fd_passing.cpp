@@ -93,7 +93,11 @@ Received receive_message(int fd, std::size_t max_size, bool dont_wait) {
     collect_fds(msg, result.message.fds);
     if ((msg.msg_flags & MSG_CTRUNC) != 0) {
         result.status = ReceiveStatus::fds_truncated;
-        result.message = {};
+        never_linger(result.message.fds);
+        result.message.fds.clear();
+        if ((msg.msg_flags & MSG_TRUNC) == 0 && static_cast<std::size_t>(n) <= max_size) {
+            result.message.data.assign(buffer.get(), static_cast<std::size_t>(n));
+        }
         return result;
     }
     if (n == 0 && result.message.fds.empty()) {

@@ -67,26 +67,6 @@ pid_t peer_pid(int fd) {
     return cred.pid;
 }
 
-std::size_t open_fd_count() {
-    std::size_t n = 0;
-    for ([[maybe_unused]] const auto& entry :
-         std::filesystem::directory_iterator("/proc/self/fd")) {
-        ++n;
-    }
-    return n;
-}
-
-// Exit status of body run in a forked child, or -1 when it did not exit.
-int in_child(const std::function<int()>& body) {
-    pid_t child = ::fork();
-    if (child == 0) {
-        ::_exit(body());
-    }
-    int status = 0;
-    ::waitpid(child, &status, 0);
-    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-}
-
 // A namespace of the test's own, a daemon started after it and a
 // connection to the daemon.
 struct DaemonAndNetns {
@@ -754,9 +734,14 @@ TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does
         REQUIRE(other.ping());
         pid_t worker = t.start_worker();
         REQUIRE(worker > 0);
-        auto fds =
-            run_output("ls /proc/" + std::to_string(worker) + "/fd | sort -n | tr '\\n' ' '");
         REQUIRE(t.c.direct_channels() == 1);
+        // The worker's end of the channel is sent to it along with the
+        // reply that brings the Client its own: it may still be on its way.
+        std::string fds;
+        wait_for([&] {
+            fds = run_output("ls /proc/" + std::to_string(worker) + "/fd | sort -n | tr '\\n' ' '");
+            return fds == "0 1 2 3 4 5 ";
+        });
         CHECK(fds == "0 1 2 3 4 5 ");
         // 0-2 as the daemon has them, 3 its channel, 4 the one file it reads,
         // 5 the direct channel of the test's Client.

@@ -270,12 +270,26 @@ Daemon::Daemon(std::vector<std::string> extra_args, std::vector<std::string> env
         args.emplace_back("--no-dbus");
     }
     args.insert(args.end(), extra_args.begin(), extra_args.end());
+    args_ = std::move(args);
+    env_ = std::move(env);
+    launch(true);
+}
+
+void Daemon::restart(int sig) {
+    stop(sig);
+    launch(false);
+}
+
+void Daemon::launch(bool new_log) {
+    std::vector<std::string> args = args_;
+    std::vector<std::string> env = env_;
     std::vector<char*> argv;
     for (auto& a : args) {
         argv.push_back(a.data());
     }
     argv.push_back(nullptr);
-    int log_fd = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+    int log_fd = ::open(log_path_.c_str(),
+                        O_WRONLY | O_CREAT | O_CLOEXEC | (new_log ? O_TRUNC : O_APPEND), 0644);
     pid_ = ::fork();
     if (pid_ == 0) {
         ::dup2(log_fd, 1);
@@ -416,6 +430,25 @@ int socket_option(int fd, int option) {
         return -1;
     }
     return value;
+}
+
+std::size_t open_fd_count() {
+    std::size_t n = 0;
+    for ([[maybe_unused]] const auto& entry :
+         std::filesystem::directory_iterator("/proc/self/fd")) {
+        ++n;
+    }
+    return n;
+}
+
+int in_child(const std::function<int()>& body) {
+    pid_t child = ::fork();
+    if (child == 0) {
+        ::_exit(body());
+    }
+    int status = 0;
+    ::waitpid(child, &status, 0);
+    return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
 }
 
 bool process_alive(pid_t pid) {

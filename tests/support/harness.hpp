@@ -91,13 +91,21 @@ class Daemon {
     // Sends sig and waits for the exit; returns the exit status, or -1 when it
     // did not exit in time (it is then killed), or 128+N for a signal.
     int stop(int sig = 15, std::chrono::milliseconds timeout = std::chrono::seconds(10));
+    // Stops it with sig, as stop() does, and starts it again as it was
+    // started, on the same socket and policy, once it serves; its log goes on.
+    void restart(int sig = 9);
     [[nodiscard]] std::string log() const;
 
   private:
+    // Starts the daemon and waits until it accepts connections.
+    void launch(bool new_log);
+
     TempDir dir_;
     std::string socket_;
     std::string policy_;
     std::string log_path_;
+    std::vector<std::string> args_;
+    std::vector<std::string> env_;
     pid_t pid_ = -1;
 };
 
@@ -144,6 +152,10 @@ ino_t socket_netns_inode(int fd);
 int socket_option(int fd, int option);
 // Whether a process exists (and is not a zombie).
 bool process_alive(pid_t pid);
+// Descriptors open in this process.
+std::size_t open_fd_count();
+// Exit status of body run in a forked child, or -1 when it did not exit.
+int in_child(const std::function<int()>& body);
 // Unread bytes queued to the unix sockets of process pid, as ss(8) sees
 // them: a request waits there for a stopped worker.
 long queued_to(pid_t pid);

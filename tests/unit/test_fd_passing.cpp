@@ -89,7 +89,7 @@ TEST_CASE("more than 253 descriptors are refused by the sender") {
     CHECK_THROWS_AS(send_message(p.a.get(), "x", many), std::invalid_argument);
 }
 
-TEST_CASE("MSG_CTRUNC is reported as fds_truncated") {
+TEST_CASE("MSG_CTRUNC is reported as fds_truncated, with the message's data and no descriptor") {
     // A receiver out of descriptor slots gets MSG_CTRUNC; lower the limit in a
     // child so that the test process keeps its own.
     Pair p;
@@ -105,7 +105,12 @@ TEST_CASE("MSG_CTRUNC is reported as fds_truncated") {
         rlimit lim{6, 6};
         ::setrlimit(RLIMIT_NOFILE, &lim);
         auto r = receive_message(3);
-        ::_exit(r.status == ReceiveStatus::fds_truncated ? 0 : 1);
+        // The two that fitted were closed again: the message is incomplete.
+        const bool closed = ::fcntl(4, F_GETFD) < 0 && ::fcntl(5, F_GETFD) < 0;
+        ::_exit(r.status == ReceiveStatus::fds_truncated && r.message.data == "fds" &&
+                        r.message.fds.empty() && closed
+                    ? 0
+                    : 1);
     }
     int status = 0;
     ::waitpid(child, &status, 0);

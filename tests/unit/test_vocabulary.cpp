@@ -394,7 +394,8 @@ TEST_CASE("name tables read both ways, for every vocabulary") {
         CHECK(grant_from_name(to_string(g)) == g);
     }
     CHECK_FALSE(grant_from_name("root"));
-    for (auto code : {ErrorCode::invalid_request, ErrorCode::not_a_netns, ErrorCode::io}) {
+    for (auto code :
+         {ErrorCode::invalid_request, ErrorCode::not_a_netns, ErrorCode::io, ErrorCode::timeout}) {
         CHECK(error_code_from_string(to_string(code)) == code);
     }
     for (auto op : {Op::hello, Op::ping, Op::namespaces, Op::stats}) {

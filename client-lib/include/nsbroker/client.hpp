@@ -16,10 +16,16 @@
 // reload, the namespace deleted, its worker gone), the Client goes back to
 // nsbrokerd by itself; only a request the worker had already been sent when
 // it died fails, with worker_failed.
+//
+// Every call has a deadline (ClientOptions::timeout) and fails with `timeout`
+// past it. When nsbrokerd goes away (restarted, say), a call in flight fails
+// with `io`, and the next call connects again by itself, at once, and after
+// a failed attempt no sooner than a pause that doubles from 10 ms to 1 s.
 #pragma once
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -91,6 +97,12 @@ struct Completion {
 };
 
 struct ClientOptions {
+    // How long a call may wait for its answer, from its start, before it
+    // fails with ErrorCode::timeout; zero waits for ever. An answer that
+    // comes later is dropped, its sockets closed. A direct channel whose
+    // worker let a call time out is given up, so that the next request
+    // goes to nsbrokerd, which replaces a worker that hangs.
+    std::chrono::milliseconds timeout = std::chrono::seconds(30);
     // Ask nsbrokerd for direct channels to workers and use them.
     bool direct_channels = true;
     // The most channels held at once; past it, the namespace used least
@@ -144,7 +156,8 @@ class Client {
 
     // From an event loop, without a thread per call: submit_sockets sends a
     // request (or holds it until the socket has room) and returns its id at
-    // once; event_fd() becomes readable when there is something to collect;
+    // once; event_fd() becomes readable when there is something to collect
+    // (a reply, or a request past its deadline, which completes with timeout);
     // completions() then reads what arrived without blocking and returns the
     // requests that completed, each with its id. Requests on the connection
     // and on its direct channels are pipelined, and completions come in any

@@ -34,6 +34,7 @@ enum class ErrorCode {
     unavailable,       // the daemon is shutting down
     internal,          // a fault inside the daemon; the request was not served
     io,                // the connection to the daemon failed (client side only)
+    timeout,           // the call's deadline passed before its answer (client side only)
 };
 
 NSBROKER_PUBLIC std::string_view to_string(ErrorCode code) noexcept;

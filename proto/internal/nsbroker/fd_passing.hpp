@@ -18,11 +18,15 @@ struct Message {
 };
 
 enum class ReceiveStatus {
-    message,       // a whole message (possibly empty) and its fds
-    would_block,   // non-blocking socket, nothing queued
-    closed,        // the peer closed the connection
-    too_large,     // the message exceeded max_size; its data and fds were dropped
-    fds_truncated, // MSG_CTRUNC: fds were lost; the peer must be dropped
+    message,     // a whole message (possibly empty) and its fds
+    would_block, // non-blocking socket, nothing queued
+    closed,      // the peer closed the connection
+    too_large,   // the message exceeded max_size; its data and fds were dropped
+    // MSG_CTRUNC: the receiver was at its descriptor limit (or past
+    // SCM_MAX_FD), and the kernel dropped descriptors the message carried.
+    // The message's data is kept, so that whatever it answered can be
+    // failed; the descriptors that did arrive are closed.
+    fds_truncated,
 };
 
 struct Received {
