@@ -6,6 +6,7 @@
 #include <linux/rtnetlink.h>
 #include <net/if.h>
 #include <netinet/in.h>
+#include <poll.h>
 #include <signal.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -240,4 +241,94 @@ TEST_CASE("a netlink socket made for an agent with CAP_NET_ADMIN works only with
     REQUIRE(grant(R"("net_admin")"));
     CHECK(attempt() == 0);
     CHECK_FALSE(lo_up());
+}
+
+TEST_CASE("SIGHUP that takes a grant away changes no answer already judged: a request in "
+          "flight gets its socket, and the next is refused") {
+    TestNetns ns("reload");
+    Daemon d;
+    auto root = Client::connect(d.socket_path());
+    REQUIRE(root);
+    REQUIRE(d.write_policy(R"({"rules": [{"name": "agent", "users": [65534],
+                               "namespaces": {"names": [")" +
+                           ns.name() + R"("]}, "grant": []}]})"));
+    const std::string name = ns.name();
+    // SIOCGSKNS is for those with CAP_NET_ADMIN there; SO_NETNS_COOKIE tells
+    // anyone which namespace a socket lives in.
+    auto cookie_of = [](int fd) {
+        std::uint64_t cookie = 0;
+        socklen_t length = sizeof cookie;
+        ::getsockopt(fd, SOL_SOCKET, SO_NETNS_COOKIE, &cookie, &length);
+        return cookie;
+    };
+    auto probe = root->socket(Netns::name(name), spec(AF_INET, SOCK_DGRAM));
+    REQUIRE(probe);
+    const std::uint64_t cookie = cookie_of(probe->fd());
+    REQUIRE(cookie != 0);
+    // The child (nobody) and the test take turns over two pipes.
+    int to_child[2];
+    int to_test[2];
+    REQUIRE(::pipe2(to_child, O_CLOEXEC) == 0);
+    REQUIRE(::pipe2(to_test, O_CLOEXEC) == 0);
+    UniqueFd child_reads{to_child[0]}, test_writes{to_child[1]};
+    UniqueFd test_reads{to_test[0]}, child_writes{to_test[1]};
+    auto say = [](int fd) {
+        return ::write(fd, "x", 1) == 1;
+    };
+    auto hear = [](int fd) {
+        char c = 0;
+        return ::read(fd, &c, 1) == 1;
+    };
+    pid_t child = start_as_user(nobody, Nobody::plain, [&] {
+        auto c = Client::connect(d.socket_path(), {.direct_channels = false});
+        const auto netns = Netns::name(name);
+        if (!c || !c->socket(netns, spec(AF_INET, SOCK_DGRAM))) {
+            return 10;
+        }
+        // Judged and sent to the worker, which the test has stopped.
+        if (!say(child_writes.get()) || !hear(child_reads.get())) {
+            return 11;
+        }
+        auto id = c->submit_sockets(netns, {spec(AF_INET, SOCK_DGRAM)});
+        if (!id || !say(child_writes.get()) || !hear(child_reads.get())) {
+            return 12;
+        }
+        // The policy that refuses is in force, and the worker continued.
+        std::optional<Completion> done;
+        while (!done) {
+            pollfd p{c->event_fd(), POLLIN, 0};
+            if (::poll(&p, 1, 30'000) != 1) {
+                return 13;
+            }
+            for (auto& completion : c->completions()) {
+                done = std::move(completion);
+            }
+        }
+        if (!done->sockets || cookie_of(done->sockets->front().fd()) != cookie) {
+            std::fprintf(stderr, "in flight: %s\n",
+                         done->sockets ? "wrong namespace"
+                                       : done->sockets.error().describe().c_str());
+            return 14;
+        }
+        return expect_error(c->socket(netns, spec(AF_INET, SOCK_DGRAM)),
+                            ErrorCode::permission_denied);
+    });
+    REQUIRE(hear(test_reads.get()));
+    auto list = root->namespaces();
+    REQUIRE(list);
+    pid_t worker = 0;
+    for (const auto& n : list->namespaces) {
+        worker = n.ino == ns.inode() ? n.worker_pid : worker;
+    }
+    REQUIRE(worker > 0);
+    REQUIRE(::kill(worker, SIGSTOP) == 0);
+    REQUIRE(say(test_writes.get()));
+    REQUIRE(hear(test_reads.get()));
+    const bool queued = wait_for([&] { return queued_to(worker) > 0; });
+    const bool refused = d.write_policy(R"({"rules": []})");
+    ::kill(worker, SIGCONT);
+    REQUIRE(say(test_writes.get()));
+    CHECK(queued);
+    CHECK(refused);
+    CHECK(wait_for_child(child) == 0);
 }
