@@ -103,7 +103,7 @@ TEST_CASE("an unprivileged user is served in a namespace it made, passed by fd o
     int status = -1;
     auto out =
         run_output("setpriv --reuid 65534 --regid 65534 --clear-groups unshare -Urn " +
-                       built("NSBROKER_CLI") + " --broker " + d.socket_path() +
+                       built_for_everyone("NSBROKER_CLI") + " --broker " + d.socket_path() +
                        " exec --netns /proc/self/ns/net --socket udp:127.0.0.1:0 -- true 2>&1",
                    &status);
     INFO(out);

@@ -357,13 +357,13 @@ TEST_CASE("nsbrokerd serves as its unit runs it: a user of its own and six capab
     const std::string socket = dir.path() + "/nsbroker.sock";
     const std::string log = dir.path() + "/nsbrokerd.log";
     const std::string caps = service_capabilities;
+    const std::string binary = built_for_everyone("NSBROKERD");
     pid_t daemon = ::fork();
     if (daemon == 0) {
         int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
         ::dup2(out, 1);
         ::dup2(out, 2);
         ::close_range(3, ~0U, 0);
-        std::string binary = built("NSBROKERD");
         std::string inh = "--inh-caps=-all," + caps;
         std::string ambient = "--ambient-caps=" + caps;
         std::string bounding = "--bounding-set=-all," + caps;

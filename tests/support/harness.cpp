@@ -28,6 +28,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <mutex>
 #include <sstream>
 #include <stdexcept>
 #include <thread>
@@ -72,6 +73,64 @@ std::string built(const char* variable) {
                                  " is not set; run the tests with meson test");
     }
     return value;
+}
+
+namespace {
+
+// Where built_for_everyone copies programs: a directory of its own, 0755.
+class SharedCopies {
+  public:
+    ~SharedCopies() {
+        if (!dir_.empty()) {
+            std::error_code ec;
+            std::filesystem::remove_all(dir_, ec);
+        }
+    }
+
+    // A copy of the file at from, as dir/SUBDIR/NAME, once.
+    std::string copy(const std::filesystem::path& from, const std::string& subdir) {
+        std::lock_guard lock(mutex_);
+        if (dir_.empty()) {
+            char pattern[] = "/tmp/nsbroker-built-XXXXXX";
+            if (::mkdtemp(pattern) == nullptr) {
+                throw std::runtime_error("mkdtemp failed");
+            }
+            dir_ = pattern;
+            std::filesystem::permissions(dir_, std::filesystem::perms(0755));
+        }
+        const auto into = dir_ / subdir;
+        const auto to = into / from.filename();
+        if (!std::filesystem::exists(to)) {
+            std::filesystem::create_directories(into);
+            std::filesystem::permissions(into, std::filesystem::perms(0755));
+            std::filesystem::copy_file(std::filesystem::canonical(from), to);
+            std::filesystem::permissions(to, std::filesystem::perms(0755));
+        }
+        return to;
+    }
+
+  private:
+    std::mutex mutex_;
+    std::filesystem::path dir_;
+};
+
+SharedCopies shared_copies;
+
+} // namespace
+
+std::string built_for_everyone(const char* variable) {
+    const std::filesystem::path program = built(variable);
+    const std::string dir = program.parent_path().filename();
+    const std::string name = program.filename();
+    const std::string copy = shared_copies.copy(program, dir);
+    // What the program loads from beside itself, in the build's layout.
+    if (name == "nsbrokerd") {
+        shared_copies.copy(program.parent_path() / "nsbroker-worker", dir);
+    } else if (name == "nsbroker") {
+        shared_copies.copy(program.parent_path().parent_path() / "client-lib" / "libnsbroker.so.0",
+                           "client-lib");
+    }
+    return copy;
 }
 
 proto::SocketSpec spec(int family, int type, int protocol) {
@@ -244,7 +303,8 @@ bool can_connect(const std::string& path) {
 Daemon::Daemon(std::vector<std::string> extra_args, std::vector<std::string> env, RunAs run_as)
     : socket_(dir_.path() + "/nsbroker.sock"), policy_(dir_.path() + "/policy.json"),
       log_path_(dir_.path() + "/nsbrokerd.log") {
-    std::string binary = built("NSBROKERD");
+    std::string binary =
+        run_as == RunAs::service ? built_for_everyone("NSBROKERD") : built("NSBROKERD");
     std::vector<std::string> args;
     if (run_as == RunAs::service) {
         if (::chown(dir_.path().c_str(), service_uid, service_uid) < 0) {

@@ -174,5 +174,11 @@ int take_lo_down(int fd);
 
 // Environment: path of a built program, from meson (fails the test if unset).
 std::string built(const char* variable);
+// The same program copied where any user may run it, for programs run as
+// another user: a checkout under a directory only root may enter (/root,
+// say) is out of their reach. The copy keeps the build's layout for what it
+// loads from beside itself: nsbrokerd its nsbroker-worker, the command line
+// its libnsbroker. Copied once per test process, removed at its exit.
+std::string built_for_everyone(const char* variable);
 
 } // namespace nsbroker::test
