@@ -8,6 +8,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <nlohmann/json.hpp>
 #include <thread>
 
@@ -37,7 +38,9 @@ std::string read_from(const std::string& netns_path, int port) {
         sin.sin_family = AF_INET;
         sin.sin_port = htons(static_cast<uint16_t>(port));
         sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-        for (int attempt = 0; attempt < 500; ++attempt) {
+        // Until the server listens, for as long as a busy machine may take.
+        const auto deadline = std::chrono::steady_clock::now() + std::chrono::seconds(30);
+        while (std::chrono::steady_clock::now() < deadline) {
             int fd = ::socket(AF_INET, SOCK_STREAM, 0);
             if (::connect(fd, reinterpret_cast<sockaddr*>(&sin), sizeof(sin)) == 0) {
                 char buffer[512];

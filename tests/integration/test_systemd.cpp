@@ -173,6 +173,8 @@ TEST_CASE("socket activation: the CLI reaches the daemon, which exits when idle 
         auto idle_client = Client::connect(path);
         REQUIRE(idle_client);
         REQUIRE(idle_client->ping());
+        // Not a wait for an event: the time in which an idle daemon would
+        // have exited (--exit-idle-time 1 s) passes twice and more.
         std::this_thread::sleep_for(std::chrono::milliseconds(2500));
         CHECK(process_alive(first));
         CHECK(idle_client->ping());
