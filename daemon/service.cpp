@@ -1,6 +1,7 @@
 // The loop, signals, idle exit and systemd notifications.
 #include "service.hpp"
 
+#include <malloc.h>
 #include <signal.h>
 #include <systemd/sd-daemon.h>
 
@@ -59,8 +60,9 @@ void Service::attach(Core& core, std::vector<Frontend*> frontends,
     if (int r = sd_event_set_watchdog(loop_.get(), 1); r < 0) {
         spdlog::warn("watchdog: {}; running without it", std::strerror(-r));
     }
-    status_timer_.emplace(loop_.get(), [this](uint64_t) {
+    status_timer_.emplace(loop_.get(), [this](uint64_t now) {
         notify_status();
+        trim_after_load(now);
         status_timer_->arm_in(status_interval_usec);
     });
     status_timer_->arm_in(status_interval_usec);
@@ -115,6 +117,18 @@ void Service::idle_check(uint64_t now) {
     } else {
         spdlog::info("idle for {}s: exiting", exit_idle_time_.count());
         stop("idle");
+    }
+}
+
+// Once no socket has been asked for in a whole status interval and no job
+// is in flight, the heap pages that the load grew (a connection's and a
+// worker's bookkeeping, with a thousand workers) go back to the system:
+// free() returns only the top of the heap. Once after each busy time.
+void Service::trim_after_load(uint64_t now) {
+    const uint64_t last = core_->last_activity();
+    if (last != trimmed_after_ && now >= last + status_interval_usec && core_->idle()) {
+        ::malloc_trim(0);
+        trimmed_after_ = last;
     }
 }
 

@@ -47,6 +47,7 @@ class Service {
   private:
     static int on_stop_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
     static int on_reload_signal(sd_event_source*, const struct signalfd_siginfo*, void* userdata);
+    void trim_after_load(uint64_t now);
     void idle_check(uint64_t now);
     void stop(const char* why);
     [[nodiscard]] bool idle() const;
@@ -61,6 +62,7 @@ class Service {
     std::optional<OneShotTimer> idle_timer_;
     std::optional<OneShotTimer> status_timer_;
     std::string last_status_;
+    uint64_t trimmed_after_ = 0; // the last activity the heap was trimmed after
 };
 
 } // namespace nsbroker::daemon
