@@ -293,8 +293,7 @@ class Link {
                 refused = broken_ ? broken_ : unsendable_;
             } else {
                 outbox_.push_back({request.id, std::move(bytes), std::move(fd_to_send)});
-                submitted_.emplace(request.id,
-                                   Submitted{std::move(done), false, deadline, deadline.at()});
+                submitted_.emplace(request.id, Submitted{std::move(done), false, deadline});
             }
         }
         if (refused) {
@@ -403,9 +402,10 @@ class Link {
             std::lock_guard lock(mutex_);
             for (auto it = submitted_.begin(); it != submitted_.end();) {
                 auto& [id, submitted] = *it;
-                if (!submitted.due || *submitted.due > now) {
-                    if (submitted.due && (!next || *submitted.due < *next)) {
-                        next = submitted.due;
+                const auto due = submitted.deadline.at();
+                if (!due || *due > now) {
+                    if (due && (!next || *due < *next)) {
+                        next = due;
                     }
                     ++it;
                     continue;
@@ -475,7 +475,6 @@ class Link {
         Done done;
         bool sent;
         Deadline deadline;
-        std::optional<Clock::time_point> due;
     };
     // Past this many submitted requests awaiting replies, the rest wait here:
     // nsbrokerd refuses a connection more than --max-requests-in-flight.
@@ -1478,6 +1477,9 @@ void Client::Impl::submit_on_channel(std::shared_ptr<Submission> s, const Channe
             forget(key, used);
             submit_to_daemon(std::move(s));
             return;
+        }
+        if (!outcome.answer && outcome.answer.error().code == ErrorCode::timeout) {
+            forget(key, used); // as a blocking call does
         }
         complete(s->id, sockets_of(s->specs, std::move(outcome.answer)));
     });
