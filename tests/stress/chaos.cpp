@@ -75,6 +75,14 @@ struct Settings {
     std::chrono::milliseconds churn_every = 50ms;
 };
 
+// AddressSanitizer's quarantine keeps what the daemon frees, for a while:
+// a daemon built with it is not held to its memory at start.
+#if defined(__SANITIZE_ADDRESS__)
+constexpr bool judge_memory = false;
+#else
+constexpr bool judge_memory = true;
+#endif
+
 constexpr int processes = 4;
 constexpr int threads_per_process = 4;
 constexpr int max_namespaces = 2000;
@@ -715,6 +723,7 @@ int run(const Settings& settings) {
     // been idle long enough to give back what the load grew.
     const long anon_bound = std::max(resting_anon * 5 / 4, resting_anon + 512);
     const bool rss_back =
+        !judge_memory ||
         wait_for([&] { return status_kib(daemon.pid(), "RssAnon") <= anon_bound; }, 30s);
     const long rss_end = status_kib(daemon.pid());
     const long anon_end = status_kib(daemon.pid(), "RssAnon");
@@ -784,6 +793,9 @@ int run(const Settings& settings) {
                 static_cast<double>(rss_end) / 1024, static_cast<double>(resting_rss) / 1024,
                 static_cast<double>(anon_end) / 1024, static_cast<double>(resting_anon) / 1024,
                 kept.size());
+    if (!judge_memory) {
+        std::printf("                 (memory not judged: built with AddressSanitizer)\n");
+    }
     std::printf("after the last restart %llu sockets\n",
                 static_cast<unsigned long long>(shared->sockets - sockets_at_restart));
     std::printf("verdict          %s\n", pass ? "PASS" : "FAIL");
