@@ -9,12 +9,14 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "nsbroker/client.hpp"
@@ -35,7 +37,8 @@ constexpr const char* usage_text = R"(Usage:
 
 Options:
   --broker PATH   the daemon's socket (default: $NSBROKER_SOCKET, else /run/nsbroker/nsbroker.sock)
-  --json          print the daemon's reply as JSON
+  --json          print the daemon's reply as JSON; for ns, the whole list in
+                  one reply, gathered from every page the daemon sent
 
 REF is a /run/netns name, a path (anything with a '/'), or pid:N.
 SPEC is one of
@@ -81,10 +84,19 @@ int cmd_ping(Client& client, bool json) {
     return 0;
 }
 
+// By name for a person; the daemon lists them by (dev, ino).
 void print_namespaces(const NamespacesReply& list) {
+    std::vector<const NamespaceInfo*> by_name;
+    for (const auto& n : list.namespaces) {
+        by_name.push_back(&n);
+    }
+    std::sort(by_name.begin(), by_name.end(), [](const auto* a, const auto* b) {
+        return std::tie(a->names, a->dev, a->ino) < std::tie(b->names, b->dev, b->ino);
+    });
     std::printf("%-24s %-18s %8s %-9s %9s %9s\n", "NAME", "NETNS", "WORKER", "STATE", "REQUESTS",
                 "SOCKETS");
-    for (const auto& n : list.namespaces) {
+    for (const auto* entry : by_name) {
+        const auto& n = *entry;
         std::string names;
         for (const auto& name : n.names) {
             names += (names.empty() ? "" : ",") + name;
@@ -95,9 +107,6 @@ void print_namespaces(const NamespacesReply& list) {
                     id.c_str(), pid.c_str(), n.state.c_str(),
                     static_cast<unsigned long long>(n.requests),
                     static_cast<unsigned long long>(n.sockets));
-    }
-    if (list.truncated) {
-        std::printf("(list truncated to fit one message)\n");
     }
 }
 
@@ -129,6 +138,8 @@ int print_reply(const Result<Reply>& reply, bool json, void (*print_text)(const 
     return 0;
 }
 
+// The whole list, which the library gathers page by page: --json prints it
+// as one reply.
 int cmd_ns(Client& client, bool json) {
     return print_reply(client.namespaces(), json, print_namespaces);
 }

@@ -1176,9 +1176,60 @@ Result<void> Client::ping() {
     return {};
 }
 
+Result<NamespacesReply> Client::namespaces_page(const std::optional<NamespacesCursor>& cursor,
+                                                std::optional<unsigned> limit) {
+    proto::Request request = request_for(proto::Op::namespaces);
+    request.cursor = cursor;
+    request.limit = limit;
+    return expect<NamespacesReply>(impl_->call(request, impl_->deadline()));
+}
+
+namespace {
+
+// Whether cursor next comes after previous in the listing's order, where a
+// cursor inside a namespace's names comes before the one after all of them.
+bool moves_on(const NamespacesCursor& next, const NamespacesCursor& previous) {
+    if (next.dev != previous.dev || next.ino != previous.ino) {
+        return std::pair(next.dev, next.ino) > std::pair(previous.dev, previous.ino);
+    }
+    return previous.name && (!next.name || *next.name > *previous.name);
+}
+
+} // namespace
+
 Result<NamespacesReply> Client::namespaces() {
-    return expect<NamespacesReply>(
-        impl_->call(request_for(proto::Op::namespaces), impl_->deadline()));
+    // One call, with one deadline for all its pages.
+    const Deadline deadline = impl_->deadline();
+    auto page_after = [this, &deadline](const std::optional<NamespacesCursor>& cursor) {
+        proto::Request request = request_for(proto::Op::namespaces);
+        request.cursor = cursor;
+        return expect<NamespacesReply>(impl_->call(request, deadline));
+    };
+    NamespacesReply all;
+    std::optional<NamespacesCursor> cursor;
+    do {
+        auto page = page_after(cursor);
+        if (!page) {
+            return std::move(page).error();
+        }
+        for (auto& n : page->namespaces) {
+            if (!all.namespaces.empty() && all.namespaces.back().dev == n.dev &&
+                all.namespaces.back().ino == n.ino) {
+                // The rest of the names of a namespace that did not fit in one page.
+                auto& names = all.namespaces.back().names;
+                names.insert(names.end(), std::make_move_iterator(n.names.begin()),
+                             std::make_move_iterator(n.names.end()));
+            } else {
+                all.namespaces.push_back(std::move(n));
+            }
+        }
+        // A cursor that does not move on would ask for the same page forever.
+        if (page->next_cursor && cursor && !moves_on(*page->next_cursor, *cursor)) {
+            return make_error(ErrorCode::io, "nsbrokerd's namespaces pages do not move on");
+        }
+        cursor = std::move(page->next_cursor);
+    } while (cursor);
+    return all;
 }
 
 Result<StatsReply> Client::stats() {

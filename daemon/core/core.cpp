@@ -166,7 +166,7 @@ void Core::serve(Request request, Answer answer) {
         answer_with(answer, proto::PongReply{});
         return;
     case proto::Op::namespaces:
-        answer_with(answer, list_namespaces());
+        answer_with(answer, list_namespaces(request));
         return;
     case proto::Op::stats:
         answer_with(answer, stats());
@@ -416,8 +416,13 @@ proto::HelloReply Core::hello() const {
     return {proto::protocol_version, NSBROKER_VERSION, features(config_.workers.mode)};
 }
 
-proto::NamespacesReply Core::list_namespaces() const {
-    return namespace_listing(config_.workers.netns_dir, pool_->describe());
+proto::NamespacesReply Core::list_namespaces(const Request& request) const {
+    auto listing = namespace_listing(config_.workers.netns_dir, pool_->describe());
+    if (!request.paged_listing) {
+        return namespace_page(std::move(listing), std::nullopt, SIZE_MAX, false);
+    }
+    return namespace_page(std::move(listing), request.message.cursor,
+                          request.message.limit.value_or(proto::max_namespaces_limit), true);
 }
 
 proto::StatsReply Core::stats() const {

@@ -71,6 +71,10 @@ struct Request {
     std::shared_ptr<Channel> channel;
     proto::Request message;
     UniqueFd netns_fd; // sent along, for NetnsRef::Kind::fd
+    // A `namespaces` reply comes in pages that each fit in one message of
+    // the socket protocol, unless the front end sends replies of any size:
+    // then it lists everything at once (D-Bus).
+    bool paged_listing = true;
 };
 
 // How the core answers a request: exactly once, perhaps before serve returns.
@@ -157,7 +161,7 @@ class Core {
                                          const std::shared_ptr<Channel>& channel,
                                          const ChannelOffer& offer);
     [[nodiscard]] proto::HelloReply hello() const;
-    [[nodiscard]] proto::NamespacesReply list_namespaces() const;
+    [[nodiscard]] proto::NamespacesReply list_namespaces(const Request& request) const;
 
     sd_event* loop_;
     CoreConfig config_;

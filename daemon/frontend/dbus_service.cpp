@@ -447,6 +447,19 @@ int append_namespaces(sd_bus_message* reply, const proto::NamespacesReply& list)
     return r;
 }
 
+// The most bytes list takes marshalled as a(asttsutt), every alignment
+// padded, with room for the reply's header.
+std::size_t marshalled_size_bound(const proto::NamespacesReply& list) {
+    std::size_t bound = 4096;
+    for (const auto& ns : list.namespaces) {
+        bound += 80 + ns.state.size();
+        for (const auto& name : ns.names) {
+            bound += 8 + name.size();
+        }
+    }
+    return bound;
+}
+
 // h, or ah for OpenSockets. sd-bus dups each fd into the message.
 int append_sockets(sd_bus_message* reply, const std::vector<UniqueFd>& fds, bool many) {
     if (!many) {
@@ -491,6 +504,18 @@ void DbusService::serve(sd_bus_message* m, Caller caller, proto::Request request
             reply_error(call.get(), *error);
             return;
         }
+        // Sent whole, the list would cost the daemon its bus connection.
+        if (auto* list = std::get_if<proto::NamespacesReply>(&body);
+            list && marshalled_size_bound(*list) > dbus_max_message_size) {
+            reply_error(
+                call.get(),
+                make_error(ErrorCode::limit, "the " + std::to_string(list->namespaces.size()) +
+                                                 " namespaces take more than the " +
+                                                 std::to_string(dbus_max_message_size) +
+                                                 " bytes the bus passes in one message; the socket "
+                                                 "protocol's \"namespaces\" lists them in pages"));
+            return;
+        }
         sd_bus_message* raw = nullptr;
         int r = sd_bus_message_new_method_return(call.get(), &raw);
         MessageRef reply(raw);
@@ -513,7 +538,9 @@ void DbusService::serve(sd_bus_message* m, Caller caller, proto::Request request
                                    std::string("building the reply: ") + std::strerror(-r)));
         }
     };
-    core_.serve({std::move(caller), process, channel, std::move(request), UniqueFd{}},
+    // A bus message may be far larger than a socket message: ListNamespaces
+    // answers with the whole list at once.
+    core_.serve({std::move(caller), process, channel, std::move(request), UniqueFd{}, false},
                 std::move(answer));
 }
 

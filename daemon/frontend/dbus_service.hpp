@@ -25,6 +25,9 @@ inline constexpr const char* dbus_interface = "org.nsbroker.Broker1";
 // dbus-daemon passes at most this many descriptors in one message (its
 // max_message_unix_fds), and disconnects a sender that tries more.
 inline constexpr unsigned dbus_max_fds = 16;
+// dbus-daemon takes messages of at most this many bytes on the system bus (its
+// max_message_size), and disconnects a sender that sends a larger one.
+inline constexpr std::size_t dbus_max_message_size = 32 * 1024 * 1024;
 
 class DbusService final : public Frontend {
   public:

@@ -566,7 +566,116 @@ json encode_netns(const NetnsRef& ref) {
     return nullptr;
 }
 
+// ---- namespaces cursors ----------------------------------------------------
+//
+// "DEV:INO", or "DEV:INO:NAME" with the name in lowercase hex when the page
+// ended inside that namespace's names. Clients treat it as opaque; the
+// daemon takes back only what it could have given.
+
+constexpr std::size_t max_cursor_length = 20 + 1 + 20 + 1 + 2 * max_netns_name_length;
+
+std::string encode_cursor(const NamespacesCursor& cursor) {
+    constexpr std::string_view digits = "0123456789abcdef";
+    std::string out = std::to_string(cursor.dev) + ":" + std::to_string(cursor.ino);
+    if (cursor.name) {
+        out += ':';
+        for (unsigned char c : *cursor.name) {
+            out += digits[c >> 4];
+            out += digits[c & 0xf];
+        }
+    }
+    return out;
+}
+
+// A decimal number without leading zeros at the start of text, and what follows it.
+std::optional<std::uint64_t> cursor_number(std::string_view& text) {
+    std::uint64_t value = 0;
+    auto [end, error] = std::from_chars(text.data(), text.data() + text.size(), value);
+    std::size_t length = static_cast<std::size_t>(end - text.data());
+    if (error != std::errc{} || length == 0 || (text[0] == '0' && length > 1)) {
+        return std::nullopt;
+    }
+    text.remove_prefix(length);
+    return value;
+}
+
+std::optional<std::string> cursor_name(std::string_view hex) {
+    auto nibble = [](char c) -> int {
+        if (c >= '0' && c <= '9') {
+            return c - '0';
+        }
+        return c >= 'a' && c <= 'f' ? c - 'a' + 10 : -1;
+    };
+    if (hex.empty() || hex.size() % 2 != 0) {
+        return std::nullopt;
+    }
+    std::string name;
+    for (std::size_t i = 0; i < hex.size(); i += 2) {
+        int high = nibble(hex[i]);
+        int low = nibble(hex[i + 1]);
+        if (high < 0 || low < 0) {
+            return std::nullopt;
+        }
+        name += static_cast<char>((high << 4) | low);
+    }
+    if (!check_netns_name(name)) {
+        return std::nullopt;
+    }
+    return name;
+}
+
+// The cursor in text, or nothing when it is not one that encode_cursor writes.
+std::optional<NamespacesCursor> parse_cursor(std::string_view text) {
+    if (text.size() > max_cursor_length) {
+        return std::nullopt;
+    }
+    NamespacesCursor cursor;
+    auto dev = cursor_number(text);
+    if (!dev || !text.starts_with(':')) {
+        return std::nullopt;
+    }
+    text.remove_prefix(1);
+    auto ino = cursor_number(text);
+    if (!ino) {
+        return std::nullopt;
+    }
+    cursor.dev = *dev;
+    cursor.ino = *ino;
+    if (!text.empty()) {
+        if (!text.starts_with(':')) {
+            return std::nullopt;
+        }
+        cursor.name = cursor_name(text.substr(1));
+        if (!cursor.name) {
+            return std::nullopt;
+        }
+    }
+    return cursor;
+}
+
+NamespacesCursor decode_cursor(const json& j, const Path& where) {
+    auto cursor = parse_cursor(Fields::as_string(j, where));
+    if (!cursor) {
+        // Not repeated in the message, which may be as long as a request.
+        fail(ErrorCode::invalid_request, where,
+             "not a cursor that nsbrokerd gave (send back a reply's \"next_cursor\" as it came)");
+    }
+    return std::move(*cursor);
+}
+
 // ---- replies ---------------------------------------------------------------
+
+// The one spelling of a `namespaces` entry, which the page cut measures.
+json encode_namespace(const NamespaceInfo& n) {
+    return {{"dev", n.dev},        {"ino", n.ino},
+            {"names", n.names},    {"worker_pid", n.worker_pid},
+            {"state", n.state},    {"requests", n.requests},
+            {"sockets", n.sockets}};
+}
+
+std::string dump(const json& j) {
+    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+}
 
 json encode_error(const Error& e) {
     json j = {{"code", to_string(e.code)}, {"message", e.message}};
@@ -616,16 +725,12 @@ struct ReplyEncoder {
     void operator()(const NamespacesReply& r) const {
         json list = json::array();
         for (const auto& n : r.namespaces) {
-            list.push_back({{"dev", n.dev},
-                            {"ino", n.ino},
-                            {"names", n.names},
-                            {"worker_pid", n.worker_pid},
-                            {"state", n.state},
-                            {"requests", n.requests},
-                            {"sockets", n.sockets}});
+            list.push_back(encode_namespace(n));
         }
         j["namespaces"] = std::move(list);
-        j["truncated"] = r.truncated;
+        if (r.next_cursor) {
+            j["next_cursor"] = encode_cursor(*r.next_cursor);
+        }
     }
     void operator()(const StatsReply& s) const {
         j["stats"] = {{"uptime_seconds", s.uptime_seconds},
@@ -711,7 +816,9 @@ ReplyBody decode_body(const Fields& f, Op op) {
             info.sockets = n.integer<std::uint64_t>("sockets", 0, UINT64_MAX);
             return info;
         });
-        r.truncated = f.opt_bool("truncated").value_or(false);
+        if (const json* next = f.find("next_cursor")) {
+            r.next_cursor = decode_cursor(*next, f.path("next_cursor"));
+        }
         return r;
     }
     case Op::stats: {
@@ -1348,6 +1455,13 @@ std::string encode_request(const Request& r) {
         if (r.channel) {
             j["channel"] = true;
         }
+    } else if (r.op == Op::namespaces) {
+        if (r.cursor) {
+            j["cursor"] = encode_cursor(*r.cursor);
+        }
+        if (r.limit) {
+            j["limit"] = *r.limit;
+        }
     }
     return j.dump();
 }
@@ -1390,6 +1504,12 @@ std::variant<Request, RequestError> decode_request_for(std::string_view bytes,
             r.netns = decode_netns(f.require("netns"));
             r.specs = decode_specs(f);
             r.channel = f.opt_bool("channel").value_or(false);
+        } else if (r.op == Op::namespaces) {
+            f.allow_only({"id", "op", "cursor", "limit"}, ErrorCode::invalid_request);
+            if (const json* cursor = f.find("cursor")) {
+                r.cursor = decode_cursor(*cursor, f.path("cursor"));
+            }
+            r.limit = f.opt_integer<unsigned>("limit", 1, max_namespaces_limit);
         } else {
             f.allow_only({"id", "op"}, ErrorCode::invalid_request);
         }
@@ -1424,7 +1544,19 @@ std::string encode_reply(const Reply& reply) {
     j["id"] = reply.id ? json(*reply.id) : json(nullptr);
     j["ok"] = true;
     std::visit(ReplyEncoder{j}, reply.body);
-    return j.dump(-1, ' ', false, json::error_handler_t::replace);
+    return dump(j);
+}
+
+std::size_t namespace_entry_size(const NamespaceInfo& entry) {
+    return dump(encode_namespace(entry)).size() + 1;
+}
+
+std::size_t namespaces_reply_overhead() {
+    static const std::size_t overhead = [] {
+        NamespacesCursor longest{UINT64_MAX, UINT64_MAX, std::string(max_netns_name_length, 'x')};
+        return encode_reply({UINT64_MAX, NamespacesReply{{}, std::move(longest)}}).size();
+    }();
+    return overhead;
 }
 
 Result<Reply> decode_reply(std::string_view bytes, Op op) {

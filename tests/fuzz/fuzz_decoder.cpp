@@ -26,7 +26,8 @@ void check_request(std::string_view bytes) {
     auto again = decode_request(encode_request(*request));
     auto* second = std::get_if<Request>(&again);
     if (second == nullptr || second->id != request->id || second->op != request->op ||
-        second->specs != request->specs) {
+        second->specs != request->specs || second->cursor != request->cursor ||
+        second->limit != request->limit) {
         mismatch();
     }
     for (const auto& spec : request->specs) {
@@ -43,6 +44,10 @@ void check_reply(std::string_view bytes, Op op) {
     }
     auto again = decode_reply(encode_reply(*reply), op);
     if (!again || again->id != reply->id || again->body.index() != reply->body.index()) {
+        mismatch();
+    }
+    const auto* page = std::get_if<NamespacesReply>(&reply->body);
+    if (page && std::get<NamespacesReply>(again->body).next_cursor != page->next_cursor) {
         mismatch();
     }
 }

@@ -285,6 +285,136 @@ TEST_CASE("replies round-trip for every operation") {
     CHECK_FALSE(json["error"].contains("errno"));
 }
 
+TEST_CASE("a namespaces request's cursor and limit, and a reply's next cursor, round-trip") {
+    const NamespacesCursor cursors[] = {
+        {4, 4026532176, std::nullopt},
+        {0, 0, std::nullopt},
+        {UINT64_MAX, UINT64_MAX, std::nullopt},
+        {4, 4026532176, "blue"},
+        // Any bytes a file name may hold, the longest a name may be.
+        {4, 7, "a:b\"c\\d\n\x01\xff\xc3\xa9 e"},
+        {4, 7, std::string(max_netns_name_length, '\xfe')},
+    };
+    for (const auto& cursor : cursors) {
+        CAPTURE(cursor.ino);
+        Request r;
+        r.id = 6;
+        r.op = Op::namespaces;
+        r.cursor = cursor;
+        r.limit = 50;
+        auto back = decode_ok(encode_request(r));
+        CHECK(back.op == Op::namespaces);
+        CHECK(back.cursor == cursor);
+        CHECK(back.limit == 50u);
+
+        NamespacesReply page;
+        page.namespaces.push_back({4, 4026531840, {"a", "b"}, 77, "ready", 3, 9});
+        page.next_cursor = cursor;
+        auto reply = decode_reply(encode_reply({6, page}), Op::namespaces);
+        REQUIRE(reply);
+        CHECK(std::get<NamespacesReply>(reply->body).next_cursor == cursor);
+    }
+
+    // Neither field is needed; the last page has no next cursor.
+    auto first = decode_ok(R"({"id":6,"op":"namespaces"})");
+    CHECK_FALSE(first.cursor);
+    CHECK_FALSE(first.limit);
+    CHECK(decode_ok(R"({"id":6,"op":"namespaces","limit":1000})").limit == 1000u);
+    auto last = nlohmann::json::parse(encode_reply({6, NamespacesReply{}}));
+    CHECK_FALSE(last.contains("next_cursor"));
+    CHECK_FALSE(last.contains("truncated"));
+    auto decoded = decode_reply(last.dump(), Op::namespaces);
+    REQUIRE(decoded);
+    CHECK_FALSE(std::get<NamespacesReply>(decoded->body).next_cursor);
+}
+
+TEST_CASE("a cursor or a limit nsbrokerd did not give is refused, naming the field") {
+    const std::string not_a_cursor =
+        "cursor: not a cursor that nsbrokerd gave (send back a reply's \"next_cursor\" as it came)";
+    const char* bad_cursors[] = {
+        "",         "blue",   "4",        "4:",      ":4",   "4:5:",
+        "4:5:6",    "4:5:zz", "4:5:ABCD", "04:5",    "4:05", "-4:5",
+        "+4:5",     " 4:5",   "4:5 ",     "4:5:6:7", "4;5",  "18446744073709551616:5",
+        "4:5:2f",   // "/"
+        "4:5:2e",   // "."
+        "4:5:2e2e", // ".."
+        "4:5:6100", // a NUL
+    };
+    for (const char* cursor : bad_cursors) {
+        CAPTURE(cursor);
+        auto e =
+            decode_bad(std::string(R"({"id":6,"op":"namespaces","cursor":")") + cursor + "\"}");
+        CHECK(e.id == 6u);
+        CHECK(e.error.code == ErrorCode::invalid_request);
+        CHECK(e.error.message == not_a_cursor);
+    }
+    // A name longer than any file name, and a cursor as long as a request:
+    // refused without repeating it.
+    std::string hex_256(2 * (max_netns_name_length + 1), 'a');
+    CHECK(
+        decode_bad(R"({"id":6,"op":"namespaces","cursor":"4:5:)" + hex_256 + "\"}").error.message ==
+        not_a_cursor);
+    std::string long_cursor(60000, '1');
+    CHECK(
+        decode_bad(R"({"id":6,"op":"namespaces","cursor":")" + long_cursor + "\"}").error.message ==
+        not_a_cursor);
+
+    const std::pair<const char*, const char*> bad_fields[] = {
+        {R"("cursor":45)", "cursor: expected a string, got a number"},
+        {R"("cursor":null)", "cursor: expected a string, got null"},
+        {R"("cursor":{"dev":4,"ino":5})", "cursor: expected a string, got an object"},
+        {R"("limit":0)", "limit: out of range (1 to 1000)"},
+        {R"("limit":1001)", "limit: out of range (1 to 1000)"},
+        {R"("limit":-1)", "limit: out of range (1 to 1000)"},
+        {R"("limit":18446744073709551615)", "limit: out of range (1 to 1000)"},
+        {R"("limit":"10")", "limit: expected an integer, got a string"},
+        {R"("limit":2.5)", "limit: expected an integer, got a number"},
+        {R"("offset":10)", "unknown field \"offset\""},
+    };
+    for (const auto& [field, message] : bad_fields) {
+        CAPTURE(field);
+        auto e = decode_bad(std::string(R"({"id":6,"op":"namespaces",)") + field + "}");
+        CHECK(e.error.code == ErrorCode::invalid_request);
+        CHECK(e.error.message == message);
+    }
+    // Only a namespaces request pages.
+    CHECK(decode_bad(R"({"id":6,"op":"stats","cursor":"4:5"})").error.message ==
+          "unknown field \"cursor\"");
+    CHECK(decode_bad(R"({"id":6,"op":"ping","limit":5})").error.message ==
+          "unknown field \"limit\"");
+
+    // A client holds a reply's cursor to the same form.
+    auto reply =
+        decode_reply(R"({"id":6,"ok":true,"namespaces":[],"next_cursor":"4:05"})", Op::namespaces);
+    REQUIRE_FALSE(reply);
+    CHECK(reply.error().message ==
+          "next_cursor: not a cursor that nsbrokerd gave (send back a reply's \"next_cursor\" as "
+          "it came)");
+}
+
+TEST_CASE("a namespaces reply is no larger than its entries' sizes and the overhead say") {
+    NamespacesReply page;
+    std::size_t entries = 0;
+    // Names that JSON spells longer than their bytes: quotes, control
+    // characters, bytes that are not UTF-8.
+    for (const std::string& name :
+         {std::string("plain"), std::string(255, '"'), std::string(255, '\x01'),
+          std::string(255, '\xff'), std::string("\xc3\xa9t\xc3\xa9")}) {
+        page.namespaces.push_back({UINT64_MAX,
+                                   UINT64_MAX,
+                                   {name, name + "2"},
+                                   INT32_MAX,
+                                   "starting",
+                                   UINT64_MAX,
+                                   UINT64_MAX});
+        entries += namespace_entry_size(page.namespaces.back());
+    }
+    page.next_cursor = NamespacesCursor{UINT64_MAX, UINT64_MAX, std::string(255, 'x')};
+    CHECK(encode_reply({UINT64_MAX, page}).size() <= namespaces_reply_overhead() + entries);
+    CHECK(encode_reply({UINT64_MAX, NamespacesReply{}}).size() <= namespaces_reply_overhead());
+    CHECK(namespaces_reply_overhead() < 1024);
+}
+
 TEST_CASE("every example in PROTOCOL.md decodes as the daemon and the client read it") {
     std::ifstream doc(NSBROKER_PROTOCOL_MD);
     REQUIRE(doc.good());
@@ -442,7 +572,7 @@ TEST_CASE("a key repeated in a reply is refused") {
          Op::socket, "error: duplicate key \"code\""},
         {R"({"id":1,"ok":true,"protocol":1,"version":"0.1.0","version":"0.2.0","features":[]})",
          Op::hello, "duplicate key \"version\""},
-        {R"({"id":1,"ok":true,"truncated":false,"namespaces":[
+        {R"({"id":1,"ok":true,"next_cursor":"1:3","namespaces":[
             {"dev":1,"ino":2,"names":[],"worker_pid":0,"state":"idle","requests":0,"sockets":0},
             {"dev":1,"ino":3,"names":["a","b"],"worker_pid":0,"state":"idle","state":"ready",
              "requests":0,"sockets":0}]})",

@@ -9,8 +9,12 @@
 #include <chrono>
 #include <memory>
 #include <optional>
+#include <string>
+#include <vector>
 
 #include "core/core.hpp"
+#include "core/namespace_listing.hpp"
+#include "nsbroker/codec.hpp"
 #include "service.hpp"
 #include "support/harness.hpp"
 
@@ -259,4 +263,155 @@ TEST_CASE("core: once stopping, every request is refused and the workers exit") 
     CHECK(error_of(*served) == nullptr);
     CHECK(served->fds.size() == 1);
     CHECK(f.core->stats().workers_live == 0);
+}
+
+// ---- the namespaces listing's pages ------------------------------------------
+
+namespace {
+
+// A listing in the daemon's order, with names that JSON spells six bytes a
+// byte: pages of it hold few entries.
+std::vector<proto::NamespaceInfo> long_named_listing(std::size_t count) {
+    std::vector<proto::NamespaceInfo> listing;
+    for (std::size_t i = 0; i < count; ++i) {
+        std::string name = std::to_string(i) + std::string(200, '\x01');
+        listing.push_back({4, 1000 + 3 * i, {name}, 0, "idle", 0, 0});
+    }
+    return listing;
+}
+
+// Every page from the start, each checked to fit one message.
+std::vector<proto::NamespacesReply> all_pages(const std::vector<proto::NamespaceInfo>& listing,
+                                              std::size_t limit) {
+    std::vector<proto::NamespacesReply> pages;
+    std::optional<proto::NamespacesCursor> cursor;
+    do {
+        pages.push_back(namespace_page(listing, cursor, limit, true));
+        const auto& page = pages.back();
+        CHECK(proto::encode_reply({UINT64_MAX, page}).size() <= proto::max_message_size);
+        CHECK(page.namespaces.size() <= limit);
+        REQUIRE((page.namespaces.size() > 0 || !page.next_cursor));
+        cursor = page.next_cursor;
+    } while (cursor && pages.size() < 1000);
+    return pages;
+}
+
+} // namespace
+
+TEST_CASE("namespaces: pages fit one message, follow (dev, ino) and list everything once") {
+    auto listing = long_named_listing(2000);
+    auto pages = all_pages(listing, proto::max_namespaces_limit);
+    CHECK(pages.size() > 10);
+    std::vector<std::uint64_t> listed;
+    for (const auto& page : pages) {
+        for (const auto& n : page.namespaces) {
+            listed.push_back(n.ino);
+        }
+        if (page.next_cursor) {
+            // The cursor is the key of the last entry sent.
+            CHECK(page.next_cursor->ino == page.namespaces.back().ino);
+            CHECK_FALSE(page.next_cursor->name);
+        }
+    }
+    std::vector<std::uint64_t> expected;
+    for (const auto& n : listing) {
+        expected.push_back(n.ino);
+    }
+    CHECK(listed == expected);
+
+    // At most limit entries a page.
+    pages = all_pages(listing, 7);
+    CHECK(pages.size() == (2000 + 6) / 7);
+
+    // Not cut for a front end whose replies have no 64 KiB bound.
+    auto whole = namespace_page(listing, std::nullopt, SIZE_MAX, false);
+    CHECK(whole.namespaces.size() == 2000);
+    CHECK_FALSE(whole.next_cursor);
+}
+
+TEST_CASE("namespaces: the next page starts after the cursor's key, whether it still exists") {
+    auto listing = long_named_listing(10);
+    // Entry 4 (ino 1012) was the last sent, then deleted.
+    auto without = listing;
+    without.erase(without.begin() + 4);
+    auto page = namespace_page(without, proto::NamespacesCursor{4, 1012, std::nullopt}, 3, true);
+    REQUIRE(page.namespaces.size() == 3);
+    CHECK(page.namespaces[0].ino == 1015);
+    CHECK(page.next_cursor == proto::NamespacesCursor{4, 1021, std::nullopt});
+    // One made since, before the cursor, is not listed; one after it is.
+    auto with = listing;
+    with.insert(with.begin() + 3, {4, 1007, {"new-before"}, 0, "idle", 0, 0});
+    with.insert(with.begin() + 6, {4, 1014, {"new-after"}, 0, "idle", 0, 0});
+    page = namespace_page(with, proto::NamespacesCursor{4, 1012, std::nullopt}, 2, true);
+    REQUIRE(page.namespaces.size() == 2);
+    CHECK(page.namespaces[0].ino == 1014);
+    CHECK(page.namespaces[1].ino == 1015);
+    // Past the end, nothing is left.
+    page = namespace_page(listing, proto::NamespacesCursor{4, 1027, std::nullopt}, 3, true);
+    CHECK(page.namespaces.empty());
+    CHECK_FALSE(page.next_cursor);
+    page = namespace_page(listing, proto::NamespacesCursor{5, 0, std::nullopt}, 3, true);
+    CHECK(page.namespaces.empty());
+}
+
+TEST_CASE("namespaces: a namespace with more names than one message holds goes on the next page") {
+    std::vector<proto::NamespaceInfo> listing{{4, 1, {"a"}, 0, "idle", 0, 0},
+                                              {4, 2, {}, 77, "ready", 5, 6},
+                                              {4, 3, {"c"}, 0, "idle", 0, 0}};
+    for (int i = 0; i < 600; ++i) {
+        listing[1].names.push_back("n" + std::to_string(1000 + i) + std::string(200, 'x'));
+    }
+    auto pages = all_pages(listing, proto::max_namespaces_limit);
+    REQUIRE(pages.size() >= 3);
+    // Joined as the library joins them.
+    std::vector<proto::NamespaceInfo> joined;
+    for (const auto& page : pages) {
+        for (const auto& n : page.namespaces) {
+            if (!joined.empty() && joined.back().ino == n.ino) {
+                CHECK(n.worker_pid == 77);
+                joined.back().names.insert(joined.back().names.end(), n.names.begin(),
+                                           n.names.end());
+            } else {
+                joined.push_back(n);
+            }
+        }
+    }
+    REQUIRE(joined.size() == 3);
+    CHECK(joined[1].names == listing[1].names);
+    CHECK(joined[2].names == std::vector<std::string>{"c"});
+    // The first page stops before the namespace that does not fit after "a".
+    CHECK(pages[0].namespaces.size() == 1);
+    CHECK(pages[1].next_cursor->ino == 2);
+    CHECK(pages[1].next_cursor->name == pages[1].namespaces[0].names.back());
+
+    // Names deleted since go with the namespace; those after the cursor's stay.
+    auto fewer = listing;
+    const auto& sent_last = listing[1].names[100];
+    fewer[1].names.erase(fewer[1].names.begin() + 90, fewer[1].names.begin() + 110);
+    auto page = namespace_page(fewer, proto::NamespacesCursor{4, 2, sent_last}, 2, true);
+    REQUIRE(page.namespaces.size() == 1);
+    CHECK(page.namespaces[0].ino == 2);
+    CHECK(page.namespaces[0].names.front() == listing[1].names[110]);
+    // With none of its names left after the cursor's, the page goes on with the next one.
+    page = namespace_page(listing, proto::NamespacesCursor{4, 2, listing[1].names.back()}, 2, true);
+    REQUIRE(page.namespaces.size() == 1);
+    CHECK(page.namespaces[0].ino == 3);
+}
+
+TEST_CASE("namespaces: one entry for each namespace, from the worker that serves it now") {
+    test::TempDir empty;
+    const std::vector<proto::NamespaceInfo> workers{{4, 9, {}, 10, "exiting", 7, 7},
+                                                    {4, 9, {}, 11, "ready", 1, 1},
+                                                    {4, 5, {}, 12, "ready", 0, 0}};
+    for (bool reversed : {false, true}) {
+        auto given = workers;
+        if (reversed) {
+            std::reverse(given.begin(), given.end());
+        }
+        auto listing = namespace_listing(empty.path(), given);
+        REQUIRE(listing.size() == 2);
+        CHECK(listing[0].ino == 5);
+        CHECK(listing[1].ino == 9);
+        CHECK(listing[1].worker_pid == 11);
+    }
 }

@@ -27,6 +27,7 @@
 
 #include <chrono>
 #include <memory>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -40,6 +41,7 @@ namespace nsbroker {
 
 using proto::HelloReply;
 using proto::NamespaceInfo;
+using proto::NamespacesCursor;
 using proto::NamespacesReply;
 using proto::SocketInfo;
 using proto::SocketSpec;
@@ -151,7 +153,19 @@ class Client {
     // while an abstract "@name" belongs to the socket's network namespace.
     NSBROKER_PUBLIC Result<std::vector<Socket>> sockets(const Netns& netns,
                                                         const std::vector<SocketSpec>& specs);
+    // Every namespace nsbrokerd lists (root only), in the order of their
+    // (dev, ino): the library asks for page after page, within one deadline
+    // for them all, and joins the parts of a namespace whose names did not
+    // fit in one page. next_cursor is never set.
     NSBROKER_PUBLIC Result<NamespacesReply> namespaces();
+    // One page of that list: the namespaces after cursor (from the first when
+    // there is none), at most limit of them (1 to proto::max_namespaces_limit;
+    // as many as fit in one message when there is none). Its next_cursor, when
+    // set, asks for the next page; a namespace deleted meanwhile is left out,
+    // and no other is listed twice or missed.
+    NSBROKER_PUBLIC Result<NamespacesReply>
+    namespaces_page(const std::optional<NamespacesCursor>& cursor,
+                    std::optional<unsigned> limit = std::nullopt);
     NSBROKER_PUBLIC Result<StatsReply> stats();
 
     // From an event loop, without a thread per call: submit_sockets sends a

@@ -24,6 +24,8 @@ inline constexpr std::size_t max_message_size = 64 * 1024;
 // SCM_MAX_FD: the kernel's limit of descriptors in one message.
 inline constexpr std::size_t max_fds_per_message = 253;
 inline constexpr std::size_t max_netns_name_length = 255;
+// The most entries a `namespaces` request may ask for in one page.
+inline constexpr unsigned max_namespaces_limit = 1000;
 // PID_MAX_LIMIT of linux/threads.h: no process id is larger.
 inline constexpr pid_t pid_max_limit = 4194304;
 
@@ -75,6 +77,22 @@ struct SocketSpec {
     bool operator==(const SocketSpec&) const = default;
 };
 
+// Where a page of the `namespaces` listing ended. The listing is ordered by
+// the namespaces' (dev, ino), which stay the same for as long as a namespace
+// lives: the next page lists what comes after this key, so that namespaces
+// made or deleted between pages move no other one across a page's edge.
+// On the wire it is a string for clients to send back as they got it.
+struct NamespacesCursor {
+    std::uint64_t dev = 0;
+    std::uint64_t ino = 0;
+    // Set when the page ended inside the names of namespace (dev, ino), whose
+    // entry alone did not fit in one message: the last of its names sent. The
+    // next page goes on with that namespace's names after it.
+    std::optional<std::string> name;
+
+    bool operator==(const NamespacesCursor&) const = default;
+};
+
 struct Request {
     std::uint64_t id = 0;
     Op op = Op::ping;
@@ -83,6 +101,11 @@ struct Request {
     // socket only, to nsbrokerd: asks for a direct channel to the namespace's
     // worker along with the sockets (see DirectChannel).
     bool channel = false;
+    // namespaces only: the page after this cursor (the first page when
+    // there is none), and at most this many entries in it (1 to
+    // max_namespaces_limit; as many as fit in one message when there is none).
+    std::optional<NamespacesCursor> cursor = std::nullopt;
+    std::optional<unsigned> limit = std::nullopt;
 };
 
 struct HelloReply {
@@ -127,9 +150,12 @@ struct NamespaceInfo {
     std::uint64_t sockets = 0;
 };
 
+// One page of the listing, in the order of (dev, ino). A namespace whose
+// entry alone does not fit in one message is continued at the start of the
+// next page, with the same dev and ino and the names after those sent.
 struct NamespacesReply {
     std::vector<NamespaceInfo> namespaces;
-    bool truncated = false; // the list did not fit in one message
+    std::optional<NamespacesCursor> next_cursor = std::nullopt; // none on the last page
 };
 
 struct StatsReply {

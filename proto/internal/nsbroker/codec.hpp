@@ -39,6 +39,14 @@ Result<Reply> decode_reply(std::string_view bytes, Op op);
 // The id of a reply, read before the caller knows which request it answers.
 std::optional<std::uint64_t> reply_id(std::string_view bytes);
 
+// What nsbrokerd measures to cut the `namespaces` listing into pages: the
+// bytes one entry adds to a reply (its separating comma included), and the
+// most that a reply takes besides its entries (with the largest id and the
+// longest cursor). A page whose entries add up to at most
+// max_message_size - namespaces_reply_overhead() fits in one message.
+std::size_t namespace_entry_size(const NamespaceInfo& entry);
+std::size_t namespaces_reply_overhead();
+
 // Names and numbers of socket families, types and protocols as the protocol
 // spells them. Unknown names yield std::nullopt; numbers are always accepted
 // by the decoders.
