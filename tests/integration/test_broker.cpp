@@ -13,7 +13,10 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <thread>
 
@@ -490,6 +493,154 @@ TEST_CASE("two names for one namespace share one worker") {
     }
     CHECK(entries == 1);
     CHECK(c.stats()->workers_spawned == 1);
+}
+
+namespace {
+
+// Namespaces enough, with names long enough, that their list takes several
+// messages: by inode.
+std::map<ino_t, std::unique_ptr<TestNetns>> many_namespaces(int count, const std::string& tag) {
+    std::map<ino_t, std::unique_ptr<TestNetns>> made;
+    for (int i = 0; i < count; ++i) {
+        auto ns = std::make_unique<TestNetns>(tag);
+        ino_t ino = ns->inode();
+        REQUIRE(ino != 0);
+        made.emplace(ino, std::move(ns));
+    }
+    return made;
+}
+
+// One `namespaces` request on a raw connection: the reply, and its size as
+// the kernel delivered it, whatever the size.
+std::pair<nlohmann::json, std::size_t> namespaces_raw(int fd, const nlohmann::json& request) {
+    const std::string text = request.dump();
+    REQUIRE(::send(fd, text.data(), text.size(), 0) == static_cast<ssize_t>(text.size()));
+    std::string buffer(1024 * 1024, '\0');
+    ssize_t n = ::recv(fd, buffer.data(), buffer.size(), 0);
+    REQUIRE(n > 0);
+    buffer.resize(static_cast<std::size_t>(n));
+    return {nlohmann::json::parse(buffer), buffer.size()};
+}
+
+} // namespace
+
+TEST_CASE("namespaces come in pages of one message each, and every one is listed once") {
+    // 500 names of 200 bytes: about 150 KB of entries.
+    auto ours = many_namespaces(500, "page-" + std::string(180, 'p'));
+    Daemon d;
+
+    // Page by page, as the daemon sends them.
+    UniqueFd raw = connect_raw(d);
+    std::map<std::uint64_t, int> listed;
+    std::size_t pages = 0;
+    std::size_t largest = 0;
+    nlohmann::json request = {{"op", "namespaces"}};
+    for (bool more = true; more && pages < 100;) {
+        request["id"] = ++pages;
+        auto [reply, size] = namespaces_raw(raw.get(), request);
+        INFO(reply.dump().substr(0, 300));
+        REQUIRE(reply["ok"] == true);
+        CHECK(size <= proto::max_message_size);
+        largest = std::max(largest, size);
+        CHECK_FALSE(reply["namespaces"].empty());
+        for (const auto& n : reply["namespaces"]) {
+            ++listed[n["ino"].get<std::uint64_t>()];
+        }
+        more = reply.contains("next_cursor");
+        if (more) {
+            request["cursor"] = reply["next_cursor"];
+        }
+    }
+    MESSAGE(pages << " pages, the largest " << largest << " bytes");
+    CHECK(pages >= 3);
+    for (const auto& [ino, count] : listed) {
+        CAPTURE(ino);
+        CHECK(count == 1);
+    }
+    for (const auto& [ino, ns] : ours) {
+        CHECK(listed.count(ino) == 1);
+    }
+
+    // The library gathers the pages.
+    auto c = connect(d);
+    auto all = c.namespaces();
+    REQUIRE(all);
+    CHECK_FALSE(all->next_cursor);
+    std::map<std::uint64_t, int> gathered;
+    for (const auto& n : all->namespaces) {
+        ++gathered[n.ino];
+        if (auto it = ours.find(n.ino); it != ours.end()) {
+            CHECK(n.names == std::vector<std::string>{it->second->name()});
+        }
+    }
+    for (const auto& [ino, ns] : ours) {
+        CHECK(gathered[ino] == 1);
+    }
+
+    // So does the command line, into one reply.
+    int status = -1;
+    auto out =
+        run_output(built("NSBROKER_CLI") + " --broker " + d.socket_path() + " --json ns", &status);
+    REQUIRE(status == 0);
+    auto printed = nlohmann::json::parse(out);
+    CHECK(printed["ok"] == true);
+    CHECK_FALSE(printed.contains("next_cursor"));
+    std::map<std::uint64_t, int> from_cli;
+    for (const auto& n : printed["namespaces"]) {
+        ++from_cli[n["ino"].get<std::uint64_t>()];
+    }
+    for (const auto& [ino, ns] : ours) {
+        CHECK(from_cli[ino] == 1);
+    }
+    CHECK(out.size() > proto::max_message_size);
+}
+
+TEST_CASE("a namespace deleted between two pages makes no other one listed twice or missed") {
+    auto ours = many_namespaces(120, "gone");
+    Daemon d;
+    auto c = connect(d);
+    std::map<std::uint64_t, int> listed;
+    std::optional<NamespacesCursor> cursor;
+    ino_t gone_at_cursor = 0;
+    ino_t gone_ahead = 0;
+    std::unique_ptr<TestNetns> made_meanwhile;
+    std::size_t pages = 0;
+    do {
+        auto page = c.namespaces_page(cursor, 20);
+        REQUIRE_MESSAGE(page, page.error().describe());
+        REQUIRE(page->namespaces.size() <= 20);
+        ++pages;
+        for (const auto& n : page->namespaces) {
+            ++listed[n.ino];
+        }
+        cursor = page->next_cursor;
+        // Between this page and the next: the namespace the cursor names is
+        // deleted, so is one of ours not listed yet, and another is made.
+        if (gone_at_cursor == 0 && cursor && ours.count(cursor->ino) != 0) {
+            gone_at_cursor = cursor->ino;
+            auto ahead = ours.upper_bound(gone_at_cursor);
+            REQUIRE(ahead != ours.end());
+            gone_ahead = ahead->first;
+            ours.at(gone_at_cursor)->remove();
+            ours.at(gone_ahead)->remove();
+            made_meanwhile = std::make_unique<TestNetns>("made");
+        }
+    } while (cursor && pages < 100);
+    REQUIRE(gone_at_cursor != 0);
+    CHECK(pages >= 6);
+    CHECK(listed[gone_at_cursor] == 1);
+    CHECK(listed.count(gone_ahead) == 0);
+    CHECK(listed.count(made_meanwhile->inode()) <= 1);
+    for (const auto& [ino, ns] : ours) {
+        if (ino != gone_at_cursor && ino != gone_ahead) {
+            CAPTURE(ino);
+            CHECK(listed[ino] == 1);
+        }
+    }
+    for (const auto& [ino, count] : listed) {
+        CAPTURE(ino);
+        CHECK(count == 1);
+    }
 }
 
 TEST_CASE("a worker killed mid-request fails that request; the next one gets a new worker") {

@@ -13,6 +13,8 @@
 #include <unistd.h>
 
 #include <fstream>
+#include <map>
+#include <memory>
 #include <regex>
 #include <sstream>
 
@@ -147,6 +149,61 @@ TEST_CASE("busctl calls Ping and ListNamespaces, and reads the properties") {
     auto workers = busctl(bus, std::string("get-property ") + service + " " + object + " " +
                                    interface + " Workers");
     CHECK(workers == "u 1\n");
+}
+
+TEST_CASE("ListNamespaces answers with the whole list, more than one socket message holds") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    std::map<ino_t, std::unique_ptr<TestNetns>> ours;
+    for (int i = 0; i < 400; ++i) {
+        auto ns = std::make_unique<TestNetns>("bus-" + std::string(180, 'b'));
+        ours.emplace(ns->inode(), std::move(ns));
+    }
+    // The socket protocol takes more than one page for them.
+    auto client = Client::connect(d.daemon.socket_path());
+    REQUIRE(client);
+    auto first = client->namespaces_page(std::nullopt);
+    REQUIRE(first);
+    CHECK(first->next_cursor);
+
+    auto c = connect_bus(bus.address());
+    REQUIRE(c);
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message* raw = nullptr;
+    int r =
+        sd_bus_call_method(c.get(), service, object, interface, "ListNamespaces", &error, &raw, "");
+    INFO((error.message ? error.message : ""));
+    REQUIRE(r >= 0);
+    std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> reply(raw,
+                                                                           sd_bus_message_unref);
+    std::map<std::uint64_t, int> listed;
+    std::uint64_t last_ino = 0;
+    REQUIRE(sd_bus_message_enter_container(reply.get(), 'a', "(asttsutt)") > 0);
+    while (sd_bus_message_enter_container(reply.get(), 'r', "asttsutt") > 0) {
+        std::vector<std::string> names;
+        REQUIRE(sd_bus_message_enter_container(reply.get(), 'a', "s") > 0);
+        const char* name = nullptr;
+        while (sd_bus_message_read_basic(reply.get(), 's', &name) > 0) {
+            names.emplace_back(name);
+        }
+        REQUIRE(sd_bus_message_exit_container(reply.get()) >= 0);
+        std::uint64_t dev = 0, ino = 0, requests = 0, sockets = 0;
+        const char* state = nullptr;
+        uint32_t worker = 0;
+        REQUIRE(sd_bus_message_read(reply.get(), "ttsutt", &dev, &ino, &state, &worker, &requests,
+                                    &sockets) > 0);
+        REQUIRE(sd_bus_message_exit_container(reply.get()) >= 0);
+        // In the socket protocol's order.
+        CHECK(ino > last_ino);
+        last_ino = ino;
+        ++listed[ino];
+        if (auto it = ours.find(ino); it != ours.end()) {
+            CHECK(names == std::vector<std::string>{it->second->name()});
+        }
+    }
+    for (const auto& [ino, ns] : ours) {
+        CHECK(listed[ino] == 1);
+    }
 }
 
 TEST_CASE("an sd-bus client gets sockets in the namespace, and errors by name") {
