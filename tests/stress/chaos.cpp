@@ -323,8 +323,38 @@ void check_sockets(const std::vector<Socket>& sockets, std::uint64_t cookie) {
     }
 }
 
+// The messages of a process's io errors (a connection that failed), with
+// how many and the seconds of the run they came in: printed when there are
+// many, to tell a restart's few from something else.
+struct IoErrors {
+    std::mutex mutex;
+    std::map<std::string, std::pair<std::uint64_t, std::pair<long, long>>> by_message;
+};
+IoErrors io_errors;
+Clock::time_point run_started = Clock::now();
+
 void count_error(const Error& e) {
     ++shared->errors[static_cast<std::size_t>(e.code)];
+    if (e.code == ErrorCode::io) {
+        const long second =
+            std::chrono::duration_cast<std::chrono::seconds>(Clock::now() - run_started).count();
+        std::lock_guard lock(io_errors.mutex);
+        auto [it, fresh] =
+            io_errors.by_message.try_emplace(e.message, 0, std::pair(second, second));
+        ++it->second.first;
+        it->second.second.second = second;
+    }
+}
+
+void print_io_errors(int index) {
+    std::lock_guard lock(io_errors.mutex);
+    for (const auto& [message, seen] : io_errors.by_message) {
+        if (seen.first >= 100) {
+            std::fprintf(stderr, "client process %d: %llu io errors from %ld s to %ld s: %s\n",
+                         index, static_cast<unsigned long long>(seen.first), seen.second.first,
+                         seen.second.second, message.c_str());
+        }
+    }
 }
 
 // A request on a connection of its own, closed before the reply is read.
@@ -486,6 +516,7 @@ int client_process(const std::string& socket_path, int index, int namespaces) {
     for (auto& t : threads) {
         t.join();
     }
+    print_io_errors(index);
     return 0;
 }
 
@@ -635,6 +666,7 @@ int run(const Settings& settings) {
     const long resting_anon = status_kib(daemon.pid(), "RssAnon");
 
     // Client processes first: no thread is running yet to fork.
+    run_started = Clock::now();
     std::vector<pid_t> clients;
     for (int i = 0; i < processes; ++i) {
         pid_t pid = ::fork();
@@ -679,7 +711,13 @@ int run(const Settings& settings) {
         (void)daemon.write_policy(policy(reloads % 2 == 1));
         ++reloads;
     }));
+    const auto started = Clock::now();
+    const auto ends = started + std::chrono::seconds(settings.seconds);
     chaos.push_back(every(settings.restart_every, [&] {
+        // Not in the run's last stretch: the daemon started last must serve.
+        if (Clock::now() + settings.restart_every / 2 > ends) {
+            return;
+        }
         std::lock_guard lock(daemon_mutex);
         daemon.restart(SIGKILL);
         ++restarts;
@@ -692,8 +730,7 @@ int run(const Settings& settings) {
         peaks.fds = std::max(peaks.fds.load(), daemon.fd_count());
     }));
 
-    const auto started = Clock::now();
-    while (Clock::now() - started < std::chrono::seconds(settings.seconds)) {
+    while (Clock::now() < ends) {
         std::this_thread::sleep_for(1s);
         if (settings.long_run) {
             std::fprintf(stderr, "\r%4lld s: %llu requests",
