@@ -198,7 +198,24 @@ pid_t start_as_user(uid_t uid, Nobody how, const std::function<int()>& body) {
 
 // ---- PrivateBus ------------------------------------------------------------
 
-PrivateBus::PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
+namespace {
+
+// Whether a bus listens on the socket at path.
+bool bus_takes_connections(const std::string& path) {
+    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_un sun{};
+    sun.sun_family = AF_UNIX;
+    std::snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path.c_str());
+    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0;
+    ::close(fd);
+    return ok;
+}
+
+} // namespace
+
+PrivateBus::PrivateBus()
+    : socket_(dir_.path() + "/system_bus_socket"), config_path_(dir_.path() + "/bus.conf"),
+      log_path_(dir_.path() + "/dbus-daemon.log") {
     const std::string template_path = built("DBUS_BUS_CONFIG");
     std::ifstream in(template_path);
     std::stringstream text;
@@ -216,27 +233,43 @@ PrivateBus::PrivateBus() : socket_(dir_.path() + "/system_bus_socket") {
     } else {
         config.replace(socket_at, 8, socket_).replace(policy_at, 8, policy);
     }
-    const std::string config_path = dir_.path() + "/bus.conf";
-    std::ofstream(config_path) << config;
-    const std::string log = dir_.path() + "/dbus-daemon.log";
-    pid_ = ::fork();
-    if (pid_ == 0) {
-        int out = ::open(log.c_str(), O_WRONLY | O_CREAT | O_TRUNC, 0644);
-        ::dup2(out, 1);
-        ::dup2(out, 2);
-        ::close_range(3, ~0U, 0);
-        std::string option = "--config-file=" + config_path;
-        ::execlp("dbus-daemon", "dbus-daemon", "--nofork", "--nopidfile", option.c_str(), nullptr);
-        ::_exit(127);
-    }
-    if (!wait_for([this] { return ::access(socket_.c_str(), F_OK) == 0; })) {
-        throw std::runtime_error("dbus-daemon did not start: " + run_output("cat " + log));
-    }
+    std::ofstream(config_path_) << config;
+    start();
 }
 
 PrivateBus::~PrivateBus() {
-    ::kill(pid_, SIGTERM);
-    ::waitpid(pid_, nullptr, 0);
+    if (pid_ > 0) {
+        ::kill(pid_, SIGTERM);
+        ::waitpid(pid_, nullptr, 0);
+    }
+}
+
+void PrivateBus::kill() {
+    if (pid_ > 0) {
+        ::kill(pid_, SIGKILL);
+        ::waitpid(pid_, nullptr, 0);
+        pid_ = -1;
+    }
+}
+
+void PrivateBus::start() {
+    kill();
+    pid_ = ::fork();
+    if (pid_ == 0) {
+        // Appended to: a bus started again adds to the log of the one before.
+        int out = ::open(log_path_.c_str(), O_WRONLY | O_CREAT | O_APPEND, 0644);
+        ::dup2(out, 1);
+        ::dup2(out, 2);
+        ::close_range(3, ~0U, 0);
+        std::string option = "--config-file=" + config_path_;
+        ::execlp("dbus-daemon", "dbus-daemon", "--nofork", "--nopidfile", option.c_str(), nullptr);
+        ::_exit(127);
+    }
+    // Connecting, not the file's existence: a killed bus leaves its socket
+    // file behind.
+    if (!wait_for([this] { return bus_takes_connections(socket_); })) {
+        throw std::runtime_error("dbus-daemon did not start: " + run_output("cat " + log_path_));
+    }
 }
 
 // ---- TestNetns -------------------------------------------------------------

@@ -111,9 +111,11 @@ class Daemon {
 
 // A dbus-daemon of the test's own, configured as a system bus by
 // $DBUS_BUS_CONFIG (tests/dbus/system-bus.conf.in) with nsbrokerd's bus
-// policy ($DBUS_POLICY), on a socket in a private directory.
+// policy ($DBUS_POLICY), on a socket in a private directory. It can be
+// killed and started again on the same socket, as a restarted system bus is.
 class PrivateBus {
   public:
+    // Starts it, and returns once it takes connections.
     PrivateBus();
     ~PrivateBus();
     PrivateBus(const PrivateBus&) = delete;
@@ -122,10 +124,21 @@ class PrivateBus {
     [[nodiscard]] std::string address() const { return "unix:path=" + socket_; }
     // DBUS_SYSTEM_BUS_ADDRESS=..., for a Daemon's environment.
     [[nodiscard]] std::string env() const { return "DBUS_SYSTEM_BUS_ADDRESS=" + address(); }
+    [[nodiscard]] pid_t pid() const { return pid_; }
+
+    // kill -9, and waits for the exit. The socket file stays, as after a
+    // crash: connecting to it is refused until the bus is started again.
+    void kill();
+    // Starts a new dbus-daemon on the same socket (killing the one running,
+    // if any; the new one replaces a stale socket file), and returns once it
+    // takes connections. Throws when it does not.
+    void start();
 
   private:
     TempDir dir_;
     std::string socket_;
+    std::string config_path_;
+    std::string log_path_;
     pid_t pid_ = -1;
 };
 
