@@ -70,7 +70,9 @@ with a socket (LISTEN_FDS), it serves that one instead of --socket.
   --exit-idle-time SEC        exit after SEC seconds with no client connected
                               and nothing in flight; for socket activation,
                               which starts the daemon again (default: never)
-  --no-dbus                   do not serve org.nsbroker.Broker1 on the system bus
+  --no-dbus                   do not serve org.nsbroker.Broker1 on the system bus;
+                              without it, a bus that is not there at start or
+                              goes away is joined again when it is back
   --log-level LEVEL           trace, debug, info, warn, error (default {level})
   --help                      show this help
   --version                   show the version

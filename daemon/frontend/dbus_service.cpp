@@ -8,6 +8,7 @@
 
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cctype>
 #include <cerrno>
 #include <cstring>
@@ -40,6 +41,11 @@ std::string error_name(ErrorCode code) {
     }
     return name;
 }
+
+// RequestName's answers (the D-Bus specification's numbers) that make the
+// name this connection's.
+constexpr uint32_t name_primary_owner = 1;
+constexpr uint32_t name_already_owner = 4;
 
 int reply_error(sd_bus_message* m, const Error& e) {
     return sd_bus_reply_method_errorf(m, error_name(e.code).c_str(), "%s", e.message.c_str());
@@ -264,59 +270,156 @@ const sd_bus_vtable broker_vtable[] = {
 
 } // namespace
 
-DbusService::DbusService(sd_event* loop, Core& core) : core_(core) {
-    sd_bus* raw = nullptr;
-    int r = sd_bus_open_system_with_description(&raw, "nsbrokerd");
-    std::unique_ptr<sd_bus, BusRelease> bus(raw);
-    if (r < 0) {
-        spdlog::warn("D-Bus: the system bus is not reachable ({}); serving the socket only",
-                     std::strerror(-r));
-        return;
-    }
-    sd_bus_slot* slot = nullptr;
-    if ((r = sd_bus_add_object_vtable(bus.get(), &slot, dbus_path, dbus_interface, broker_vtable,
-                                      this)) < 0 ||
-        (r = sd_bus_attach_event(bus.get(), loop, SD_EVENT_PRIORITY_NORMAL)) < 0) {
-        sd_bus_slot_unref(slot);
-        spdlog::error("D-Bus: cannot serve {}: {}", dbus_path, std::strerror(-r));
-        return;
-    }
-    object_.reset(slot);
-    r = sd_bus_request_name(bus.get(), dbus_name, 0);
-    if (r < 0) {
-        spdlog::error("D-Bus: cannot own {}: {}; serving the socket only", dbus_name,
-                      std::strerror(-r));
-        object_.reset();
-        return;
-    }
-    owns_name_ = true;
-    // sd-bus says so with a local signal when the bus goes away.
-    if (sd_bus_match_signal(bus.get(), &slot, "org.freedesktop.DBus.Local", nullptr,
-                            "org.freedesktop.DBus.Local", "Disconnected",
-                            &DbusService::on_disconnected, this) >= 0) {
-        disconnected_.reset(slot);
-    }
-    bus_ = std::move(bus);
-    spdlog::info("D-Bus: {} at {}", dbus_name, dbus_path);
+DbusService::DbusService(sd_event* loop, Core& core)
+    : core_(core), loop_(loop), retry_timer_(loop, [this](std::uint64_t) { join(); }) {
+    join();
 }
 
 DbusService::~DbusService() {
-    disconnected_.reset();
-    object_.reset();
+    leave();
+}
+
+void DbusService::join() {
+    leave();
+    ++attempts_;
+    sd_bus* raw = nullptr;
+    int r = sd_bus_open_system_with_description(&raw, "nsbrokerd");
+    bus_.reset(raw);
+    if (r < 0) {
+        retry_later(std::strerror(-r));
+        return;
+    }
+    // sd-bus's default, set here because the daemon relies on it: with it, a
+    // lost bus would end the event loop, and the daemon with it.
+    sd_bus_set_exit_on_disconnect(bus_.get(), 0);
+    sd_bus_slot* slot = nullptr;
+    r = sd_bus_add_object_vtable(bus_.get(), &slot, dbus_path, dbus_interface, broker_vtable, this);
+    object_.reset(slot);
+    // sd-bus says so with a local signal when the bus goes away. A match on
+    // the local interface stays in sd-bus: it sends the bus nothing and waits
+    // for nothing.
+    if (r >= 0) {
+        slot = nullptr;
+        r = sd_bus_match_signal(bus_.get(), &slot, "org.freedesktop.DBus.Local", nullptr,
+                                "org.freedesktop.DBus.Local", "Disconnected",
+                                &DbusService::on_disconnected, this);
+        disconnected_.reset(slot);
+    }
+    // The name is asked for without waiting for the answer: a bus that takes
+    // connections but is slow to answer (a dbus-daemon starting behind the
+    // socket systemd holds for it) must not hold up the loop.
+    if (r >= 0) {
+        slot = nullptr;
+        r = sd_bus_request_name_async(bus_.get(), &slot, dbus_name, 0, &DbusService::on_name_reply,
+                                      this);
+        name_request_.reset(slot);
+    }
+    if (r >= 0) {
+        r = sd_bus_attach_event(bus_.get(), loop_, SD_EVENT_PRIORITY_NORMAL);
+    }
+    if (r < 0) {
+        leave();
+        retry_later(std::strerror(-r));
+        return;
+    }
+    state_ = BusState::joining;
+}
+
+int DbusService::on_name_reply(sd_bus_message* m, void* userdata, sd_bus_error*) {
+    auto* self = static_cast<DbusService*>(userdata);
+    // sd-bus holds its own reference to the slot while it calls here.
+    self->name_request_.reset();
+    if (self->state_ != BusState::joining) {
+        return 0;
+    }
+    // A bus that closes the connection first fails the call with an error.
+    if (const sd_bus_error* error = sd_bus_message_get_error(m)) {
+        self->retry_later(std::string("RequestName: ") +
+                          (error->message != nullptr ? error->message : error->name));
+        return 0;
+    }
+    uint32_t result = 0;
+    if (sd_bus_message_read(m, "u", &result) < 0) {
+        self->retry_later("RequestName: an answer that is not a number");
+        return 0;
+    }
+    // Asked for without SD_BUS_NAME_QUEUE, the name is either this
+    // connection's now (or already) or another's.
+    if (result != name_primary_owner && result != name_already_owner) {
+        self->retry_later(std::string(dbus_name) + " is another connection's");
+        return 0;
+    }
+    self->joined();
+    return 0;
+}
+
+void DbusService::joined() {
+    state_ = BusState::serving;
+    spdlog::info("D-Bus: {} at {}{}{}", dbus_name, dbus_path, served_before_ ? " again" : "",
+                 attempts_ > 1 ? fmt::format(", joined on attempt {}", attempts_) : "");
+    served_before_ = true;
+    absence_reported_ = false;
+    attempts_ = 0;
+    retry_delay_usec_ = dbus_first_retry_usec;
+}
+
+void DbusService::retry_later(const std::string& why) {
+    state_ = BusState::away;
+    // One warning for each absence; the attempts it takes are for debugging.
+    if (absence_reported_) {
+        spdlog::debug("D-Bus: attempt {} to join the system bus failed ({}); the next in {} ms",
+                      attempts_, why, retry_delay_usec_ / 1000);
+    } else {
+        spdlog::warn("D-Bus: cannot join the system bus ({}); serving the socket only, and trying "
+                     "again",
+                     why);
+        absence_reported_ = true;
+    }
+    schedule_retry();
+}
+
+void DbusService::schedule_retry() {
+    retry_timer_.arm_in(retry_delay_usec_);
+    retry_delay_usec_ = std::min(retry_delay_usec_ * 2, dbus_max_retry_usec);
 }
 
 int DbusService::on_disconnected(sd_bus_message*, void* userdata, sd_bus_error*) {
     auto* self = static_cast<DbusService*>(userdata);
-    spdlog::warn("D-Bus: the system bus went away; serving the socket only");
-    self->owns_name_ = false;
+    // The connection is closed by now and detached from the loop; it is
+    // dropped by the next attempt, outside sd-bus's own callback.
+    switch (self->state_) {
+    case BusState::serving:
+        spdlog::warn("D-Bus: the system bus went away; serving the socket only until it is back");
+        self->state_ = BusState::away;
+        self->absence_reported_ = true;
+        self->schedule_retry();
+        break;
+    case BusState::joining:
+        self->retry_later("the bus closed the connection");
+        break;
+    case BusState::away: // the failed name request said so first
+    case BusState::stopped:
+        break;
+    }
     return 0;
 }
 
+void DbusService::leave() {
+    name_request_.reset();
+    disconnected_.reset();
+    object_.reset();
+    bus_.reset();
+    callers_.clear();
+    channels_.clear();
+}
+
 void DbusService::stop() {
-    if (bus_ && owns_name_) {
+    retry_timer_.disarm();
+    if (bus_ && (state_ == BusState::serving || state_ == BusState::joining)) {
+        name_request_.reset();
         sd_bus_release_name(bus_.get(), dbus_name);
-        owns_name_ = false;
     }
+    state_ = BusState::stopped;
 }
 
 Result<Caller> DbusService::caller_of(sd_bus_message* m) {
@@ -491,14 +594,26 @@ void DbusService::serve(sd_bus_message* m, Caller caller, proto::Request request
     // Shared, since the answer must be copyable.
     std::shared_ptr<sd_bus_message> call(sd_bus_message_ref(m), sd_bus_message_unref);
     std::weak_ptr<int> alive = alive_;
-    Answer answer = [this, alive, call, sender, many](proto::ReplyBody body,
-                                                      std::vector<UniqueFd> fds) {
+    Answer answer = [this, alive, call, channel, sender, many](proto::ReplyBody body,
+                                                               std::vector<UniqueFd> fds) {
         if (alive.expired()) {
             return; // the daemon is going; the fds close here
         }
         --calls_in_flight_;
-        if (auto it = channels_.find(sender); it != channels_.end() && it->second->in_flight == 0) {
+        // The map holds another channel by this name when the call came on a
+        // connection that has been left since.
+        if (auto it = channels_.find(sender);
+            it != channels_.end() && it->second == channel && channel->in_flight == 0) {
             channels_.erase(it);
+        }
+        // The call came on a connection that is closed now (the bus went away):
+        // there is nobody to answer, and the sockets close here.
+        sd_bus* bus = sd_bus_message_get_bus(call.get());
+        if (sd_bus_is_open(bus) <= 0) {
+            spdlog::debug("D-Bus: the bus {} called on is gone; its answer, with {} sockets, is "
+                          "dropped",
+                          sender, fds.size());
+            return;
         }
         if (auto* error = std::get_if<Error>(&body)) {
             reply_error(call.get(), *error);
@@ -529,7 +644,9 @@ void DbusService::serve(sd_bus_message* m, Caller caller, proto::Request request
         if (r >= 0) {
             r = sd_bus_send(nullptr, reply.get(), nullptr);
         }
-        if (r < 0) {
+        if (r < 0 && sd_bus_is_open(bus) <= 0) {
+            spdlog::debug("D-Bus: the bus went away before the reply to {} was sent", sender);
+        } else if (r < 0) {
             // The sockets close here; the caller learns why rather than
             // waiting for its call to time out.
             spdlog::warn("D-Bus: reply to {}: {}", sender, std::strerror(-r));

@@ -1,7 +1,7 @@
 // org.nsbroker.Broker1 on a private system bus: a dbus-daemon started by the
 // test with tests/dbus/system-bus.conf.in and nsbrokerd's own bus policy,
 // called by busctl, by an sd-bus client, by Debian's python3-dbus, and by an
-// unprivileged user.
+// unprivileged user; and killed and started again under the daemon.
 #include <doctest/doctest.h>
 #include <fcntl.h>
 #include <netinet/in.h>
@@ -17,6 +17,7 @@
 #include <memory>
 #include <regex>
 #include <sstream>
+#include <thread>
 
 #include "nsbroker/client.hpp"
 #include "nsbroker_config.h"
@@ -119,6 +120,68 @@ int local_port(int fd) {
 std::string busctl(const PrivateBus& bus, const std::string& args, int* status = nullptr) {
     return run_output(bus.env() + " busctl " + args + " 2>&1", status);
 }
+
+// Whether the daemon answers Ping on the bus at address, asked on a
+// connection of its own. A bus without the name answers at once.
+bool bus_ping(const std::string& address) {
+    auto c = connect_bus(address);
+    if (!c) {
+        return false;
+    }
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    int r = sd_bus_call_method(c.get(), service, object, interface, "Ping", &error, nullptr, "");
+    sd_bus_error_free(&error);
+    return r >= 0;
+}
+
+// The worker serving the namespace with this inode, as ListNamespaces says
+// (as root), or 0.
+pid_t bus_worker_of(sd_bus* bus, ino_t ino) {
+    sd_bus_error error = SD_BUS_ERROR_NULL;
+    sd_bus_message* raw = nullptr;
+    int r = sd_bus_call_method(bus, service, object, interface, "ListNamespaces", &error, &raw, "");
+    sd_bus_error_free(&error);
+    std::unique_ptr<sd_bus_message, decltype(&sd_bus_message_unref)> reply(raw,
+                                                                           sd_bus_message_unref);
+    if (r < 0 || sd_bus_message_enter_container(raw, 'a', "(asttsutt)") < 0) {
+        return 0;
+    }
+    while (sd_bus_message_enter_container(raw, 'r', "asttsutt") > 0) {
+        uint64_t dev = 0;
+        uint64_t inode = 0;
+        const char* state = nullptr;
+        uint32_t pid = 0;
+        if (sd_bus_message_skip(raw, "as") < 0 ||
+            sd_bus_message_read(raw, "ttsu", &dev, &inode, &state, &pid) < 0 ||
+            sd_bus_message_skip(raw, "tt") < 0 || sd_bus_message_exit_container(raw) < 0) {
+            return 0;
+        }
+        if (inode == ino) {
+            return static_cast<pid_t>(pid);
+        }
+    }
+    return 0;
+}
+
+// Whether the daemon answers ping on its socket.
+bool socket_ping(const Daemon& d) {
+    auto c = Client::connect(d.socket_path());
+    return c && c->ping();
+}
+
+// Lines of the daemon's log that hold text.
+std::size_t log_lines(const Daemon& d, const std::string& text) {
+    std::istringstream log(d.log());
+    std::size_t n = 0;
+    for (std::string line; std::getline(log, line);) {
+        n += line.find(text) != std::string::npos ? 1 : 0;
+    }
+    return n;
+}
+
+// How long a bus started again may take to be joined: the daemon's attempts
+// are at most 5 s apart.
+constexpr auto rejoin_deadline = std::chrono::seconds(30);
 
 } // namespace
 
@@ -385,4 +448,183 @@ TEST_CASE("the daemon outlives its bus and goes on serving the socket") {
     REQUIRE(c);
     CHECK(c->ping());
     CHECK(d.daemon.stop() == 0);
+}
+
+TEST_CASE("the daemon joins a bus killed and started again, three times, and holds nothing of "
+          "the ones before") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    REQUIRE(bus_ping(bus.address()));
+    const int fds = d.daemon.fd_count();
+    for (std::size_t round = 1; round <= 3; ++round) {
+        CAPTURE(round);
+        const std::size_t failed = log_lines(d.daemon, "to join the system bus failed");
+        bus.kill();
+        REQUIRE(wait_for(
+            [&] { return log_lines(d.daemon, "D-Bus: the system bus went away") == round; }));
+        // Without a bus, the socket serves.
+        CHECK(d.daemon.running());
+        CHECK(socket_ping(d.daemon));
+        // The bus stays away for `round` attempts, each further from the
+        // last.
+        REQUIRE(wait_for([&] {
+            return log_lines(d.daemon, "to join the system bus failed") >= failed + round;
+        }));
+        CHECK(log_lines(d.daemon, "attempt " + std::to_string(round) +
+                                      " to join the system bus failed (Connection refused); "
+                                      "the next in " +
+                                      std::to_string(100 << round) + " ms") >= 1);
+        bus.start();
+        REQUIRE(wait_for([&] { return bus_ping(bus.address()); }, rejoin_deadline));
+        CHECK(log_lines(d.daemon, "D-Bus: org.nsbroker.Broker1 at /org/nsbroker/Broker1 again") ==
+              round);
+    }
+    // One warning for each absence: the attempts that failed in between are
+    // logged at debug level.
+    CHECK(log_lines(d.daemon, " warning ") == 3);
+    // One connection to the bus, as after the first: the ones of the buses
+    // that went away are closed.
+    INFO(d.daemon.fd_list());
+    CHECK(wait_for([&] { return d.daemon.fd_count() == fds; }));
+    CHECK(d.daemon.stop() == 0);
+}
+
+TEST_CASE("a call in flight when the bus dies is dropped, and the sockets made for it closed") {
+    bool back_first = false;
+    SUBCASE("answered while the bus is away") {}
+    SUBCASE("answered once the daemon is on a new bus") {
+        back_first = true;
+    }
+    PrivateBus bus;
+    BusDaemon d(bus);
+    TestNetns ns("bus-inflight");
+    pid_t worker = 0;
+    {
+        auto c = connect_bus(bus.address());
+        REQUIRE(c);
+        REQUIRE(open_udp(c.get(), ns.name()).fds.size() == 1);
+        worker = bus_worker_of(c.get(), ns.inode());
+    }
+    REQUIRE(worker > 0);
+    auto local = Client::connect(d.daemon.socket_path());
+    REQUIRE(local);
+    REQUIRE(local->ping());
+    const int fds = d.daemon.fd_count();
+
+    // Stopped, the worker holds the call's job; the caller waits on the bus.
+    ::kill(worker, SIGSTOP);
+    CallResult pending;
+    std::thread caller([&] {
+        auto c = connect_bus(bus.address());
+        if (!c) {
+            pending.error_name = "no connection";
+            return;
+        }
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message* reply = nullptr;
+        int r =
+            sd_bus_call_method(c.get(), service, object, interface, "OpenSockets", &error, &reply,
+                               "siiia{sv}u", ns.name().c_str(), AF_INET, SOCK_DGRAM, 0, 0, 16U);
+        pending = finish(r, error, reply, true);
+    });
+    CHECK(wait_for([&] { return queued_to(worker) > 0; }));
+    bus.kill();
+    caller.join();
+    CHECK(pending.fds.empty());
+    CHECK_FALSE(pending.error_name.empty());
+    REQUIRE(wait_for([&] { return log_lines(d.daemon, "D-Bus: the system bus went away") == 1; }));
+    CHECK(local->ping());
+
+    // The worker makes the 16 sockets; nobody is there to take them. The
+    // answer comes while the bus is away, or once the daemon is on a new bus,
+    // where the next caller may have been given the unique name of the last.
+    auto rejoin = [&] {
+        bus.start();
+        REQUIRE(wait_for([&] { return bus_ping(bus.address()); }, rejoin_deadline));
+    };
+    if (back_first) {
+        rejoin();
+    }
+    ::kill(worker, SIGCONT);
+    CHECK(wait_for(
+        [&] { return log_lines(d.daemon, "its answer, with 16 sockets, is dropped") == 1; }));
+    CHECK(d.daemon.running());
+    if (!back_first) {
+        rejoin();
+    }
+
+    auto c = connect_bus(bus.address());
+    REQUIRE(c);
+    auto next = open_udp(c.get(), ns.name());
+    INFO(next.error_name, ": ", next.error_message);
+    REQUIRE(next.fds.size() == 1);
+    CHECK(socket_netns_inode(next.fds[0].get()) == ns.inode());
+    INFO(d.daemon.fd_list());
+    CHECK(wait_for([&] { return d.daemon.fd_count() == fds; }));
+    CHECK(d.daemon.stop() == 0);
+}
+
+TEST_CASE("a bus that is not there at start is joined once it is") {
+    PrivateBus bus;
+    bus.kill();
+    Daemon d({}, {bus.env()});
+    CHECK(wait_for([&] { return log_lines(d, "D-Bus: cannot join the system bus") == 1; }));
+    CHECK(socket_ping(d));
+    bus.start();
+    CHECK(wait_for([&] { return bus_ping(bus.address()); }, rejoin_deadline));
+    CHECK(log_lines(d, " warning ") == 1);
+    CHECK(d.stop() == 0);
+}
+
+TEST_CASE("a bus started again gives a caller's unique name to another, who is asked who it is") {
+    PrivateBus bus;
+    BusDaemon d(bus);
+    // Root, on the first bus, is remembered by its unique name.
+    std::string name;
+    {
+        auto root = connect_bus(bus.address());
+        REQUIRE(root);
+        const char* unique = nullptr;
+        REQUIRE(sd_bus_get_unique_name(root.get(), &unique) >= 0);
+        name = unique;
+        sd_bus_error error = SD_BUS_ERROR_NULL;
+        sd_bus_message* reply = nullptr;
+        int r = sd_bus_call_method(root.get(), service, object, interface, "ListNamespaces", &error,
+                                   &reply, "");
+        REQUIRE(finish(r, error, reply, false).error_name.empty());
+    }
+    bus.kill();
+    REQUIRE(wait_for([&] { return log_lines(d.daemon, "D-Bus: the system bus went away") == 1; }));
+    bus.start();
+    // Waited for in the log: a connection of the test's own would take a name.
+    REQUIRE(wait_for(
+        [&] {
+            return log_lines(d.daemon, "D-Bus: org.nsbroker.Broker1 at /org/nsbroker/Broker1 "
+                                       "again") == 1;
+        },
+        rejoin_deadline));
+    // Nobody, given that name on the new bus, is not root: ListNamespaces is
+    // root's only.
+    const std::string address = bus.address();
+    CHECK(as_nobody(Nobody::plain, [&] {
+              std::vector<BusPtr> connections;
+              for (int i = 0; i < 8; ++i) {
+                  auto c = connect_bus(address);
+                  const char* unique = nullptr;
+                  if (!c || sd_bus_get_unique_name(c.get(), &unique) < 0) {
+                      return 10;
+                  }
+                  if (unique == name) {
+                      sd_bus_error error = SD_BUS_ERROR_NULL;
+                      sd_bus_message* reply = nullptr;
+                      int r = sd_bus_call_method(c.get(), service, object, interface,
+                                                 "ListNamespaces", &error, &reply, "");
+                      auto list = finish(r, error, reply, false);
+                      return list.error_name == "org.nsbroker.Broker1.Error.PermissionDenied" ? 0
+                                                                                              : 11;
+                  }
+                  connections.push_back(std::move(c));
+              }
+              return 12; // the bus did not give the name again
+          }) == 0);
 }
