@@ -39,24 +39,6 @@ long field_kib(const std::string& file, const std::string& field) {
     return 0;
 }
 
-std::vector<pid_t> children_of(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-    std::vector<pid_t> pids;
-    for (pid_t child = 0; in >> child;) {
-        pids.push_back(child);
-    }
-    return pids;
-}
-
-int ip_batch(const std::string& commands) {
-    FILE* ip = ::popen("ip -batch - 2>/dev/null", "w");
-    if (ip == nullptr) {
-        return -1;
-    }
-    std::fwrite(commands.data(), 1, commands.size(), ip);
-    return ::pclose(ip);
-}
-
 double seconds_since(Clock::time_point start) {
     return std::chrono::duration<double>(Clock::now() - start).count();
 }

@@ -856,19 +856,7 @@ TEST_CASE("a second daemon refuses a socket that is in use") {
     CHECK(connect(d).ping());
 }
 
-namespace {
-
-// The daemon's child processes: its workers, and its spares.
-std::vector<pid_t> children_of(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-    std::vector<pid_t> pids;
-    for (pid_t child = 0; in >> child;) {
-        pids.push_back(child);
-    }
-    return pids;
-}
-
-} // namespace
+namespace {} // namespace
 
 TEST_CASE("a worker keeps no descriptor of the daemon's and no privilege it does not need") {
     for (const auto& [mode, spares] : {std::pair{worker_modes[0], "1"},

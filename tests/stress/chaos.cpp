@@ -198,7 +198,7 @@ class Namespaces {
         for (int i = 0; i < count_; ++i) {
             batch += "netns add " + slot_name(i, 1) + "\n";
         }
-        if (run_batch(batch) != 0) {
+        if (ip_batch(batch) != 0) {
             throw std::runtime_error("ip -batch could not create the namespaces");
         }
         for (int i = 0; i < count_; ++i) {
@@ -244,7 +244,7 @@ class Namespaces {
                 s.live = false;
             }
         }
-        run_batch(batch);
+        ip_batch(batch);
     }
 
     // The inodes of every namespace this run made.
@@ -260,15 +260,6 @@ class Namespaces {
   private:
     static void begin(Slot& s) { s.seq.fetch_add(1, std::memory_order_acq_rel); }
     static void end(Slot& s) { s.seq.fetch_add(1, std::memory_order_release); }
-
-    static int run_batch(const std::string& batch) {
-        FILE* ip = ::popen("ip -batch - 2>/dev/null", "w");
-        if (ip == nullptr) {
-            return -1;
-        }
-        std::fwrite(batch.data(), 1, batch.size(), ip);
-        return ::pclose(ip);
-    }
 
     // Reads the new namespace's cookie from a socket made in it, in a
     // thread of its own, and makes the slot live.
@@ -529,15 +520,6 @@ std::string policy(bool grants) {
     return R"({"rules": [{"name": "chaos", "users": [65534],
                          "namespaces": {"names": [")" +
            prefix() + R"(-*"]}, "grant": []}]})";
-}
-
-std::vector<pid_t> children_of(pid_t pid) {
-    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
-    std::vector<pid_t> pids;
-    for (pid_t child = 0; in >> child;) {
-        pids.push_back(child);
-    }
-    return pids;
 }
 
 // A field of /proc/PID/status, in KiB: VmRSS, or RssAnon (the heap and the

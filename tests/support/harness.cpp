@@ -200,9 +200,10 @@ pid_t start_as_user(uid_t uid, Nobody how, const std::function<int()>& body) {
 
 namespace {
 
-// Whether a bus listens on the socket at path.
-bool bus_takes_connections(const std::string& path) {
-    int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+// Whether something listens on the unix socket at path, of type (a bus's
+// SOCK_STREAM, nsbrokerd's SOCK_SEQPACKET).
+bool can_connect(const std::string& path, int type = SOCK_SEQPACKET) {
+    int fd = ::socket(AF_UNIX, type | SOCK_CLOEXEC, 0);
     sockaddr_un sun{};
     sun.sun_family = AF_UNIX;
     std::snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path.c_str());
@@ -267,7 +268,7 @@ void PrivateBus::start() {
     }
     // Connecting, not the file's existence: a killed bus leaves its socket
     // file behind.
-    if (!wait_for([this] { return bus_takes_connections(socket_); })) {
+    if (!wait_for([this] { return can_connect(socket_, SOCK_STREAM); })) {
         throw std::runtime_error("dbus-daemon did not start: " + run_output("cat " + log_path_));
     }
 }
@@ -318,20 +319,6 @@ TempDir::~TempDir() {
 }
 
 // ---- Daemon ----------------------------------------------------------------
-
-namespace {
-
-bool can_connect(const std::string& path) {
-    int fd = ::socket(AF_UNIX, SOCK_SEQPACKET | SOCK_CLOEXEC, 0);
-    sockaddr_un sun{};
-    sun.sun_family = AF_UNIX;
-    std::snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", path.c_str());
-    bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&sun), sizeof(sun)) == 0;
-    ::close(fd);
-    return ok;
-}
-
-} // namespace
 
 Daemon::Daemon(std::vector<std::string> extra_args, std::vector<std::string> env, RunAs run_as)
     : socket_(dir_.path() + "/nsbroker.sock"), policy_(dir_.path() + "/policy.json"),
@@ -542,6 +529,24 @@ int in_child(const std::function<int()>& body) {
     int status = 0;
     ::waitpid(child, &status, 0);
     return WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+}
+
+std::vector<pid_t> children_of(pid_t pid) {
+    std::ifstream in("/proc/" + std::to_string(pid) + "/task/" + std::to_string(pid) + "/children");
+    std::vector<pid_t> pids;
+    for (pid_t child = 0; in >> child;) {
+        pids.push_back(child);
+    }
+    return pids;
+}
+
+int ip_batch(const std::string& commands) {
+    FILE* ip = ::popen("ip -batch - 2>/dev/null", "w");
+    if (ip == nullptr) {
+        return -1;
+    }
+    std::fwrite(commands.data(), 1, commands.size(), ip);
+    return ::pclose(ip);
 }
 
 bool process_alive(pid_t pid) {

@@ -165,6 +165,11 @@ ino_t socket_netns_inode(int fd);
 int socket_option(int fd, int option);
 // Whether a process exists (and is not a zombie).
 bool process_alive(pid_t pid);
+// The child processes of pid: for nsbrokerd, its workers and its spare.
+std::vector<pid_t> children_of(pid_t pid);
+// Runs `ip -batch -` on commands, one a line (many namespaces in one
+// process); returns its exit status.
+int ip_batch(const std::string& commands);
 // Descriptors open in this process.
 std::size_t open_fd_count();
 // Exit status of body run in a forked child, or -1 when it did not exit.
